@@ -1,0 +1,68 @@
+"""sessionstore: sessions in one SQLite file shared by many processes, and an ordered shutdown.
+
+Public names only; the implementation lives in private modules.
+"""
+
+from ._config import StoreConfig
+from ._identity import ProcessIdentity
+from ._models import (
+    Checkpoint,
+    CheckpointResult,
+    ChildProcess,
+    ChildState,
+    CloseReport,
+    Event,
+    OpFailure,
+    ReplayReport,
+    Session,
+    SessionStatus,
+    StoreState,
+    StoreStats,
+)
+from ._store import ReadLease, SessionStore
+from .errors import (
+    ChildTerminationError,
+    InvalidTransitionError,
+    JournalFullError,
+    SchemaVersionError,
+    SessionNotFoundError,
+    SessionStoreError,
+    StoreBusyError,
+    StoreClosedError,
+    StoreCorruptError,
+    StoreOpenError,
+    UnsafeSignalError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointResult",
+    "ChildProcess",
+    "ChildState",
+    "ChildTerminationError",
+    "CloseReport",
+    "Event",
+    "InvalidTransitionError",
+    "JournalFullError",
+    "OpFailure",
+    "ProcessIdentity",
+    "ReadLease",
+    "ReplayReport",
+    "SchemaVersionError",
+    "Session",
+    "SessionNotFoundError",
+    "SessionStatus",
+    "SessionStore",
+    "SessionStoreError",
+    "StoreBusyError",
+    "StoreClosedError",
+    "StoreConfig",
+    "StoreCorruptError",
+    "StoreOpenError",
+    "StoreState",
+    "StoreStats",
+    "UnsafeSignalError",
+    "__version__",
+]

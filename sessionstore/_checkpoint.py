@@ -1,0 +1,186 @@
+"""Keeping the WAL bounded: when to checkpoint (a pure schedule) and the thread that does it.
+
+Where the TRUNCATE runs matters. Run from a separate connection, a TRUNCATE that waits for
+readers holds the checkpoint lock the whole time, so every writer's own auto-checkpoint fails
+silently and the WAL balloons. So the checkpointer thread only *schedules*: the checkpoint runs
+on the store's writer connection, under the writer's in-process lock, between two write
+transactions, with a short busy timeout (it holds the database's write lock while it waits,
+stalling other processes' writers). Busy means "try again later", with a backoff.
+
+Commits are watched through ``set_wal_hook`` (which replaces SQLite's auto-checkpoint, so the hook
+also runs the PASSIVE checkpoint every ``AUTOCHECKPOINT_PAGES`` as SQLite would have).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import apsw
+
+from ._models import CheckpointResult
+
+__all__ = ["AUTOCHECKPOINT_PAGES", "CheckpointSchedule", "Checkpointer", "run_checkpoint"]
+
+log = logging.getLogger("sessionstore")
+
+AUTOCHECKPOINT_PAGES = 1000  # SQLite's default auto-checkpoint threshold
+
+
+class CheckpointSchedule:
+    """Decides when a TRUNCATE checkpoint is due. Pure: the clock is passed in.
+
+    Due when ``interval_s`` has passed since the last success, or as soon as a commit reports
+    a WAL above ``wal_bytes_limit``. After a busy result the next try is backed off (0.25 s,
+    0.5 s, ... capped at the interval) so a reader that pins the WAL is not hammered.
+    """
+
+    def __init__(
+        self, interval_s: float, wal_bytes_limit: int, now: float, *, retry_base_s: float = 0.25
+    ) -> None:
+        self.interval_s = interval_s
+        self.wal_bytes_limit = wal_bytes_limit
+        self.retry_base_s = retry_base_s
+        self.next_due = now + interval_s
+        self.size_due = False
+        self.busy_streak = 0
+
+    def note_wal_bytes(self, wal_bytes: int) -> bool:
+        """Record the WAL size after a commit. Returns True when that makes a checkpoint due now."""
+        if wal_bytes > self.wal_bytes_limit and self.busy_streak == 0 and not self.size_due:
+            self.size_due = True
+            return True
+        return False
+
+    def due(self, now: float) -> bool:
+        """True when a checkpoint should run at ``now``."""
+        return self.size_due or now >= self.next_due
+
+    def seconds_until_due(self, now: float) -> float:
+        """How long the thread may sleep before the next check."""
+        return 0.0 if self.size_due else max(0.0, self.next_due - now)
+
+    def record(self, now: float, ok: bool) -> None:
+        """Record a checkpoint's outcome at ``now``."""
+        self.size_due = False
+        if ok:
+            self.busy_streak = 0
+            self.next_due = now + self.interval_s
+        else:
+            self.busy_streak += 1
+            backoff = self.retry_base_s * 2 ** (self.busy_streak - 1)
+            self.next_due = now + min(backoff, self.interval_s)
+
+
+def _wal_bytes(wal_path: str) -> int:
+    try:
+        return os.stat(wal_path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def run_checkpoint(conn: apsw.Connection, mode: str, wal_path: str) -> CheckpointResult:
+    """Checkpoint ``conn``'s database now; the caller holds the connection and set its busy wait.
+
+    Args:
+        conn: a connection with no open transaction.
+        mode: ``"PASSIVE"`` or ``"TRUNCATE"``.
+        wal_path: the ``-wal`` file, for its size before and after.
+
+    Returns:
+        The result; ``ok`` False when the checkpoint was busy (readers, a writer, or another
+        process's checkpoint) and should be tried later. It never raises for BUSY.
+    """
+    started = time.monotonic()
+    before = _wal_bytes(wal_path)
+    apsw_mode = (
+        apsw.SQLITE_CHECKPOINT_TRUNCATE if mode == "TRUNCATE" else apsw.SQLITE_CHECKPOINT_PASSIVE
+    )
+    error = None
+    try:
+        log_frames, done = conn.wal_checkpoint(mode=apsw_mode)
+        ok = True
+    except apsw.BusyError as err:
+        code = getattr(err, "extendedresult", apsw.SQLITE_BUSY)
+        ok, log_frames, done, error = False, -1, -1, f"busy ({code})"
+    return CheckpointResult(
+        at=time.time(),
+        mode="TRUNCATE" if mode == "TRUNCATE" else "PASSIVE",
+        ok=ok,
+        log_frames=log_frames,
+        checkpointed_frames=done,
+        wal_bytes_before=before,
+        wal_bytes_after=_wal_bytes(wal_path),
+        duration_s=time.monotonic() - started,
+        error=error,
+    )
+
+
+class Checkpointer:
+    """A daemon thread that wakes when a checkpoint is due and asks the store to run it.
+
+    ``run`` is the store's callback that takes the writer lock and checkpoints; it returns the
+    result, or None when the store is closing (the thread then ends).
+    """
+
+    def __init__(
+        self,
+        schedule: CheckpointSchedule,
+        run: Callable[[], CheckpointResult | None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "sessionstore-checkpointer",
+    ) -> None:
+        self.schedule = schedule
+        self._run = run
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def note_wal_bytes(self, wal_bytes: int) -> None:
+        """Called after each commit; wakes the thread when the WAL passed the limit."""
+        with self._lock:
+            due = self.schedule.note_wal_bytes(wal_bytes)
+        if due:
+            self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to end and wait for it (at most ``timeout``)."""
+        self._stop = True
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop:
+            with self._lock:
+                wait = self.schedule.seconds_until_due(self._clock())
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._stop:
+                return
+            with self._lock:
+                due = self.schedule.due(self._clock())
+            if not due:
+                continue
+            try:
+                result = self._run()
+            except Exception:  # the thread must outlive any one failure; the store reports it
+                log.exception("checkpoint failed")
+                result = None
+                with self._lock:
+                    self.schedule.record(self._clock(), ok=False)
+                continue
+            if result is None:
+                return
+            with self._lock:
+                self.schedule.record(self._clock(), ok=result.ok)

@@ -1,0 +1,76 @@
+"""StoreConfig: every tunable of the store, with its default and the reason for it, in one place."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["StoreConfig"]
+
+MiB = 1024 * 1024
+
+
+class StoreConfig(BaseModel):
+    """How a :class:`~sessionstore.SessionStore` talks to its database.
+
+    Every field is validated at construction; a bad value raises ``pydantic.ValidationError``
+    (a ``ValueError``) before any file is touched. The model is frozen: one config may be shared.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
+    """How long one statement waits for another process's lock before SQLite gives up."""
+
+    busy_handler: Literal["fair", "sqlite"] = "fair"
+    """``fair``: a short, jittered sleep per retry (sub-ms lock hand-off, fair between processes).
+    ``sqlite``: SQLite's built-in backoff (1, 2, 5 ... 100 ms sleeps: one process can starve another
+    for seconds under contention). Both stop at ``busy_timeout_ms``."""
+
+    write_deadline_s: float = Field(default=10.0, gt=0, le=3600)
+    """Total time one write may spend retrying BUSY (including ``BUSY_SNAPSHOT``) before it is
+    journaled instead of applied."""
+
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    """NORMAL: an application crash loses nothing; a power loss may roll back the last commits.
+    FULL: every acknowledged write survives power loss, at one fsync per commit."""
+
+    journal_size_limit: int = Field(default=4 * MiB, ge=-1)
+    """Bytes the WAL file is truncated to after a checkpoint resets it (-1: never truncated)."""
+
+    checkpoint_interval_s: float = Field(default=30.0, gt=0)
+    """A ``wal_checkpoint(TRUNCATE)`` runs at least this often while the store is open."""
+
+    checkpoint_wal_bytes: int = Field(default=4 * MiB, gt=0)
+    """... and as soon as a commit leaves the WAL larger than this."""
+
+    checkpoint_busy_timeout_ms: int = Field(default=50, ge=0, le=10_000)
+    """How long a TRUNCATE checkpoint may wait for readers. It holds the writer lock while it
+    waits, stalling every other process's writes, so it is short; busy means "try later"."""
+
+    checkpointing: bool = True
+    """Run the background checkpointer (disable only when another process owns checkpoints)."""
+
+    close_timeout_s: float = Field(default=5.0, ge=0, le=3600)
+    """How long ``close()`` waits for in-flight leases before it closes connections anyway."""
+
+    read_connections: int = Field(default=2, ge=1, le=64)
+    """Size of the per-process read connection pool."""
+
+    max_pending_ops: int = Field(default=100_000, ge=1)
+    """Ops queued while closing; past this a write goes straight to the durable journal."""
+
+    max_journal_bytes: int = Field(default=256 * MiB, gt=0)
+    """Journal size past which a write raises :class:`~sessionstore.errors.JournalFullError`."""
+
+    replay_on_open: bool = True
+    """Apply the journal left by closed stores (of any process) when the store opens."""
+
+    close_at_exit: bool = True
+    """Close a store left open at interpreter exit (with a warning), so queued ops are kept."""
+
+    reap_on_open: bool = False
+    """Run :func:`~sessionstore.reap_orphans` when the store opens. Off by default: ending
+    processes is a decision an operator or the orchestrator should make explicitly, and a
+    read-only tool opening the store must never kill anything as a side effect."""

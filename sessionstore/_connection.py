@@ -1,0 +1,186 @@
+"""Opening apsw connections the one right way, and the one retry policy for BUSY.
+
+Every connection gets, in this order: a busy handler (so nothing below fails at the first lock),
+a read that proves the file is a database (before anything could write to it), WAL mode (set
+only when it is not already WAL: switching needs an exclusive lock), ``synchronous``, foreign
+keys and ``journal_size_limit``. Each pragma is its own call whose result is read: apsw runs a
+multi-statement string lazily, so a later statement could silently never run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import apsw
+import tenacity
+
+from ._config import StoreConfig
+from .errors import StoreBusyError, StoreCorruptError, StoreOpenError
+
+__all__ = ["Clock", "RetryPolicy", "is_transient_busy", "open_connection", "translate_open_error"]
+
+log = logging.getLogger("sessionstore")
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+
+def is_transient_busy(err: BaseException) -> bool:
+    """True for the lock errors that redoing the whole transaction can cure.
+
+    Selected by type, never by message text: ``BusyError`` carries every BUSY variant
+    (``SQLITE_BUSY`` 5, ``_RECOVERY`` 261, ``_SNAPSHOT`` 517, ``_TIMEOUT`` 773). ``LockedError``
+    is not here: with shared cache compiled out it means a conflict inside one connection,
+    which waiting does not fix.
+    """
+    return isinstance(err, apsw.BusyError)
+
+
+class RetryPolicy:
+    """Redo a whole transaction on transient BUSY, with jitter, until a monotonic deadline.
+
+    The first attempt runs without tenacity (the common, uncontended case costs nothing extra);
+    only a BUSY enters the tenacity loop. ``clock`` and ``sleep`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        deadline_s: float,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.deadline_s = deadline_s
+        self._clock = clock
+        self._sleep = sleep
+
+    def call(self, fn: Callable[[], T], *, path: str, operation: str) -> T:
+        """Run ``fn`` and redo it on transient BUSY until the deadline.
+
+        Raises:
+            StoreBusyError: still BUSY at the deadline (chains the last ``apsw.BusyError``).
+            Exception: anything else ``fn`` raises, unchanged.
+        """
+        try:
+            return fn()
+        except apsw.BusyError:
+            pass
+        start = self._clock()
+
+        def out_of_time(_state: tenacity.RetryCallState) -> bool:
+            return self._clock() - start >= self.deadline_s
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient_busy),
+            stop=out_of_time,
+            wait=tenacity.wait_random_exponential(multiplier=0.001, max=0.05),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except apsw.BusyError as err:
+            raise StoreBusyError(path, operation, self._clock() - start) from err
+
+
+def fair_busy_handler(timeout_ms: int) -> Callable[[int], bool]:
+    """A busy handler that sleeps 0.1-2 ms per retry until ``timeout_ms`` has passed.
+
+    SQLite's own handler sleeps 1, 2, 5 ... 100 ms: a waiter asleep for 100 ms misses every
+    lock release in between, so under contention one process starves the others for seconds.
+    Short jittered sleeps hand the lock over within a millisecond and share it fairly.
+    """
+    deadline = 0.0
+
+    def handler(prior_calls: int) -> bool:
+        nonlocal deadline
+        now = time.monotonic()
+        if prior_calls == 0:
+            deadline = now + timeout_ms / 1000.0
+        elif now >= deadline:
+            return False
+        # Pacing a retry of a real lock, not synchronising anything: the lock holder is another
+        # process, and SQLite offers no way to be woken when it lets go.
+        time.sleep(random.uniform(0.0001, 0.001 if prior_calls < 20 else 0.002))
+        return True
+
+    return handler
+
+
+def set_busy(conn: apsw.Connection, config: StoreConfig, timeout_ms: int | None = None) -> None:
+    """Install the configured busy strategy on ``conn`` (optionally with another timeout)."""
+    ms = config.busy_timeout_ms if timeout_ms is None else timeout_ms
+    if config.busy_handler == "fair" and ms > 0:
+        conn.set_busy_handler(fair_busy_handler(ms))
+    else:
+        conn.set_busy_timeout(ms)
+
+
+def translate_open_error(path: str, err: apsw.Error) -> Exception:
+    """Map an apsw error raised while opening or first reading ``path`` to ours."""
+    if isinstance(err, (apsw.NotADBError, apsw.CorruptError)):
+        return StoreCorruptError(path, f"{type(err).__name__}: {err}")
+    if isinstance(err, apsw.BusyError):
+        return StoreBusyError(path, "open", 0.0)
+    return StoreOpenError(path, f"{type(err).__name__}: {err}")
+
+
+def _pragma(conn: apsw.Connection, name: str, value: object = None) -> object:
+    return conn.pragma(name) if value is None else conn.pragma(name, value)
+
+
+def open_connection(path: str, config: StoreConfig, policy: RetryPolicy) -> apsw.Connection:
+    """Open ``path`` with every setting in place.
+
+    Args:
+        path: the database file (created when missing); ``:memory:`` is not supported because a
+            memory database cannot be shared between connections.
+        config: the store settings.
+        policy: the retry policy for BUSY while switching to WAL.
+
+    Returns:
+        A connection in WAL mode with the busy handler, ``synchronous``, foreign keys and
+        ``journal_size_limit`` set.
+
+    Raises:
+        StoreCorruptError: the file is not a SQLite database or is corrupt (left untouched).
+        StoreOpenError: the file cannot be opened at all.
+        StoreBusyError: locked past the retry deadline.
+    """
+    if os.path.isdir(path):
+        raise StoreOpenError(path, "is a directory")
+    try:
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    except apsw.Error as err:
+        raise translate_open_error(path, err) from err
+    try:
+        set_busy(conn, config)
+        # Prove it is a database before anything could write to it.
+        policy.call(
+            lambda: conn.execute("SELECT count(*) FROM sqlite_schema").fetchall(),
+            path=path,
+            operation="open",
+        )
+        mode = str(_pragma(conn, "journal_mode")).lower()
+        if mode != "wal":
+            mode = str(
+                policy.call(
+                    lambda: _pragma(conn, "journal_mode", "wal"), path=path, operation="enable WAL"
+                )
+            ).lower()
+            if mode != "wal":
+                raise StoreOpenError(path, f"could not switch to WAL (journal_mode is {mode})")
+        _pragma(conn, "synchronous", config.synchronous)
+        _pragma(conn, "foreign_keys", "ON")
+        _pragma(conn, "journal_size_limit", config.journal_size_limit)
+    except BaseException as err:
+        conn.close(True)
+        if isinstance(err, apsw.Error):
+            raise translate_open_error(path, err) from err
+        raise
+    return conn

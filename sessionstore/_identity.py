@@ -1,0 +1,217 @@
+"""A process identity that survives PID reuse: ``(pid, start_ticks, boot_id)``.
+
+A PID alone names whichever process holds that number *now*; a PID recorded yesterday may belong
+to a stranger today. The kernel's start time of the process, in clock ticks since boot (field 22
+of ``/proc/<pid>/stat``), plus the boot id, names one process for good. psutil uses the same
+monotonic start time internally; we do not persist its float ``create_time()`` because that moves
+with the wall clock.
+
+Both the store (children and session owners are recorded with their identity) and the process
+layer (which re-checks it before every signal) use this module, so it lives at the top of the
+package rather than under ``process/``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import sys
+from functools import lru_cache
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import UnsafeSignalError
+
+__all__ = [
+    "IdentityStatus",
+    "ProcessIdentity",
+    "ProcessInfo",
+    "boot_id",
+    "check_signal_target",
+    "hostname",
+    "read_process_info",
+]
+
+_LINUX = sys.platform.startswith("linux")
+
+
+class IdentityStatus(str, enum.Enum):
+    """What a recorded identity refers to now."""
+
+    ALIVE = "alive"
+    ZOMBIE = "zombie"  # exited, not yet reaped: it can never run again
+    GONE = "gone"  # no process with that pid
+    REUSED = "reused"  # the pid now belongs to a different process
+    OTHER_BOOT = "other_boot"  # recorded before the last reboot
+    UNKNOWN = "unknown"  # could not be read (permissions, another pid namespace): fail closed
+
+
+@lru_cache(maxsize=1)
+def boot_id() -> str:
+    """Return this boot's id (Linux ``boot_id``; elsewhere the boot time in whole seconds)."""
+    if _LINUX:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                return f.read().strip()
+        except OSError:
+            pass
+    return f"boot-{int(psutil.boot_time())}"
+
+
+@lru_cache(maxsize=1)
+def hostname() -> str:
+    """Return this machine's host name."""
+    return socket.gethostname()
+
+
+class ProcessInfo(BaseModel):
+    """One read of a process: its identity plus what a human needs to recognise it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: int
+    start_ticks: int
+    ppid: int
+    pgid: int
+    state: str  # one-letter kernel state: R, S, D, Z, T, X, ...
+    argv: list[str] = Field(default_factory=list)
+
+
+def _read_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """Return ``(state, ppid, pgid, start_ticks)`` from ``/proc/<pid>/stat``, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rindex(b")") + 2 :].split()
+    state = rest[0].decode("ascii", "replace")
+    return state, int(rest[1]), int(rest[2]), int(rest[19])
+
+
+def _read_argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def read_process_info(pid: int) -> ProcessInfo | None:
+    """Read a process's identity, parent, group, state and argv.
+
+    Args:
+        pid: the process to read.
+
+    Returns:
+        The info, or None when no process has that pid.
+
+    Raises:
+        PermissionError: the process exists but cannot be read.
+    """
+    if _LINUX:
+        stat = _read_stat(pid)
+        if stat is None:
+            return None
+        state, ppid, pgid, start_ticks = stat
+        return ProcessInfo(
+            pid=pid,
+            start_ticks=start_ticks,
+            ppid=ppid,
+            pgid=pgid,
+            state=state,
+            argv=_read_argv(pid),
+        )
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            # Microseconds of create time: stable for the life of the process on these platforms.
+            start = int(proc.create_time() * 1_000_000)
+            status = proc.status()
+            ppid = proc.ppid()
+            try:
+                argv = proc.cmdline()
+            except (psutil.AccessDenied, psutil.ZombieProcess):
+                argv = []
+        pgid = os.getpgid(pid)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return None
+    except psutil.AccessDenied as err:
+        raise PermissionError(f"cannot read process {pid}") from err
+    state = "Z" if status == psutil.STATUS_ZOMBIE else "S"
+    return ProcessInfo(pid=pid, start_ticks=start, ppid=ppid, pgid=pgid, state=state, argv=argv)
+
+
+class ProcessIdentity(BaseModel):
+    """``(pid, start_ticks, boot_id)``: one process, for good, whatever its PID holds later."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: int = Field(gt=0)
+    start_ticks: int = Field(ge=0)
+    boot_id: str = Field(min_length=1)
+
+    @classmethod
+    def capture(cls, pid: int) -> ProcessIdentity:
+        """Read the identity of the process that holds ``pid`` now.
+
+        Raises:
+            ProcessLookupError: no process has that pid.
+            PermissionError: the process cannot be read.
+        """
+        info = read_process_info(pid)
+        if info is None:
+            raise ProcessLookupError(pid, f"no process with pid {pid}")
+        return cls(pid=pid, start_ticks=info.start_ticks, boot_id=boot_id())
+
+    @classmethod
+    def current(cls) -> ProcessIdentity:
+        """Return the identity of this process."""
+        return cls.capture(os.getpid())
+
+    def check(self) -> IdentityStatus:
+        """Say what this identity refers to now; UNKNOWN when it cannot tell (fail closed)."""
+        if self.boot_id != boot_id():
+            return IdentityStatus.OTHER_BOOT
+        try:
+            info = read_process_info(self.pid)
+        except PermissionError:
+            return IdentityStatus.UNKNOWN
+        except OSError:
+            return IdentityStatus.UNKNOWN
+        if info is None:
+            return IdentityStatus.GONE
+        if info.start_ticks != self.start_ticks:
+            return IdentityStatus.REUSED
+        if info.state in ("Z", "X"):
+            return IdentityStatus.ZOMBIE
+        return IdentityStatus.ALIVE
+
+    def is_alive(self) -> bool:
+        """True only when this very process is still running (a zombie is not)."""
+        return self.check() is IdentityStatus.ALIVE
+
+
+def check_signal_target(pid: int, *, pgid: int | None = None) -> None:
+    """Refuse PIDs (and process groups) that must never be signalled.
+
+    Args:
+        pid: the process about to be signalled or tracked.
+        pgid: when a whole process group is about to be signalled, its id.
+
+    Raises:
+        UnsafeSignalError: ``pid`` is <= 1 or our own pid, or ``pgid`` is <= 1 or our own group.
+        TypeError: ``pid`` is not an int.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+    if pid <= 1:
+        raise UnsafeSignalError(pid, "pid <= 1 names init or every process")
+    if pid == os.getpid():
+        raise UnsafeSignalError(pid, "that is this process")
+    if pgid is not None and (pgid <= 1 or pgid == os.getpgrp()):
+        raise UnsafeSignalError(pid, f"process group {pgid} is this process's own group")

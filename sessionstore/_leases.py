@@ -1,0 +1,159 @@
+"""The closing gate: refcounted leases, the pending-op queue, and drain with a deadline.
+
+One lock guards the store's state, its leases and its pending queue together, so the decision
+"apply now / queue / journal" for a write is atomic with ``close()`` moving the state on: an op
+is never admitted to an OPEN store that has just begun closing, nor queued after the queue was
+drained for the last time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, Literal, TypeVar
+
+from ._models import StoreState
+
+__all__ = ["Gate", "Lease"]
+
+T = TypeVar("T")
+_ids = itertools.count(1)
+
+
+class Lease:
+    """Permission to use the store's connections for one call; records who holds it."""
+
+    __slots__ = ("abandoned", "acquired_at", "borrower", "id", "thread")
+
+    def __init__(self, borrower: str) -> None:
+        self.id = next(_ids)
+        self.borrower = borrower
+        self.thread = threading.current_thread().name
+        self.acquired_at = time.monotonic()
+        self.abandoned = False
+
+    def describe(self) -> str:
+        """``borrower (thread, held N.NN s)`` for reports."""
+        held = time.monotonic() - self.acquired_at
+        return f"{self.borrower} (thread {self.thread}, held {held:.2f} s)"
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.id} {self.describe()}{' abandoned' if self.abandoned else ''}>"
+
+
+Admission = Lease | Literal["queued", "overflow", "closed"]
+
+
+class Gate(Generic[T]):
+    """State machine OPEN -> CLOSING -> CLOSED with leases and a bounded pending queue of T."""
+
+    def __init__(self, max_pending: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._state = StoreState.OPEN
+        self._leases: dict[int, Lease] = {}
+        self._pending: deque[T] = deque()
+        self._max_pending = max_pending
+
+    @property
+    def state(self) -> StoreState:
+        """The current state."""
+        return self._state
+
+    def counts(self) -> tuple[StoreState, int, int]:
+        """``(state, leases out, ops pending)`` read together."""
+        with self._cond:
+            return self._state, len(self._leases), len(self._pending)
+
+    def acquire(self, borrower: str) -> Lease | None:
+        """Take a lease, or None when the store is not OPEN (no new leases while closing)."""
+        with self._cond:
+            if self._state is not StoreState.OPEN:
+                return None
+            lease = Lease(borrower)
+            self._leases[lease.id] = lease
+            return lease
+
+    def admit_write(self, op: T, borrower: str) -> Admission:
+        """Decide, atomically with the state, where a write goes.
+
+        Returns:
+            A lease (OPEN: apply now, then release it); ``"queued"`` (CLOSING: the op joined the
+            pending queue); ``"overflow"`` (CLOSING but the queue is full: journal it);
+            ``"closed"`` (CLOSED: journal it).
+        """
+        with self._cond:
+            if self._state is StoreState.OPEN:
+                lease = Lease(borrower)
+                self._leases[lease.id] = lease
+                return lease
+            if self._state is StoreState.CLOSING:
+                if len(self._pending) >= self._max_pending:
+                    return "overflow"
+                self._pending.append(op)
+                return "queued"
+            return "closed"
+
+    def release(self, lease: Lease) -> None:
+        """Return a lease; wakes ``wait_drained``. Releasing an abandoned lease is harmless."""
+        with self._cond:
+            if self._leases.pop(lease.id, None) is not None and not self._leases:
+                self._cond.notify_all()
+
+    def begin_close(self) -> bool:
+        """Move OPEN -> CLOSING. Returns False when it was not OPEN."""
+        with self._cond:
+            if self._state is not StoreState.OPEN:
+                return False
+            self._state = StoreState.CLOSING
+            return True
+
+    def wait_drained(
+        self, timeout: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> list[Lease]:
+        """Wait until no lease is out, at most ``timeout`` seconds.
+
+        Returns:
+            The leases still out at the deadline, now marked abandoned (empty when drained).
+        """
+        deadline = clock() + timeout
+        with self._cond:
+            while self._leases:
+                left = deadline - clock()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            abandoned = list(self._leases.values())
+            for lease in abandoned:
+                lease.abandoned = True
+                del self._leases[lease.id]
+            return abandoned
+
+    def take_pending_or_close(self, max_items: int) -> list[T]:
+        """Take up to ``max_items`` queued ops; when none is left, move CLOSING -> CLOSED.
+
+        Returns:
+            The ops to apply now; an empty list means the store is now CLOSED and every op that
+            arrives from here on will be told ``"closed"``.
+        """
+        with self._cond:
+            if not self._pending:
+                self._state = StoreState.CLOSED
+                return []
+            n = min(max_items, len(self._pending))
+            return [self._pending.popleft() for _ in range(n)]
+
+    def drain_pending(self) -> list[T]:
+        """Take every queued op at once (for the hard-exit path that journals them)."""
+        with self._cond:
+            ops = list(self._pending)
+            self._pending.clear()
+            return ops
+
+    def force_closed(self) -> None:
+        """Mark CLOSED (the open failed, or the process is about to exit hard)."""
+        with self._cond:
+            self._state = StoreState.CLOSED
+            self._cond.notify_all()

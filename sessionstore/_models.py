@@ -1,0 +1,196 @@
+"""The values the store returns: frozen pydantic models, safe to hand across threads."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._identity import ProcessIdentity
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointResult",
+    "ChildProcess",
+    "ChildState",
+    "CloseReport",
+    "Event",
+    "EventLevel",
+    "OpFailure",
+    "ReplayReport",
+    "Session",
+    "SessionStatus",
+    "StoreState",
+    "StoreStats",
+]
+
+EventLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class SessionStatus(str, enum.Enum):
+    """Lifecycle of a session."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+    CRASHED = "crashed"
+
+
+class ChildState(str, enum.Enum):
+    """How a recorded child process stands, or how it ended."""
+
+    RUNNING = "running"
+    EXITED = "exited"  # ended on its own, or on our SIGTERM (exit code recorded)
+    KILLED = "killed"  # needed SIGKILL
+    UNKILLABLE = "unkillable"  # still there after SIGKILL and the verify deadline
+    GONE = "gone"  # vanished, or its PID was reused by a stranger: never signalled
+
+
+class StoreState(str, enum.Enum):
+    """Where a store is in its life; it only moves forward."""
+
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Session(_Frozen):
+    """One orchestrator session."""
+
+    id: str
+    name: str
+    objective: str | None = None
+    status: SessionStatus
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    owner: ProcessIdentity | None = None
+    owner_host: str | None = None
+    created_at: float
+    updated_at: float
+    paused_at: float | None = None
+    resumed_at: float | None = None
+    stopped_at: float | None = None
+    heartbeat_at: float | None = None
+
+
+class Checkpoint(_Frozen):
+    """A named JSON snapshot of a session's state."""
+
+    id: str
+    session_id: str
+    name: str
+    data: Any
+    created_at: float
+
+
+class Event(_Frozen):
+    """One log line of a session.
+
+    ``id`` is the database's monotonic event id. It is None on the Event returned by a
+    ``log_event`` call that was queued or journaled (store closing or closed): the row gets its
+    id when it is applied; ``op_id`` identifies it in the meantime.
+    """
+
+    id: int | None
+    op_id: str
+    session_id: str
+    level: EventLevel
+    message: str
+    data: Any = None
+    created_at: float
+
+
+class ChildProcess(_Frozen):
+    """A child process recorded for a session, with the identity captured when it was added."""
+
+    session_id: str
+    pid: int
+    start_ticks: int
+    boot_id: str
+    pgid: int | None = None
+    argv: list[str] = Field(default_factory=list)
+    registered_at: float
+    exited_at: float | None = None
+    exit_code: int | None = None
+    state: ChildState = ChildState.RUNNING
+
+    @property
+    def identity(self) -> ProcessIdentity:
+        """The ``(pid, start_ticks, boot_id)`` recorded for this child."""
+        return ProcessIdentity(pid=self.pid, start_ticks=self.start_ticks, boot_id=self.boot_id)
+
+
+class CheckpointResult(_Frozen):
+    """The outcome of one WAL checkpoint."""
+
+    at: float  # wall-clock time it finished
+    mode: Literal["PASSIVE", "TRUNCATE"]
+    ok: bool  # False: busy (readers or another checkpointer), to be tried again later
+    log_frames: int
+    checkpointed_frames: int
+    wal_bytes_before: int
+    wal_bytes_after: int
+    duration_s: float
+    error: str | None = None
+
+
+class OpFailure(_Frozen):
+    """A write that could not be applied when it was made, and where it went instead."""
+
+    op_id: str
+    kind: str
+    disposition: Literal["journaled", "rejected"]
+    reason: str
+    at: float
+
+
+class ReplayReport(_Frozen):
+    """What applying a journal did."""
+
+    applied: int = 0  # ops applied (already-applied ones count: replay is idempotent)
+    rejected: int = 0  # valid lines that could not apply (e.g. unknown session): kept aside
+    invalid: int = 0  # lines that failed validation: kept aside
+    torn: int = 0  # an incomplete last line (a crash mid-append): skipped
+    rejected_path: str | None = None
+
+
+class StoreStats(_Frozen):
+    """A snapshot of a store's counters. Counts are for this store object (this process)."""
+
+    path: str
+    state: StoreState
+    leases: int
+    pending: int  # ops queued while closing, not yet applied
+    applied: int  # ops applied directly
+    applied_from_queue: int
+    replayed: int  # journal ops this store applied (at open, close or replay())
+    journaled: int  # ops this store appended to the journal
+    journal_bytes: int  # size of the journal file now (all processes' ops)
+    wal_bytes: int  # size of the -wal file now
+    checkpoints: int
+    last_checkpoint: CheckpointResult | None = None
+    failures: list[OpFailure] = Field(default_factory=list)  # the most recent ones
+
+
+class CloseReport(_Frozen):
+    """What ``close()`` did. The store is CLOSED whatever the report says."""
+
+    path: str
+    already_closed: bool = False  # this call found the store closed and did nothing
+    drain_s: float = 0.0
+    replay_s: float = 0.0
+    checkpoint_s: float = 0.0
+    close_s: float = 0.0
+    applied_from_queue: int = 0
+    journaled: int = 0  # ops that went to the journal during this store's life
+    replayed: int = 0
+    abandoned_leases: list[str] = Field(default_factory=list)  # borrowers still holding one
+    wal_bytes_before: int = 0
+    wal_bytes_after: int = 0
+    checkpoint: CheckpointResult | None = None
+    errors: list[str] = Field(default_factory=list)  # grace that was lost; nothing leaked

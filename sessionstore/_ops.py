@@ -1,0 +1,484 @@
+"""Every write as data: pydantic operation objects and the one function that applies them.
+
+An op carries a client-generated ``op_id`` and timestamp ``ts``, so the same op can be applied
+now, queued while the store closes, or journaled after it closed and applied by the next open,
+with the same result. Applying an op twice is harmless:
+
+* inserts are keyed by client-generated ids (``ON CONFLICT DO NOTHING``);
+* status changes are last-writer-wins on ``ts`` (a stale op replayed late changes nothing);
+* heartbeats keep the newest time; a child's end is recorded once.
+
+``apply`` runs inside a write transaction the caller has opened (``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import threading
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import apsw
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from ._identity import ProcessIdentity, hostname
+from ._models import (
+    Checkpoint,
+    ChildProcess,
+    ChildState,
+    Event,
+    EventLevel,
+    Session,
+    SessionStatus,
+)
+from .errors import InvalidTransitionError, SessionNotFoundError
+
+__all__ = [
+    "MAX_MESSAGE_CHARS",
+    "MAX_NAME_CHARS",
+    "AddChild",
+    "CreateSession",
+    "Heartbeat",
+    "LogEvent",
+    "Op",
+    "RemoveChild",
+    "SaveCheckpoint",
+    "SetStatus",
+    "apply",
+    "dump_json",
+    "new_id",
+    "op_adapter",
+]
+
+MAX_NAME_CHARS = 200
+MAX_MESSAGE_CHARS = 64 * 1024
+_SQLITE_CONSTRAINT_FOREIGNKEY = 787
+
+_id_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def new_id() -> str:
+    """Return a uuid7-style id: 48-bit millisecond time, then randomness; sortable by creation.
+
+    Within one process, ids made in the same millisecond still sort in creation order (a
+    12-bit sequence follows the time), so ``ORDER BY id`` is creation order.
+    """
+    global _last_ms, _seq
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _seq += 1
+            if _seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next millisecond
+                ms += 1
+                _seq = 0
+        else:
+            _seq = random.getrandbits(8)  # leave room to count up within this millisecond
+        _last_ms = ms
+        seq = _seq
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | random.getrandbits(62)
+    return str(uuid.UUID(int=value))
+
+
+def dump_json(value: Any) -> str:
+    """Serialise ``value`` as strict JSON (no NaN/Infinity), compactly."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def _json_value(value: Any) -> Any:
+    """Validate that ``value`` is JSON-serialisable and return it as JSON would give it back."""
+    try:
+        text = dump_json(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"not JSON-serialisable: {err}") from err
+    return json.loads(text)
+
+
+def _new_op_id() -> str:
+    return uuid.uuid4().hex
+
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+SessionId = Annotated[str, Field(min_length=1, max_length=64)]
+Pid = Annotated[int, Field(gt=1, lt=2**31)]
+
+
+class _OpBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    op_id: str = Field(default_factory=_new_op_id, min_length=1, max_length=64)
+    ts: float = Field(default_factory=time.time)
+
+    @field_validator("ts")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("ts must be finite")
+        return v
+
+
+class CreateSession(_OpBase):
+    """Create a session (ACTIVE) with a client-generated id."""
+
+    kind: Literal["create_session"] = "create_session"
+    session_id: SessionId = Field(default_factory=new_id)
+    name: Name
+    objective: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    owner_pid: int | None = None
+    owner_start_ticks: int | None = None
+    owner_boot_id: str | None = None
+    owner_host: str | None = None
+
+    _json_metadata = field_validator("metadata")(classmethod(lambda cls, v: _json_value(v)))
+
+
+class SetStatus(_OpBase):
+    """Move a session to a new status (pause, resume, stop, complete, crash)."""
+
+    kind: Literal["set_status"] = "set_status"
+    session_id: SessionId
+    status: SessionStatus
+
+
+class Heartbeat(_OpBase):
+    """Record that a session's owner is alive."""
+
+    kind: Literal["heartbeat"] = "heartbeat"
+    session_id: SessionId
+
+
+class SaveCheckpoint(_OpBase):
+    """Store a named JSON snapshot of a session."""
+
+    kind: Literal["save_checkpoint"] = "save_checkpoint"
+    checkpoint_id: str = Field(default_factory=new_id)
+    session_id: SessionId
+    name: Name
+    data: Any
+
+    _json_data = field_validator("data")(classmethod(lambda cls, v: _json_value(v)))
+
+
+class LogEvent(_OpBase):
+    """Append an event to a session's log."""
+
+    kind: Literal["log_event"] = "log_event"
+    session_id: SessionId
+    level: EventLevel = "info"
+    message: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
+    data: Any = None
+
+    _json_data = field_validator("data")(classmethod(lambda cls, v: _json_value(v)))
+
+
+class AddChild(_OpBase):
+    """Record a child process of a session, with its identity."""
+
+    kind: Literal["add_child"] = "add_child"
+    session_id: SessionId
+    pid: Pid
+    start_ticks: int = Field(ge=0)
+    boot_id: str = Field(min_length=1)
+    pgid: int | None = None
+    argv: list[str] = Field(default_factory=list)
+
+
+class RemoveChild(_OpBase):
+    """Record that a child ended, how (``state``), and its exit code. Recorded once."""
+
+    kind: Literal["remove_child"] = "remove_child"
+    session_id: SessionId
+    pid: Pid
+    start_ticks: int | None = None  # None: the newest running row with that pid
+    exit_code: int | None = None
+    state: Literal[ChildState.EXITED, ChildState.KILLED, ChildState.UNKILLABLE, ChildState.GONE] = (
+        ChildState.EXITED
+    )
+
+
+Op = Annotated[
+    CreateSession | SetStatus | Heartbeat | SaveCheckpoint | LogEvent | AddChild | RemoveChild,
+    Field(discriminator="kind"),
+]
+op_adapter: TypeAdapter[Op] = TypeAdapter(Op)
+
+# Which statuses each target status may be reached from. Resume is allowed from stopped and
+# crashed so an operator can pick a session up again; nothing leaves COMPLETED but a stop.
+_ALLOWED_FROM: dict[SessionStatus, frozenset[SessionStatus]] = {
+    SessionStatus.ACTIVE: frozenset(
+        {SessionStatus.ACTIVE, SessionStatus.PAUSED, SessionStatus.STOPPED, SessionStatus.CRASHED}
+    ),
+    SessionStatus.PAUSED: frozenset({SessionStatus.ACTIVE, SessionStatus.PAUSED}),
+    SessionStatus.STOPPED: frozenset(SessionStatus),
+    SessionStatus.COMPLETED: frozenset(
+        {SessionStatus.ACTIVE, SessionStatus.PAUSED, SessionStatus.COMPLETED}
+    ),
+    SessionStatus.CRASHED: frozenset(
+        {SessionStatus.ACTIVE, SessionStatus.PAUSED, SessionStatus.CRASHED}
+    ),
+}
+
+
+def _is_fk_error(err: apsw.ConstraintError) -> bool:
+    return getattr(err, "extendedresult", 0) == _SQLITE_CONSTRAINT_FOREIGNKEY
+
+
+def _require_session(conn: apsw.Connection, session_id: str) -> tuple[str, float]:
+    row = conn.execute(
+        "SELECT status, status_at FROM sessions WHERE id = ?", (session_id,)
+    ).fetchall()
+    if not row:
+        raise SessionNotFoundError(session_id)
+    status, status_at = row[0]
+    return str(status), float(status_at)  # type: ignore[arg-type]
+
+
+def _apply_create(conn: apsw.Connection, op: CreateSession) -> Session:
+    conn.execute(
+        "INSERT INTO sessions (id, name, objective, status, metadata, owner_pid, "
+        "owner_start_ticks, owner_boot_id, owner_host, created_at, updated_at, status_at) "
+        "VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+        (
+            op.session_id,
+            op.name,
+            op.objective,
+            dump_json(op.metadata),
+            op.owner_pid,
+            op.owner_start_ticks,
+            op.owner_boot_id,
+            op.owner_host,
+            op.ts,
+            op.ts,
+            op.ts,
+        ),
+    ).fetchall()
+    return session_from_create(op)
+
+
+def session_from_create(op: CreateSession) -> Session:
+    """The Session a CreateSession op makes, without reading the database."""
+    owner = None
+    if op.owner_pid and op.owner_start_ticks is not None and op.owner_boot_id:
+        owner = ProcessIdentity(
+            pid=op.owner_pid, start_ticks=op.owner_start_ticks, boot_id=op.owner_boot_id
+        )
+    return Session(
+        id=op.session_id,
+        name=op.name,
+        objective=op.objective,
+        status=SessionStatus.ACTIVE,
+        metadata=op.metadata,
+        owner=owner,
+        owner_host=op.owner_host,
+        created_at=op.ts,
+        updated_at=op.ts,
+    )
+
+
+_STATUS_COLUMN = {
+    SessionStatus.PAUSED: "paused_at",
+    SessionStatus.ACTIVE: "resumed_at",
+    SessionStatus.STOPPED: "stopped_at",
+    SessionStatus.COMPLETED: "stopped_at",
+    SessionStatus.CRASHED: "stopped_at",
+}
+
+
+def _apply_status(conn: apsw.Connection, op: SetStatus) -> None:
+    current, status_at = _require_session(conn, op.session_id)
+    if op.ts < status_at:
+        return  # a newer status change already landed: this stale op changes nothing
+    if SessionStatus(current) not in _ALLOWED_FROM[op.status]:
+        raise InvalidTransitionError(op.session_id, current, op.status.value)
+    column = _STATUS_COLUMN[op.status]
+    conn.execute(
+        f"UPDATE sessions SET status = ?, status_at = ?, {column} = ?, "
+        "updated_at = max(updated_at, ?) WHERE id = ?",
+        (op.status.value, op.ts, op.ts, op.ts, op.session_id),
+    ).fetchall()
+
+
+def _apply_heartbeat(conn: apsw.Connection, op: Heartbeat) -> None:
+    conn.execute(
+        "UPDATE sessions SET heartbeat_at = max(coalesce(heartbeat_at, 0), ?), "
+        "updated_at = max(updated_at, ?) WHERE id = ?",
+        (op.ts, op.ts, op.session_id),
+    ).fetchall()
+    if conn.changes() == 0:
+        raise SessionNotFoundError(op.session_id)
+
+
+def _apply_checkpoint(conn: apsw.Connection, op: SaveCheckpoint) -> Checkpoint:
+    try:
+        conn.execute(
+            "INSERT INTO checkpoints (id, session_id, name, data, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            (op.checkpoint_id, op.session_id, op.name, dump_json(op.data), op.ts),
+        ).fetchall()
+    except apsw.ConstraintError as err:
+        if _is_fk_error(err):
+            raise SessionNotFoundError(op.session_id) from err
+        raise
+    return checkpoint_from_op(op)
+
+
+def checkpoint_from_op(op: SaveCheckpoint) -> Checkpoint:
+    """The Checkpoint a SaveCheckpoint op makes, without reading the database."""
+    return Checkpoint(
+        id=op.checkpoint_id, session_id=op.session_id, name=op.name, data=op.data, created_at=op.ts
+    )
+
+
+def _apply_event(conn: apsw.Connection, op: LogEvent) -> Event:
+    try:
+        rows = conn.execute(
+            "INSERT INTO events (op_id, session_id, level, message, data, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(op_id) DO NOTHING RETURNING id",
+            (
+                op.op_id,
+                op.session_id,
+                op.level,
+                op.message,
+                None if op.data is None else dump_json(op.data),
+                op.ts,
+            ),
+        ).fetchall()
+    except apsw.ConstraintError as err:
+        if _is_fk_error(err):
+            raise SessionNotFoundError(op.session_id) from err
+        raise
+    if rows:
+        event_id = int(rows[0][0])  # type: ignore[arg-type]
+    else:  # applied before (replay): find the row it made
+        event_id = int(
+            conn.execute("SELECT id FROM events WHERE op_id = ?", (op.op_id,)).fetchall()[0][0]  # type: ignore[arg-type]
+        )
+    return event_from_op(op, event_id)
+
+
+def event_from_op(op: LogEvent, event_id: int | None) -> Event:
+    """The Event a LogEvent op makes; ``event_id`` None while it is not applied yet."""
+    return Event(
+        id=event_id,
+        op_id=op.op_id,
+        session_id=op.session_id,
+        level=op.level,
+        message=op.message,
+        data=op.data,
+        created_at=op.ts,
+    )
+
+
+def _apply_add_child(conn: apsw.Connection, op: AddChild) -> ChildProcess:
+    try:
+        conn.execute(
+            "INSERT INTO child_processes (session_id, pid, start_ticks, boot_id, pgid, argv, "
+            "registered_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'running') "
+            "ON CONFLICT(session_id, pid, start_ticks, boot_id) DO NOTHING",
+            (
+                op.session_id,
+                op.pid,
+                op.start_ticks,
+                op.boot_id,
+                op.pgid,
+                dump_json(op.argv),
+                op.ts,
+            ),
+        ).fetchall()
+    except apsw.ConstraintError as err:
+        if _is_fk_error(err):
+            raise SessionNotFoundError(op.session_id) from err
+        raise
+    return child_from_op(op)
+
+
+def child_from_op(op: AddChild) -> ChildProcess:
+    """The ChildProcess an AddChild op records, without reading the database."""
+    return ChildProcess(
+        session_id=op.session_id,
+        pid=op.pid,
+        start_ticks=op.start_ticks,
+        boot_id=op.boot_id,
+        pgid=op.pgid,
+        argv=op.argv,
+        registered_at=op.ts,
+    )
+
+
+def _apply_remove_child(conn: apsw.Connection, op: RemoveChild) -> bool:
+    # The end is recorded once; only "unkillable" may later be corrected to a final state.
+    params: tuple[Any, ...]
+    where = "session_id = ? AND pid = ? AND state IN ('running', 'unkillable')"
+    params = (op.session_id, op.pid)
+    if op.start_ticks is not None:
+        where += " AND start_ticks = ?"
+        params += (op.start_ticks,)
+    conn.execute(
+        "UPDATE child_processes SET state = ?, exit_code = coalesce(?, exit_code), "
+        "exited_at = CASE WHEN ? = 'unkillable' THEN exited_at ELSE coalesce(exited_at, ?) END "
+        f"WHERE rowid = (SELECT rowid FROM child_processes WHERE {where} "
+        "ORDER BY registered_at DESC LIMIT 1)",
+        (op.state.value, op.exit_code, op.state.value, op.ts, *params),
+    ).fetchall()
+    if conn.changes():
+        return True
+    _require_session(conn, op.session_id)
+    return False  # unknown child or already ended: idempotent no-op
+
+
+def apply(op: Op, conn: apsw.Connection) -> Any:
+    """Apply one op inside the caller's open write transaction.
+
+    Args:
+        op: the operation.
+        conn: a connection with a write transaction open (``BEGIN IMMEDIATE``).
+
+    Returns:
+        The model the op makes (Session, Checkpoint, Event, ChildProcess), a bool for
+        RemoveChild (whether a row changed), or None.
+
+    Raises:
+        SessionNotFoundError: the op names a session that does not exist.
+        InvalidTransitionError: a status change the current status does not allow.
+        apsw.Error: from SQLite; the caller decides on retry or journaling.
+    """
+    if isinstance(op, LogEvent):
+        return _apply_event(conn, op)
+    if isinstance(op, Heartbeat):
+        return _apply_heartbeat(conn, op)
+    if isinstance(op, SaveCheckpoint):
+        return _apply_checkpoint(conn, op)
+    if isinstance(op, SetStatus):
+        return _apply_status(conn, op)
+    if isinstance(op, CreateSession):
+        return _apply_create(conn, op)
+    if isinstance(op, AddChild):
+        return _apply_add_child(conn, op)
+    if isinstance(op, RemoveChild):
+        return _apply_remove_child(conn, op)
+    raise TypeError(f"not an op: {type(op).__name__}")  # pragma: no cover - exhaustive above
+
+
+@functools.lru_cache(maxsize=4)
+def _current_identity(pid: int) -> ProcessIdentity:
+    # Keyed by pid so a forked child captures its own identity, not its parent's.
+    return ProcessIdentity.capture(pid)
+
+
+def owner_fields() -> dict[str, Any]:
+    """The owner identity columns for a session created by this process."""
+    ident = _current_identity(os.getpid())
+    return {
+        "owner_pid": ident.pid,
+        "owner_start_ticks": ident.start_ticks,
+        "owner_boot_id": ident.boot_id,
+        "owner_host": hostname(),
+    }

@@ -1,0 +1,1147 @@
+"""SessionStore: the typed API over ops, the closing gate, the pending queue and the journal."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import apsw
+
+from ._checkpoint import AUTOCHECKPOINT_PAGES, Checkpointer, CheckpointSchedule, run_checkpoint
+from ._config import StoreConfig
+from ._connection import RetryPolicy, fair_busy_handler, open_connection, set_busy
+from ._identity import ProcessIdentity, check_signal_target, read_process_info
+from ._journal import Journal
+from ._leases import Gate, Lease
+from ._migrate import apply_migrations
+from ._models import (
+    Checkpoint,
+    CheckpointResult,
+    ChildProcess,
+    ChildState,
+    CloseReport,
+    Event,
+    EventLevel,
+    OpFailure,
+    ReplayReport,
+    Session,
+    SessionStatus,
+    StoreState,
+    StoreStats,
+)
+from ._ops import (
+    AddChild,
+    CreateSession,
+    Heartbeat,
+    LogEvent,
+    Op,
+    RemoveChild,
+    SaveCheckpoint,
+    SetStatus,
+    apply,
+    checkpoint_from_op,
+    child_from_op,
+    event_from_op,
+    owner_fields,
+    session_from_create,
+)
+from .errors import (
+    InvalidTransitionError,
+    SessionNotFoundError,
+    SessionStoreError,
+    StoreBusyError,
+    StoreClosedError,
+    StoreCorruptError,
+)
+
+__all__ = ["ReadLease", "SessionStore", "live_stores"]
+
+log = logging.getLogger("sessionstore")
+
+T = TypeVar("T")
+
+_BATCH = 1000  # ops per transaction when draining the queue or replaying
+_MAX_EVENTS_PAGE = 10_000
+_DEFERRED = object()  # marker: the op was queued or journaled, not applied now
+
+# Errors an op itself causes: it is rejected, never retried or journaled.
+_OP_ERRORS = (SessionNotFoundError, InvalidTransitionError)
+# Errors that mean the connection went away under an abandoned lease during close.
+_GONE_ERRORS = (apsw.ConnectionClosedError, apsw.InterruptError, apsw.ThreadingViolationError)
+
+_live: weakref.WeakSet[SessionStore] = weakref.WeakSet()
+# Connections inherited across fork: never closed or freed in the child (SQLite's close could
+# delete state out from under the parent), so kept referenced here for the child's lifetime.
+_inherited_at_fork: list[apsw.Connection] = []
+
+
+def live_stores() -> list[SessionStore]:
+    """Stores in this process that are not closed (tests use it to catch leaks)."""
+    return [s for s in list(_live) if s.state is not StoreState.CLOSED]
+
+
+_ROW_SESSION = (
+    "id, name, objective, status, metadata, owner_pid, owner_start_ticks, owner_boot_id, "
+    "owner_host, created_at, updated_at, paused_at, resumed_at, stopped_at, heartbeat_at"
+)
+_ROW_CHILD = (
+    "session_id, pid, start_ticks, boot_id, pgid, argv, registered_at, exited_at, exit_code, state"
+)
+
+
+def _session_from_row(row: Sequence[Any]) -> Session:
+    import json
+
+    owner = None
+    if row[5] is not None and row[6] is not None and row[7]:
+        owner = ProcessIdentity(pid=row[5], start_ticks=row[6], boot_id=row[7])
+    return Session(
+        id=row[0],
+        name=row[1],
+        objective=row[2],
+        status=SessionStatus(row[3]),
+        metadata=json.loads(row[4]),
+        owner=owner,
+        owner_host=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        paused_at=row[11],
+        resumed_at=row[12],
+        stopped_at=row[13],
+        heartbeat_at=row[14],
+    )
+
+
+def _child_from_row(row: Sequence[Any]) -> ChildProcess:
+    import json
+
+    return ChildProcess(
+        session_id=row[0],
+        pid=row[1],
+        start_ticks=row[2],
+        boot_id=row[3],
+        pgid=row[4],
+        argv=json.loads(row[5]),
+        registered_at=row[6],
+        exited_at=row[7],
+        exit_code=row[8],
+        state=ChildState(row[9]),
+    )
+
+
+class ReadLease:
+    """A lease on a read connection for ad-hoc queries (``with store.lease() as lease``).
+
+    After the store closed (or abandoned this lease at its close deadline) every use raises
+    :class:`StoreClosedError`, never a crash or a hang.
+    """
+
+    def __init__(self, store: SessionStore, lease: Lease) -> None:
+        self._store = store
+        self._lease = lease
+
+    @property
+    def borrower(self) -> str:
+        """Who holds this lease."""
+        return self._lease.borrower
+
+    def execute(self, sql: str, bindings: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one read-only statement and return all its rows (the cursor is drained at once).
+
+        Raises:
+            StoreClosedError: the store closed, or abandoned this lease.
+            StoreBusyError: locked past the retry deadline.
+        """
+        if self._lease.abandoned or self._store.state is StoreState.CLOSED:
+            raise StoreClosedError(
+                self._store.path, "this lease was abandoned when the store closed"
+            )
+        return self._store._run_read(
+            lambda conn: [tuple(r) for r in conn.execute(sql, bindings)], "lease.execute"
+        )
+
+
+class SessionStore:
+    """Sessions, checkpoints, events and child processes in one SQLite file shared by processes.
+
+    Open with :meth:`open` (or ``with SessionStore.open(path) as store``). Every method is safe
+    to call from any thread. Writes are operation objects applied in ``BEGIN IMMEDIATE``
+    transactions with the configured retry policy; while the store is closing they are queued
+    and applied before the connection closes, and after it closed they are journaled durably
+    beside the database and applied by the next :meth:`open` of that file, by any process.
+    A write method therefore never raises because the store is closing or closed. Reads after
+    close raise :class:`~sessionstore.StoreClosedError`.
+    """
+
+    def __init__(self, path: str, config: StoreConfig, *, clock: Callable[[], float]) -> None:
+        """Use :meth:`SessionStore.open`; this only sets up state, it opens nothing."""
+        self.path = path
+        self.config = config
+        self._clock = clock
+        self._policy = RetryPolicy(config.write_deadline_s, clock=clock)
+        self._journal = Journal(path, max_bytes=config.max_journal_bytes)
+        self._wal_path = f"{path}-wal"
+        self._pid = os.getpid()
+        self._init_locks()
+        self._writer: apsw.Connection | None = None
+        self._readers: list[apsw.Connection] = []  # idle
+        self._all_readers: list[apsw.Connection] = []
+        self._checkpointer: Checkpointer | None = None
+        self._page_size = 4096
+        self._abort_waits = False
+        self._close_report: CloseReport | None = None
+        self._n_applied = 0
+        self._n_from_queue = 0
+        self._n_replayed = 0
+        self._n_journaled = 0
+        self._n_checkpoints = 0
+        self._last_checkpoint: CheckpointResult | None = None
+        self._failures: deque[OpFailure] = deque(maxlen=100)
+        self.open_replay: ReplayReport = ReplayReport()
+
+    def _init_locks(self) -> None:
+        self._gate: Gate[Op] = Gate(self.config.max_pending_ops)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Condition(threading.Lock())
+        self._close_lock = threading.Lock()
+        self._counter_lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        config: StoreConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> SessionStore:
+        """Open (creating if needed) the store at ``path`` and bring its schema up to date.
+
+        The journal left by closed stores is applied first (``config.replay_on_open``).
+
+        Args:
+            path: the database file. Its directory must exist and be on a local filesystem
+                (WAL needs shared memory: not NFS/SMB, not a VM-boundary bind mount).
+            config: settings; defaults to ``StoreConfig()``.
+            clock: monotonic clock, injectable for tests of timing logic.
+
+        Returns:
+            An OPEN store.
+
+        Raises:
+            StoreCorruptError: not a SQLite database, or corrupt; the file is left untouched.
+            SchemaVersionError: written by a newer sessionstore; left untouched.
+            StoreOpenError: cannot be opened (missing directory, permissions).
+            StoreBusyError: locked by other processes past the retry deadline.
+        """
+        config = config or StoreConfig()
+        path_str = os.fspath(path)
+        if path_str == ":memory:" or path_str.startswith("file:"):
+            raise ValueError("SessionStore needs a file path shared by processes, not a URI")
+        store = cls(os.path.abspath(path_str), config, clock=clock)
+        store._open()
+        return store
+
+    def _open(self) -> None:
+        conn = self._open_writer()
+        try:
+            apply_migrations(conn, self.path, self._policy)
+        except BaseException:
+            self._gate.force_closed()
+            self._writer = None
+            conn.close(True)
+            raise
+        _live.add(self)
+        if self.config.replay_on_open:
+            try:
+                self.open_replay = self.replay()
+            except (StoreBusyError, apsw.Error) as err:
+                log.warning("journal of %s not replayed at open: %s", self.path, err)
+        if self.config.reap_on_open:
+            from .process import reap_orphans  # the process layer builds on the store
+
+            reap_orphans(self)
+
+    def _open_writer(self) -> apsw.Connection:
+        conn = open_connection(self.path, self.config, self._policy)
+        self._install_busy(conn)
+        self._page_size = int(conn.pragma("page_size"))
+        conn.set_wal_hook(self._on_commit)
+        self._writer = conn
+        self._pid = os.getpid()
+        return conn
+
+    def _install_busy(self, conn: apsw.Connection) -> None:
+        if self.config.busy_handler == "fair" and self.config.busy_timeout_ms > 0:
+            conn.set_busy_handler(_abortable(fair_busy_handler(self.config.busy_timeout_ms), self))
+        else:
+            set_busy(conn, self.config)
+
+    def _writer_conn(self) -> apsw.Connection:
+        if self._pid != os.getpid():
+            raise StoreClosedError(self.path, "store used in a forked child before reinit")
+        if self._writer is None:
+            self._open_writer()
+        assert self._writer is not None
+        if (
+            self._checkpointer is None
+            and self.config.checkpointing
+            and self._gate.state is StoreState.OPEN
+        ):
+            self._start_checkpointer()
+        return self._writer
+
+    def _start_checkpointer(self) -> None:
+        schedule = CheckpointSchedule(
+            self.config.checkpoint_interval_s, self.config.checkpoint_wal_bytes, self._clock()
+        )
+        self._checkpointer = Checkpointer(schedule, self._scheduled_checkpoint, clock=self._clock)
+        self._checkpointer.start()
+
+    def _on_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        # Runs right after each commit on the writer, with the database write lock released.
+        if pages >= AUTOCHECKPOINT_PAGES:
+            # set_wal_hook replaced SQLite's auto-checkpoint; do what it would have done.
+            with contextlib.suppress(apsw.BusyError):
+                conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
+        if self._checkpointer is not None:
+            self._checkpointer.note_wal_bytes(pages * self._page_size)
+        return apsw.SQLITE_OK
+
+    # ----------------------------------------------------------------------------- writing
+
+    def _write(self, op: Op) -> Any:
+        """Apply ``op`` now, or queue it (closing), or journal it (closed / cannot land).
+
+        Returns:
+            What ``apply`` returned, or ``_DEFERRED``.
+        """
+        admission = self._gate.admit_write(op, op.kind)
+        if admission == "queued":
+            return _DEFERRED
+        if admission in ("closed", "overflow"):
+            reason = "store closed" if admission == "closed" else "pending queue full"
+            self._journal_ops([op], reason)
+            return _DEFERRED
+        assert isinstance(admission, Lease)
+        try:
+            result = self._apply_now(op)
+        except _OP_ERRORS:
+            raise
+        except StoreBusyError as err:
+            self._journal_ops([op], str(err))
+            return _DEFERRED
+        except (apsw.FullError, apsw.IOError, OSError) as err:
+            self._journal_ops([op], f"{type(err).__name__}: {err}")
+            return _DEFERRED
+        except _GONE_ERRORS as err:
+            if not admission.abandoned and self._gate.state is StoreState.OPEN:
+                raise
+            self._journal_ops([op], f"store closed under the write ({type(err).__name__})")
+            return _DEFERRED
+        finally:
+            self._gate.release(admission)
+        with self._counter_lock:
+            self._n_applied += 1
+        return result
+
+    def _apply_now(self, op: Op) -> Any:
+        with self._write_lock:
+            conn = self._writer_conn()
+
+            def txn() -> Any:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = apply(op, conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.txn_state():
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+
+            return self._policy.call(txn, path=self.path, operation=op.kind)
+
+    def _apply_batch(self, ops: Sequence[Op]) -> list[Exception | None]:
+        """Apply ops in transactions of up to ``_BATCH``, each op in its own savepoint.
+
+        Returns:
+            Per op, None (applied) or the error that rejected it (its savepoint rolled back).
+
+        Raises:
+            StoreBusyError, apsw.Error: a transaction could not commit; nothing of that
+            transaction was applied (earlier transactions were).
+        """
+        errors: list[Exception | None] = []
+        with self._write_lock:
+            conn = self._writer_conn()
+            for start in range(0, len(ops), _BATCH):
+                chunk = ops[start : start + _BATCH]
+
+                def txn(chunk: Sequence[Op] = chunk) -> list[Exception | None]:
+                    out: list[Exception | None] = []
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for op in chunk:
+                            conn.execute("SAVEPOINT op")
+                            try:
+                                apply(op, conn)
+                            except (*_OP_ERRORS, apsw.ConstraintError) as err:
+                                conn.execute("ROLLBACK TO op")
+                                out.append(err)
+                            else:
+                                out.append(None)
+                            conn.execute("RELEASE op")
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.txn_state():
+                            conn.execute("ROLLBACK")
+                        raise
+                    return out
+
+                errors.extend(self._policy.call(txn, path=self.path, operation="apply batch"))
+        return errors
+
+    def _journal_ops(self, ops: Sequence[Op], reason: str) -> None:
+        """Append ops to the durable journal and tell the caller through log and ``stats()``.
+
+        Raises:
+            JournalFullError: the journal is at its size bound (the op is not recorded).
+            OSError: the journal itself could not be written.
+        """
+        self._journal.append(ops)
+        now = time.time()
+        with self._counter_lock:
+            self._n_journaled += len(ops)
+            for op in ops:
+                self._failures.append(
+                    OpFailure(
+                        op_id=op.op_id, kind=op.kind, disposition="journaled", reason=reason, at=now
+                    )
+                )
+        if self._gate.state is StoreState.OPEN:
+            log.warning(
+                "%d op(s) could not be applied to %s (%s); journaled for the next open",
+                len(ops),
+                self.path,
+                reason,
+            )
+
+    def _record_rejected(self, ops: Sequence[Op], errors: Sequence[Exception | None]) -> int:
+        rejected = [(op, err) for op, err in zip(ops, errors, strict=True) if err is not None]
+        if rejected:
+            # Kept aside in the rejected file: never silently dropped.
+            self._journal._keep_aside([_op_line(op) for op, _ in rejected])
+            now = time.time()
+            with self._counter_lock:
+                for op, err in rejected:
+                    self._failures.append(
+                        OpFailure(
+                            op_id=op.op_id,
+                            kind=op.kind,
+                            disposition="rejected",
+                            reason=str(err),
+                            at=now,
+                        )
+                    )
+            for op, err in rejected:
+                log.warning("queued op %s (%s) rejected: %s", op.op_id, op.kind, err)
+        return len(ops) - len(rejected)
+
+    # ----------------------------------------------------------------------------- reading
+
+    def _run_read(self, fn: Callable[[apsw.Connection], T], borrower: str) -> T:
+        lease = self._gate.acquire(borrower)
+        if lease is None:
+            raise StoreClosedError(self.path)
+        try:
+            conn = self._take_reader()
+            try:
+                return self._policy.call(lambda: fn(conn), path=self.path, operation=borrower)
+            finally:
+                self._return_reader(conn)
+        except _GONE_ERRORS as err:
+            raise StoreClosedError(self.path, f"store closed during {borrower}") from err
+        except (apsw.CorruptError, apsw.NotADBError) as err:
+            raise StoreCorruptError(self.path, f"{type(err).__name__}: {err}") from err
+        finally:
+            self._gate.release(lease)
+
+    def _take_reader(self) -> apsw.Connection:
+        with self._read_lock:
+            while True:
+                if self._readers:
+                    return self._readers.pop()
+                if len(self._all_readers) < self.config.read_connections:
+                    break
+                self._read_lock.wait()
+            placeholder_index = len(self._all_readers)
+            self._all_readers.append(None)  # type: ignore[arg-type]  # reserve the slot
+        try:
+            conn = open_connection(self.path, self.config, self._policy)
+        except BaseException:
+            with self._read_lock:
+                self._all_readers.pop(placeholder_index)
+                self._read_lock.notify()
+            raise
+        with self._read_lock:
+            self._all_readers[placeholder_index] = conn
+        return conn
+
+    def _return_reader(self, conn: apsw.Connection) -> None:
+        with self._read_lock:
+            self._readers.append(conn)
+            self._read_lock.notify()
+
+    def _read(self, borrower: str, sql: str, bindings: Sequence[Any] = ()) -> list[Any]:
+        return self._run_read(lambda conn: conn.execute(sql, bindings).fetchall(), borrower)
+
+    @contextlib.contextmanager
+    def lease(self, borrower: str = "user") -> Iterator[ReadLease]:
+        """Hold a read lease for ad-hoc queries; ``close()`` waits for it (up to its timeout).
+
+        Raises:
+            StoreClosedError: the store is closing or closed.
+        """
+        lease = self._gate.acquire(borrower)
+        if lease is None:
+            raise StoreClosedError(self.path)
+        try:
+            yield ReadLease(self, lease)
+        finally:
+            self._gate.release(lease)
+
+    # ----------------------------------------------------------------------------- sessions
+
+    def create_session(
+        self, name: str, objective: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Session:
+        """Create an ACTIVE session owned by this process (its identity is recorded).
+
+        Raises:
+            ValueError: empty or too long name, or metadata not a JSON-serialisable dict.
+        """
+        op = CreateSession(
+            name=name, objective=objective, metadata=metadata or {}, **owner_fields()
+        )
+        self._write(op)
+        return session_from_create(op)
+
+    def get_session(self, session_id: str) -> Session:
+        """Return one session.
+
+        Raises:
+            SessionNotFoundError: no such session.
+            StoreClosedError: the store is closing or closed.
+        """
+        rows = self._read(
+            "get_session", f"SELECT {_ROW_SESSION} FROM sessions WHERE id = ?", (session_id,)
+        )
+        if not rows:
+            raise SessionNotFoundError(session_id)
+        return _session_from_row(rows[0])
+
+    def list_sessions(self, status: SessionStatus | str | None = None) -> list[Session]:
+        """Return sessions, oldest first, optionally only those with ``status``.
+
+        Raises:
+            ValueError: unknown status.
+            StoreClosedError: the store is closing or closed.
+        """
+        if status is None:
+            rows = self._read("list_sessions", f"SELECT {_ROW_SESSION} FROM sessions ORDER BY id")
+        else:
+            rows = self._read(
+                "list_sessions",
+                f"SELECT {_ROW_SESSION} FROM sessions WHERE status = ? ORDER BY id",
+                (SessionStatus(status).value,),
+            )
+        return [_session_from_row(r) for r in rows]
+
+    def set_status(self, session_id: str, status: SessionStatus | str) -> None:
+        """Move a session to ``status`` (see pause/resume/stop for the usual ones).
+
+        Raises:
+            SessionNotFoundError: no such session (checked while the store is open).
+            InvalidTransitionError: e.g. pausing a stopped session; nothing changed.
+            ValueError: unknown status.
+        """
+        self._write(SetStatus(session_id=session_id, status=SessionStatus(status)))
+
+    def pause_session(self, session_id: str) -> None:
+        """Mark a session PAUSED (it may be resumed). Raises as :meth:`set_status`."""
+        self.set_status(session_id, SessionStatus.PAUSED)
+
+    def resume_session(self, session_id: str) -> None:
+        """Mark a paused, stopped or crashed session ACTIVE again. Raises as :meth:`set_status`."""
+        self.set_status(session_id, SessionStatus.ACTIVE)
+
+    def stop_session(self, session_id: str) -> None:
+        """Mark a session STOPPED. Raises as :meth:`set_status`."""
+        self.set_status(session_id, SessionStatus.STOPPED)
+
+    def heartbeat(self, session_id: str) -> None:
+        """Record that the session's owner is alive now.
+
+        Raises:
+            SessionNotFoundError: no such session (checked while the store is open).
+        """
+        self._write(Heartbeat(session_id=session_id))
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, session_id: str, name: str, data: Any) -> Checkpoint:
+        """Save a named JSON snapshot of the session.
+
+        Raises:
+            ValueError: empty/too long name, or data not JSON-serialisable (NaN included).
+            SessionNotFoundError: no such session (checked while the store is open).
+        """
+        op = SaveCheckpoint(session_id=session_id, name=name, data=data)
+        self._write(op)
+        return checkpoint_from_op(op)
+
+    def latest_checkpoint(self, session_id: str, name: str | None = None) -> Checkpoint | None:
+        """Return the newest checkpoint of the session (with that name, if given), or None.
+
+        Raises:
+            SessionNotFoundError: no such session.
+            StoreClosedError: the store is closing or closed.
+        """
+        found = self.list_checkpoints(session_id, name=name, limit=1, newest_first=True)
+        return found[0] if found else None
+
+    def list_checkpoints(
+        self,
+        session_id: str,
+        *,
+        name: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[Checkpoint]:
+        """Return the session's checkpoints (oldest first unless ``newest_first``).
+
+        Raises:
+            SessionNotFoundError: no such session.
+            ValueError: ``limit`` < 1.
+            StoreClosedError: the store is closing or closed.
+        """
+        import json
+
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be >= 1")
+        order = "DESC" if newest_first else "ASC"
+        where = "session_id = ?" + (" AND name = ?" if name is not None else "")
+        params: tuple[Any, ...] = (session_id,) if name is None else (session_id, name)
+        sql = (
+            f"SELECT id, session_id, name, data, created_at FROM checkpoints WHERE {where} "
+            f"ORDER BY created_at {order}, id {order} LIMIT ?"
+        )
+        rows = self._read("list_checkpoints", sql, (*params, -1 if limit is None else limit))
+        if not rows:
+            self.get_session(session_id)  # SessionNotFoundError for an unknown id
+        return [
+            Checkpoint(id=r[0], session_id=r[1], name=r[2], data=json.loads(r[3]), created_at=r[4])
+            for r in rows
+        ]
+
+    # ----------------------------------------------------------------------------- events
+
+    def log_event(
+        self, session_id: str, message: str, level: EventLevel = "info", data: Any = None
+    ) -> Event:
+        """Append an event to the session's log.
+
+        Returns:
+            The event; its ``id`` is None when the store was closing or closed (the op was
+            queued or journaled and gets its id when applied).
+
+        Raises:
+            ValueError: bad level, message too long, data not JSON-serialisable.
+            SessionNotFoundError: no such session (checked while the store is open).
+        """
+        op = LogEvent(session_id=session_id, message=message, level=level, data=data)
+        result = self._write(op)
+        return result if isinstance(result, Event) else event_from_op(op, None)
+
+    def events(self, session_id: str, after_id: int | None = None, limit: int = 100) -> list[Event]:
+        """Return up to ``limit`` events with id > ``after_id``, oldest first (for paging).
+
+        Raises:
+            ValueError: ``limit`` outside 1..10000.
+            SessionNotFoundError: no such session.
+            StoreClosedError: the store is closing or closed.
+        """
+        import json
+
+        if not 1 <= limit <= _MAX_EVENTS_PAGE:
+            raise ValueError(f"limit must be within 1..{_MAX_EVENTS_PAGE}")
+        rows = self._read(
+            "events",
+            "SELECT id, op_id, session_id, level, message, data, created_at FROM events "
+            "WHERE session_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (session_id, after_id or 0, limit),
+        )
+        if not rows and after_id is None:
+            self.get_session(session_id)
+        return [
+            Event(
+                id=r[0],
+                op_id=r[1],
+                session_id=r[2],
+                level=r[3],
+                message=r[4],
+                data=None if r[5] is None else json.loads(r[5]),
+                created_at=r[6],
+            )
+            for r in rows
+        ]
+
+    # ----------------------------------------------------------------------------- children
+
+    def add_child(
+        self,
+        session_id: str,
+        pid: int,
+        *,
+        identity: ProcessIdentity | None = None,
+        pgid: int | None = None,
+        argv: list[str] | None = None,
+    ) -> ChildProcess:
+        """Record a child process of the session; its identity is captured now.
+
+        Args:
+            session_id: the session.
+            pid: the child's pid.
+            identity: an identity captured earlier (e.g. right after spawn); must match ``pid``.
+            pgid: the child's process group; read from the process when omitted.
+            argv: the child's command line; read from the process when omitted.
+
+        Raises:
+            ValueError: pid not an int > 1, our own pid, or ``identity.pid`` differs.
+            ProcessLookupError: no process has that pid (nothing to identify).
+            SessionNotFoundError: no such session (checked while the store is open).
+        """
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise ValueError(f"pid must be an int, not {type(pid).__name__}")
+        check_signal_target(pid)
+        if identity is not None and identity.pid != pid:
+            raise ValueError(f"identity is for pid {identity.pid}, not {pid}")
+        if identity is None or pgid is None or argv is None:
+            info = read_process_info(pid)
+            if info is None:
+                raise ProcessLookupError(pid, f"no process with pid {pid}")
+            if identity is None:
+                identity = ProcessIdentity.capture(pid)
+            pgid = info.pgid if pgid is None else pgid
+            argv = info.argv if argv is None else argv
+        op = AddChild(
+            session_id=session_id,
+            pid=pid,
+            start_ticks=identity.start_ticks,
+            boot_id=identity.boot_id,
+            pgid=pgid,
+            argv=argv,
+        )
+        self._write(op)
+        return child_from_op(op)
+
+    def remove_child(
+        self,
+        session_id: str,
+        pid: int,
+        exit_code: int | None = None,
+        *,
+        state: ChildState | str = ChildState.EXITED,
+        start_ticks: int | None = None,
+    ) -> None:
+        """Record that a child ended (``state`` says how). Idempotent; the row is kept.
+
+        Raises:
+            ValueError: bad pid or state.
+            SessionNotFoundError: no such session (checked while the store is open).
+        """
+        self._write(
+            RemoveChild(
+                session_id=session_id,
+                pid=pid,
+                exit_code=exit_code,
+                state=ChildState(state),
+                start_ticks=start_ticks,
+            )
+        )
+
+    def children(self, session_id: str, include_exited: bool = False) -> list[ChildProcess]:
+        """Return the session's recorded children, oldest first.
+
+        Args:
+            session_id: the session.
+            include_exited: also the ones that ended (by default only running/unkillable).
+
+        Raises:
+            SessionNotFoundError: no such session.
+            StoreClosedError: the store is closing or closed.
+        """
+        where = "" if include_exited else " AND state IN ('running', 'unkillable')"
+        rows = self._read(
+            "children",
+            f"SELECT {_ROW_CHILD} FROM child_processes WHERE session_id = ?{where} "
+            "ORDER BY registered_at, pid",
+            (session_id,),
+        )
+        if not rows:
+            self.get_session(session_id)
+        return [_child_from_row(r) for r in rows]
+
+    def all_children(self, include_exited: bool = False) -> list[ChildProcess]:
+        """Return every session's recorded children, oldest first.
+
+        Raises:
+            StoreClosedError: the store is closing or closed.
+        """
+        where = "" if include_exited else " WHERE state IN ('running', 'unkillable')"
+        rows = self._read(
+            "all_children",
+            f"SELECT {_ROW_CHILD} FROM child_processes{where} ORDER BY registered_at, pid",
+        )
+        return [_child_from_row(r) for r in rows]
+
+    # ----------------------------------------------------------------------------- maintenance
+
+    def replay(self) -> ReplayReport:
+        """Apply the journal beside the database now (any process's closed-store ops).
+
+        Returns:
+            What was applied, rejected (kept aside), invalid or torn.
+
+        Raises:
+            StoreClosedError: the store is closed.
+            StoreBusyError: locked past the retry deadline; the journal is left as it was.
+        """
+        if self._gate.state is StoreState.CLOSED:
+            raise StoreClosedError(self.path)
+        report = self._journal.replay(self._apply_batch)
+        with self._counter_lock:
+            self._n_replayed += report.applied
+        if report.applied or report.rejected or report.invalid or report.torn:
+            log.info("replayed journal of %s: %s", self.path, report)
+        return report
+
+    def checkpoint(self, mode: str = "TRUNCATE") -> CheckpointResult:
+        """Checkpoint the WAL now on the writer connection, between write transactions.
+
+        Args:
+            mode: ``"TRUNCATE"`` (default; the WAL file goes to 0 bytes when no reader pins it)
+                or ``"PASSIVE"``.
+
+        Returns:
+            The result; ``ok`` False when busy (try later). Never raises for BUSY.
+
+        Raises:
+            StoreClosedError: the store is closing or closed.
+            ValueError: unknown mode.
+        """
+        if mode not in ("TRUNCATE", "PASSIVE"):
+            raise ValueError("mode must be 'TRUNCATE' or 'PASSIVE'")
+        lease = self._gate.acquire("checkpoint")
+        if lease is None:
+            raise StoreClosedError(self.path)
+        try:
+            return self._checkpoint_locked(mode)
+        finally:
+            self._gate.release(lease)
+
+    def _checkpoint_locked(self, mode: str) -> CheckpointResult:
+        with self._write_lock:
+            conn = self._writer_conn()
+            # Short wait: a waiting TRUNCATE holds the write lock and stalls other writers.
+            set_busy(conn, self.config, self.config.checkpoint_busy_timeout_ms)
+            try:
+                result = run_checkpoint(conn, mode, self._wal_path)
+            finally:
+                self._install_busy(conn)
+        with self._counter_lock:
+            self._n_checkpoints += 1
+            self._last_checkpoint = result
+        return result
+
+    def _scheduled_checkpoint(self) -> CheckpointResult | None:
+        lease = self._gate.acquire("checkpointer")
+        if lease is None:
+            return None
+        try:
+            return self._checkpoint_locked("TRUNCATE")
+        finally:
+            self._gate.release(lease)
+
+    def journal_pending(self) -> int:
+        """Move every queued op to the durable journal now (for a hard exit mid-close).
+
+        Returns:
+            How many ops were journaled. Safe from any thread; never raises for a closed store.
+        """
+        ops = self._gate.drain_pending()
+        if ops:
+            self._journal_ops(ops, "hard exit while closing")
+        return len(ops)
+
+    @property
+    def state(self) -> StoreState:
+        """OPEN, CLOSING or CLOSED."""
+        return self._gate.state
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has finished (also while it runs: no new reads)."""
+        return self._gate.state is not StoreState.OPEN
+
+    @property
+    def journal_path(self) -> str:
+        """The durable journal file beside the database."""
+        return self._journal.path
+
+    def stats(self) -> StoreStats:
+        """A snapshot of the store's counters (works in every state)."""
+        state, leases, pending = self._gate.counts()
+        try:
+            wal = os.stat(self._wal_path).st_size
+        except FileNotFoundError:
+            wal = 0
+        with self._counter_lock:
+            return StoreStats(
+                path=self.path,
+                state=state,
+                leases=leases,
+                pending=pending,
+                applied=self._n_applied,
+                applied_from_queue=self._n_from_queue,
+                replayed=self._n_replayed,
+                journaled=self._n_journaled,
+                journal_bytes=self._journal.size(),
+                wal_bytes=wal,
+                checkpoints=self._n_checkpoints,
+                last_checkpoint=self._last_checkpoint,
+                failures=list(self._failures),
+            )
+
+    def __repr__(self) -> str:
+        state, leases, pending = self._gate.counts()
+        return (
+            f"<SessionStore path={self.path!r} state={state.name} leases={leases} "
+            f"pending={pending}>"
+        )
+
+    # ----------------------------------------------------------------------------- closing
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float | None = None) -> CloseReport:
+        """Close the store: drain, apply what was queued, checkpoint, close every connection.
+
+        Sequence: the store turns CLOSING (no new leases; writes queue up); in-flight leases
+        get up to ``timeout`` (default ``config.close_timeout_s``) to finish, after which they
+        are abandoned and their connections interrupted; queued writes are applied in arrival
+        order; the journal is replayed if anything is in it; a TRUNCATE checkpoint runs; every
+        connection is closed. Writes arriving from then on are journaled.
+
+        Guarantees: idempotent (a second call returns at once with ``already_closed``; a call
+        racing the first waits for it); every connection is released even when an error is
+        reported, so an error here means "grace was lost", never "a resource leaked"; no
+        acknowledged write is lost: each was applied, or is in the fsynced journal.
+        Not guaranteed: ops queued in memory are lost if the process is SIGKILLed before
+        close applies or journals them.
+
+        Returns:
+            What happened, with durations; the store is CLOSED whatever it says.
+        """
+        with self._close_lock:
+            if self._close_report is not None or not self._gate.begin_close():
+                if self._close_report is not None:
+                    return self._close_report.model_copy(update={"already_closed": True})
+                return CloseReport(path=self.path, already_closed=True)
+            self._close_report = report = self._do_close(
+                self.config.close_timeout_s if timeout is None else timeout
+            )
+            _live.discard(self)
+            return report
+
+    def _do_close(self, timeout: float) -> CloseReport:
+        errors: list[str] = []
+        t0 = time.monotonic()
+        if self._checkpointer is not None:
+            self._checkpointer.stop(timeout=max(timeout, 0.1))
+        abandoned = self._gate.wait_drained(timeout)
+        if abandoned:
+            # Their connections may be mid-statement or waiting on a lock: make them give up.
+            self._abort_waits = True
+            for conn in [self._writer, *self._all_readers]:
+                if conn is not None:
+                    with contextlib.suppress(apsw.Error):
+                        conn.interrupt()
+            errors.append(f"{len(abandoned)} lease(s) abandoned after {timeout:.2f} s")
+        drain_s = time.monotonic() - t0
+
+        applied_from_queue = 0
+        while True:
+            ops = self._gate.take_pending_or_close(_BATCH)
+            if not ops:
+                break  # CLOSED: later writes are journaled
+            applied_from_queue += self._drain_batch(ops, errors)
+        with self._counter_lock:
+            self._n_from_queue += applied_from_queue
+
+        t1 = time.monotonic()
+        replayed = 0
+        if self._journal.size() and self._writer is not None:
+            try:
+                rep = self._journal.replay(self._apply_batch_when_closing)
+                replayed = rep.applied
+                with self._counter_lock:
+                    self._n_replayed += rep.applied
+            except (SessionStoreError, apsw.Error, OSError) as err:
+                errors.append(f"journal replay at close: {err}")
+        t2 = time.monotonic()
+
+        wal_before = self._wal_size()
+        checkpoint = None
+        if self._writer is not None and self._write_lock.acquire(timeout=max(timeout, 0.5)):
+            try:
+                if self._pid == os.getpid():
+                    set_busy(self._writer, self.config, self.config.checkpoint_busy_timeout_ms)
+                    self._abort_waits = False
+                    checkpoint = run_checkpoint(self._writer, "TRUNCATE", self._wal_path)
+                    self._last_checkpoint = checkpoint
+                    if not checkpoint.ok:
+                        errors.append("final checkpoint busy (another process is reading)")
+            except apsw.Error as err:
+                errors.append(f"final checkpoint: {err}")
+            finally:
+                self._write_lock.release()
+        t3 = time.monotonic()
+        self._close_connections(errors)
+        t4 = time.monotonic()
+        return CloseReport(
+            path=self.path,
+            drain_s=drain_s,
+            replay_s=t2 - t1,
+            checkpoint_s=t3 - t2,
+            close_s=t4 - t3,
+            applied_from_queue=applied_from_queue,
+            journaled=self._n_journaled,
+            replayed=replayed,
+            abandoned_leases=[lease.describe() for lease in abandoned],
+            wal_bytes_before=wal_before,
+            wal_bytes_after=self._wal_size(),
+            checkpoint=checkpoint,
+            errors=errors,
+        )
+
+    def _apply_batch_when_closing(self, ops: Sequence[Op]) -> list[Exception | None]:
+        # The store is CLOSED to callers but its writer is still open for this last work.
+        return self._apply_batch(ops)
+
+    def _drain_batch(self, ops: list[Op], errors: list[str]) -> int:
+        if self._writer is None or self._pid != os.getpid():
+            self._journal_ops(ops, "no connection to apply queued ops")
+            return 0
+        if not self._write_lock.acquire(timeout=1.0):
+            self._journal_ops(ops, "writer held by an abandoned lease")
+            return 0
+        self._write_lock.release()
+        try:
+            results = self._apply_batch(ops)
+        except (SessionStoreError, apsw.Error, OSError) as err:
+            errors.append(f"queued ops journaled: {err}")
+            self._journal_ops(ops, f"could not apply queued ops at close: {err}")
+            return 0
+        return self._record_rejected(ops, results)
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(self._wal_path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def _close_connections(self, errors: list[str]) -> None:
+        if self._pid != os.getpid():
+            return  # inherited across fork: never closed here
+        conns = [c for c in [*self._all_readers, self._writer] if c is not None]
+        self._readers.clear()
+        self._all_readers.clear()
+        self._writer = None
+        for conn in conns:
+            try:
+                conn.close()
+            except apsw.Error as err:
+                errors.append(f"close: {type(err).__name__}: {err}")
+                with contextlib.suppress(apsw.Error):
+                    conn.close(True)
+
+    # ----------------------------------------------------------------------------- fork
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connections are not ours: keep them referenced (never closed, never
+        # freed) and open our own lazily on first use. Locks may have been held by threads that
+        # do not exist here, so they are replaced; queued ops belong to the parent.
+        _inherited_at_fork.extend(c for c in [self._writer, *self._all_readers] if c is not None)
+        state = self._gate.state
+        self._writer = None
+        self._readers = []
+        self._all_readers = []
+        self._checkpointer = None
+        self._init_locks()
+        if state is not StoreState.OPEN:
+            self._gate.force_closed()
+        self._pid = os.getpid()
+
+
+def _abortable(handler: Callable[[int], bool], store: SessionStore) -> Callable[[int], bool]:
+    """Wrap a busy handler so a close that abandoned leases can make waits give up at once."""
+    ref = weakref.ref(store)
+
+    def wrapped(prior_calls: int) -> bool:
+        s = ref()
+        if s is not None and s._abort_waits:
+            return False
+        return handler(prior_calls)
+
+    return wrapped
+
+
+def _op_line(op: Op) -> bytes:
+    from ._ops import op_adapter
+
+    return op_adapter.dump_json(op)
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_live):
+        store._after_fork_in_child()
+
+
+def _close_at_exit() -> None:
+    for store in live_stores():
+        if not store.config.close_at_exit or store._pid != os.getpid():
+            continue
+        log.warning("closing %r left open at interpreter exit", store)
+        with contextlib.suppress(Exception):
+            store.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+import atexit  # noqa: E402  - registered after the function it names exists
+
+atexit.register(_close_at_exit)

@@ -1,0 +1,132 @@
+"""The exceptions sessionstore raises, all rooted in :class:`SessionStoreError`.
+
+Bad arguments are not here: they raise :class:`ValueError` or :class:`TypeError` (pydantic's
+``ValidationError`` is a ``ValueError``) before anything touches the database. Errors that wrap an
+apsw or OS error chain it (``raise ... from err``), so the original code is on ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChildTerminationError",
+    "InvalidTransitionError",
+    "JournalFullError",
+    "SchemaVersionError",
+    "SessionNotFoundError",
+    "SessionStoreError",
+    "StoreBusyError",
+    "StoreClosedError",
+    "StoreCorruptError",
+    "StoreOpenError",
+    "UnsafeSignalError",
+]
+
+
+class SessionStoreError(Exception):
+    """Root of every error sessionstore raises on purpose."""
+
+
+class StoreClosedError(SessionStoreError):
+    """A read, or a use of an abandoned lease, on a store that is closing or closed.
+
+    Writes never raise this: after close they are journaled and applied by the next open.
+    """
+
+    def __init__(self, path: str, message: str | None = None) -> None:
+        self.path = path
+        super().__init__(message or f"store {path!r} is closed")
+
+
+class StoreBusyError(SessionStoreError):
+    """The database stayed locked by other processes past the retry deadline."""
+
+    def __init__(self, path: str, operation: str, waited_s: float) -> None:
+        self.path = path
+        self.operation = operation
+        self.waited_s = waited_s
+        super().__init__(
+            f"{operation} on {path!r}: database still locked after {waited_s:.2f} s of retries"
+        )
+
+
+class StoreCorruptError(SessionStoreError):
+    """The file is not a SQLite database, or the database is corrupt.
+
+    The file is never modified, truncated or moved aside when this is raised.
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path!r} is not a usable sessionstore database: {detail}")
+
+
+class StoreOpenError(SessionStoreError):
+    """The database file could not be opened (missing directory, permissions, not a file)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"cannot open {path!r}: {detail}")
+
+
+class SchemaVersionError(SessionStoreError):
+    """The database was written by a newer sessionstore than this one; it was left untouched."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        self.path = path
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{path!r} has schema version {found}, newer than the {supported} this sessionstore "
+            "understands; upgrade sessionstore (the file was not modified)"
+        )
+
+
+class SessionNotFoundError(SessionStoreError, LookupError):
+    """No session with that id exists in the store."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"no session with id {session_id!r}")
+
+
+class InvalidTransitionError(SessionStoreError):
+    """A status change the session's current status does not allow (e.g. pause a stopped one)."""
+
+    def __init__(self, session_id: str, current: str, requested: str) -> None:
+        self.session_id = session_id
+        self.current = current
+        self.requested = requested
+        super().__init__(f"session {session_id!r} is {current}; cannot make it {requested}")
+
+
+class JournalFullError(SessionStoreError):
+    """The durable journal reached ``StoreConfig.max_journal_bytes``; the op was not recorded."""
+
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        self.path = path
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"journal {path!r} holds {size} bytes, at its limit of {limit}; open the store to "
+            "replay it (python -m sessionstore replay)"
+        )
+
+
+class UnsafeSignalError(SessionStoreError, ValueError):
+    """A request to signal or track a PID that must never be signalled (<= 1, ours, our group)."""
+
+    def __init__(self, pid: int, reason: str) -> None:
+        self.pid = pid
+        self.reason = reason
+        super().__init__(f"refusing pid {pid}: {reason}")
+
+
+class ChildTerminationError(SessionStoreError):
+    """A child process could not be verified gone (for example stuck in uninterruptible sleep)."""
+
+    def __init__(self, pid: int, detail: str) -> None:
+        self.pid = pid
+        self.detail = detail
+        super().__init__(f"child {pid}: {detail}")
