@@ -2,13 +2,22 @@
 
 Where the TRUNCATE runs matters. Run from a separate connection, a TRUNCATE that waits for
 readers holds the checkpoint lock the whole time, so every writer's own auto-checkpoint fails
-silently and the WAL balloons. So the checkpointer thread only *schedules*: the checkpoint runs
-on the store's writer connection, under the writer's in-process lock, between two write
-transactions, with a short busy timeout (it holds the database's write lock while it waits,
-stalling other processes' writers). Busy means "try again later", with a backoff.
+silently and the WAL balloons. So checkpoints run on the store's writer connection, under the
+writer's in-process lock, between two write transactions, with a short busy timeout (a TRUNCATE
+holds the database's write lock while it waits for readers, stalling other processes'
+writers). Busy means "try again later", with a backoff.
 
-Commits are watched through ``set_wal_hook`` (which replaces SQLite's auto-checkpoint, so the hook
-also runs the PASSIVE checkpoint every ``AUTOCHECKPOINT_PAGES`` as SQLite would have).
+Two triggers. Size: every commit passes through ``set_wal_hook``; when the WAL is past
+``checkpoint_wal_bytes`` the committing thread runs the TRUNCATE right there. PASSIVE alone, which
+is all SQLite's auto-checkpoint does, cannot bound the WAL when several processes write without
+pause: the WAL only restarts from its beginning when it is fully backfilled at the moment a
+writer begins, and with writers queued back to back another commit has always landed after the
+backfill (measured here: 4 processes writing for 3 s grew the WAL to 162 MB with PASSIVE only).
+A TRUNCATE takes the write lock, so nothing lands between its backfill and its reset. Time: a
+daemon thread wakes every ``checkpoint_interval_s`` so an idle WAL is emptied too.
+
+The hook replaces SQLite's auto-checkpoint, so it also runs the PASSIVE checkpoint every
+``AUTOCHECKPOINT_PAGES`` as SQLite would have.
 """
 
 from __future__ import annotations
@@ -33,45 +42,53 @@ AUTOCHECKPOINT_PAGES = 1000  # SQLite's default auto-checkpoint threshold
 class CheckpointSchedule:
     """Decides when a TRUNCATE checkpoint is due. Pure: the clock is passed in.
 
-    Due when ``interval_s`` has passed since the last success, or as soon as a commit reports
-    a WAL above ``wal_bytes_limit``. After a busy result the next try is backed off (0.25 s,
-    0.5 s, ... capped at the interval) so a reader that pins the WAL is not hammered.
+    Due when ``interval_s`` has passed since the last success, or when a commit leaves the WAL
+    above ``wal_bytes_limit``. After a busy result every trigger waits out a backoff (10 ms,
+    20 ms, ... capped at ``max_backoff_s``) so a reader that pins the WAL is not hammered and
+    commits do not each pay for a checkpoint that cannot finish. The first steps are short
+    because the usual busy is another process's checkpoint running at the same moment, which
+    frees the lock within milliseconds.
     """
 
     def __init__(
-        self, interval_s: float, wal_bytes_limit: int, now: float, *, retry_base_s: float = 0.25
+        self,
+        interval_s: float,
+        wal_bytes_limit: int,
+        now: float,
+        *,
+        retry_base_s: float = 0.01,
+        max_backoff_s: float = 1.0,
     ) -> None:
         self.interval_s = interval_s
         self.wal_bytes_limit = wal_bytes_limit
         self.retry_base_s = retry_base_s
+        self.max_backoff_s = max_backoff_s
         self.next_due = now + interval_s
-        self.size_due = False
+        self.retry_at = now
         self.busy_streak = 0
 
-    def note_wal_bytes(self, wal_bytes: int) -> bool:
-        """Record the WAL size after a commit. Returns True when that makes a checkpoint due now."""
-        if wal_bytes > self.wal_bytes_limit and self.busy_streak == 0 and not self.size_due:
-            self.size_due = True
-            return True
-        return False
+    def due_for_size(self, wal_bytes: int, now: float) -> bool:
+        """True when a commit that left ``wal_bytes`` in the WAL should checkpoint now."""
+        return wal_bytes > self.wal_bytes_limit and now >= self.retry_at
 
     def due(self, now: float) -> bool:
-        """True when a checkpoint should run at ``now``."""
-        return self.size_due or now >= self.next_due
+        """True when the interval (or a busy backoff) has run out at ``now``."""
+        return now >= self.next_due
 
     def seconds_until_due(self, now: float) -> float:
         """How long the thread may sleep before the next check."""
-        return 0.0 if self.size_due else max(0.0, self.next_due - now)
+        return max(0.0, self.next_due - now)
 
     def record(self, now: float, ok: bool) -> None:
         """Record a checkpoint's outcome at ``now``."""
-        self.size_due = False
         if ok:
             self.busy_streak = 0
             self.next_due = now + self.interval_s
+            self.retry_at = now
         else:
             self.busy_streak += 1
-            backoff = self.retry_base_s * 2 ** (self.busy_streak - 1)
+            backoff = min(self.retry_base_s * 2 ** (self.busy_streak - 1), self.max_backoff_s)
+            self.retry_at = now + backoff
             self.next_due = now + min(backoff, self.interval_s)
 
 
@@ -139,6 +156,8 @@ class Checkpointer:
         self._clock = clock
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._ran = threading.Condition(self._lock)
+        self.runs = 0
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -146,12 +165,20 @@ class Checkpointer:
         """Start the thread."""
         self._thread.start()
 
-    def note_wal_bytes(self, wal_bytes: int) -> None:
-        """Called after each commit; wakes the thread when the WAL passed the limit."""
+    def due_for_size(self, wal_bytes: int) -> bool:
+        """Called after each commit: True when the committer should checkpoint right now."""
         with self._lock:
-            due = self.schedule.note_wal_bytes(wal_bytes)
-        if due:
-            self._wake.set()
+            return self.schedule.due_for_size(wal_bytes, self._clock())
+
+    def record(self, ok: bool) -> None:
+        """Record the outcome of a checkpoint run outside the thread (by a committer)."""
+        with self._lock:
+            self.schedule.record(self._clock(), ok=ok)
+
+    def wait_for_runs(self, n: int, timeout: float) -> bool:
+        """Block until the thread has run ``n`` checkpoints (True) or ``timeout`` passed (False)."""
+        with self._ran:
+            return self._ran.wait_for(lambda: self.runs >= n, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the thread to end and wait for it (at most ``timeout``)."""
@@ -184,3 +211,5 @@ class Checkpointer:
                 return
             with self._lock:
                 self.schedule.record(self._clock(), ok=result.ok)
+                self.runs += 1
+                self._ran.notify_all()

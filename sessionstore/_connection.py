@@ -88,20 +88,30 @@ class RetryPolicy:
             raise StoreBusyError(path, operation, self._clock() - start) from err
 
 
-def fair_busy_handler(timeout_ms: int) -> Callable[[int], bool]:
-    """A busy handler that sleeps 0.1-2 ms per retry until ``timeout_ms`` has passed.
+def fair_busy_handler(
+    timeout_ms: Callable[[], float], should_abort: Callable[[], bool] = lambda: False
+) -> Callable[[int], bool]:
+    """A busy handler that sleeps 0.1-2 ms per retry until ``timeout_ms()`` has passed.
 
     SQLite's own handler sleeps 1, 2, 5 ... 100 ms: a waiter asleep for 100 ms misses every
     lock release in between, so under contention one process starves the others for seconds.
     Short jittered sleeps hand the lock over within a millisecond and share it fairly.
+
+    Args:
+        timeout_ms: read at the start of each wait, so a caller can shorten it for one
+            statement (checkpoints) without reinstalling the handler.
+        should_abort: when it returns True the wait gives up at once (a close that abandoned
+            leases uses it to free threads stuck waiting on another process's lock).
     """
     deadline = 0.0
 
     def handler(prior_calls: int) -> bool:
         nonlocal deadline
+        if should_abort():
+            return False
         now = time.monotonic()
         if prior_calls == 0:
-            deadline = now + timeout_ms / 1000.0
+            deadline = now + timeout_ms() / 1000.0
         elif now >= deadline:
             return False
         # Pacing a retry of a real lock, not synchronising anything: the lock holder is another
@@ -112,11 +122,11 @@ def fair_busy_handler(timeout_ms: int) -> Callable[[int], bool]:
     return handler
 
 
-def set_busy(conn: apsw.Connection, config: StoreConfig, timeout_ms: int | None = None) -> None:
-    """Install the configured busy strategy on ``conn`` (optionally with another timeout)."""
-    ms = config.busy_timeout_ms if timeout_ms is None else timeout_ms
+def set_busy(conn: apsw.Connection, config: StoreConfig) -> None:
+    """Install the configured busy strategy on ``conn``."""
+    ms = config.busy_timeout_ms
     if config.busy_handler == "fair" and ms > 0:
-        conn.set_busy_handler(fair_busy_handler(ms))
+        conn.set_busy_handler(fair_busy_handler(lambda: ms))
     else:
         conn.set_busy_timeout(ms)
 

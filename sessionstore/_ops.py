@@ -17,7 +17,6 @@ import functools
 import json
 import math
 import os
-import random
 import threading
 import time
 import uuid
@@ -80,10 +79,16 @@ def new_id() -> str:
                 ms += 1
                 _seq = 0
         else:
-            _seq = random.getrandbits(8)  # leave room to count up within this millisecond
+            _seq = os.urandom(1)[0]  # random start, leaving room to count up within this ms
         _last_ms = ms
         seq = _seq
-    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | random.getrandbits(62)
+    value = (
+        (ms << 80)
+        | (0x7 << 76)
+        | (seq << 64)
+        | (0b10 << 62)
+        | (int.from_bytes(os.urandom(8), "big") >> 2)
+    )
     return str(uuid.UUID(int=value))
 
 
@@ -416,8 +421,12 @@ def child_from_op(op: AddChild) -> ChildProcess:
 def _apply_remove_child(conn: apsw.Connection, op: RemoveChild) -> bool:
     # The end is recorded once; only "unkillable" may later be corrected to a final state.
     params: tuple[Any, ...]
-    where = "session_id = ? AND pid = ? AND state IN ('running', 'unkillable')"
-    params = (op.session_id, op.pid)
+    # Only rows registered before the op was made: replaying an old end after a newer
+    # registration of the same pid must not end the newer one.
+    where = (
+        "session_id = ? AND pid = ? AND state IN ('running', 'unkillable') AND registered_at <= ?"
+    )
+    params = (op.session_id, op.pid, op.ts)
     if op.start_ticks is not None:
         where += " AND start_ticks = ?"
         params += (op.start_ticks,)

@@ -195,7 +195,9 @@ class SessionStore:
         self._all_readers: list[apsw.Connection] = []
         self._checkpointer: Checkpointer | None = None
         self._page_size = 4096
+        self._passive_at_pages = AUTOCHECKPOINT_PAGES
         self._abort_waits = False
+        self._busy_timeout_ms: float = config.busy_timeout_ms
         self._close_report: CloseReport | None = None
         self._n_applied = 0
         self._n_from_queue = 0
@@ -281,7 +283,17 @@ class SessionStore:
 
     def _install_busy(self, conn: apsw.Connection) -> None:
         if self.config.busy_handler == "fair" and self.config.busy_timeout_ms > 0:
-            conn.set_busy_handler(_abortable(fair_busy_handler(self.config.busy_timeout_ms), self))
+            ref = weakref.ref(self)  # the handler must not keep the store alive
+
+            def timeout_ms() -> float:
+                store = ref()
+                return store._busy_timeout_ms if store is not None else 0.0
+
+            def should_abort() -> bool:
+                store = ref()
+                return store is None or store._abort_waits
+
+            conn.set_busy_handler(fair_busy_handler(timeout_ms, should_abort))
         else:
             set_busy(conn, self.config)
 
@@ -307,13 +319,30 @@ class SessionStore:
         self._checkpointer.start()
 
     def _on_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
-        # Runs right after each commit on the writer, with the database write lock released.
-        if pages >= AUTOCHECKPOINT_PAGES:
-            # set_wal_hook replaced SQLite's auto-checkpoint; do what it would have done.
-            with contextlib.suppress(apsw.BusyError):
-                conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
-        if self._checkpointer is not None:
-            self._checkpointer.note_wal_bytes(pages * self._page_size)
+        # Runs right after each commit on the writer, in the committing thread, with the
+        # database write lock released and our in-process writer lock still held: exactly
+        # "between two write transactions on the writer's own connection". The commit has
+        # happened whatever this does, so nothing here may raise into the caller's write.
+        try:
+            checkpointer = self._checkpointer
+            wal_bytes = pages * self._page_size
+            if checkpointer is not None and wal_bytes > self.config.checkpoint_wal_bytes:
+                if checkpointer.due_for_size(wal_bytes):
+                    result = self._run_checkpoint_on(conn, "TRUNCATE")
+                    checkpointer.record(result.ok)
+                # else: backing off after a busy TRUNCATE. No PASSIVE meanwhile: it would hold
+                # the checkpoint lock that another process's TRUNCATE needs.
+            elif pages < self._passive_at_pages:
+                self._passive_at_pages = AUTOCHECKPOINT_PAGES  # the WAL restarted
+            elif pages >= self._passive_at_pages:
+                # set_wal_hook replaced SQLite's auto-checkpoint; do what it would have done,
+                # but once per AUTOCHECKPOINT_PAGES of growth rather than on every commit past
+                # the threshold (SQLite's way keeps the checkpoint lock busy all the time).
+                self._passive_at_pages = pages + AUTOCHECKPOINT_PAGES
+                with contextlib.suppress(apsw.BusyError):
+                    conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except Exception:
+            log.exception("checkpoint after commit failed")
         return apsw.SQLITE_OK
 
     # ----------------------------------------------------------------------------- writing
@@ -861,13 +890,19 @@ class SessionStore:
 
     def _checkpoint_locked(self, mode: str) -> CheckpointResult:
         with self._write_lock:
-            conn = self._writer_conn()
-            # Short wait: a waiting TRUNCATE holds the write lock and stalls other writers.
-            set_busy(conn, self.config, self.config.checkpoint_busy_timeout_ms)
-            try:
-                result = run_checkpoint(conn, mode, self._wal_path)
-            finally:
-                self._install_busy(conn)
+            return self._run_checkpoint_on(self._writer_conn(), mode)
+
+    def _run_checkpoint_on(self, conn: apsw.Connection, mode: str) -> CheckpointResult:
+        # Short wait: a waiting TRUNCATE holds the write lock and stalls other writers.
+        self._busy_timeout_ms = self.config.checkpoint_busy_timeout_ms
+        if self.config.busy_handler == "sqlite":
+            conn.set_busy_timeout(self._busy_timeout_ms)
+        try:
+            result = run_checkpoint(conn, mode, self._wal_path)
+        finally:
+            self._busy_timeout_ms = self.config.busy_timeout_ms
+            if self.config.busy_handler == "sqlite":
+                conn.set_busy_timeout(self._busy_timeout_ms)
         with self._counter_lock:
             self._n_checkpoints += 1
             self._last_checkpoint = result
@@ -1019,12 +1054,11 @@ class SessionStore:
         if self._writer is not None and self._write_lock.acquire(timeout=max(timeout, 0.5)):
             try:
                 if self._pid == os.getpid():
-                    set_busy(self._writer, self.config, self.config.checkpoint_busy_timeout_ms)
                     self._abort_waits = False
-                    checkpoint = run_checkpoint(self._writer, "TRUNCATE", self._wal_path)
-                    self._last_checkpoint = checkpoint
-                    if not checkpoint.ok:
-                        errors.append("final checkpoint busy (another process is reading)")
+                    # Busy here is normal when other processes still use the database (the
+                    # last one to close empties the WAL); it is reported in `checkpoint`, and
+                    # is not an error of this close.
+                    checkpoint = self._run_checkpoint_on(self._writer, "TRUNCATE")
             except apsw.Error as err:
                 errors.append(f"final checkpoint: {err}")
             finally:
@@ -1105,19 +1139,6 @@ class SessionStore:
         if state is not StoreState.OPEN:
             self._gate.force_closed()
         self._pid = os.getpid()
-
-
-def _abortable(handler: Callable[[int], bool], store: SessionStore) -> Callable[[int], bool]:
-    """Wrap a busy handler so a close that abandoned leases can make waits give up at once."""
-    ref = weakref.ref(store)
-
-    def wrapped(prior_calls: int) -> bool:
-        s = ref()
-        if s is not None and s._abort_waits:
-            return False
-        return handler(prior_calls)
-
-    return wrapped
 
 
 def _op_line(op: Op) -> bytes:

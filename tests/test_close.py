@@ -1,0 +1,301 @@
+"""Safe close: nothing acknowledged is lost, close never hangs, and it always releases."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+
+import pytest
+from _procs import finish, release, start
+
+from sessionstore import SessionStore, StoreClosedError, StoreConfig, StoreState
+
+
+def _all_events(store: SessionStore, sid: str) -> list[str]:
+    out: list[str] = []
+    after = None
+    while page := store.events(sid, after_id=after, limit=1000):
+        out.extend(e.op_id for e in page)
+        after = page[-1].id
+    return out
+
+
+def _wait_until_closing(store: SessionStore) -> None:
+    # close() runs in another thread; it flips the state first thing. Spin on the state itself
+    # (no sleep): the flip is immediate, pytest-timeout bounds a bug.
+    while store.state is StoreState.OPEN:
+        pass
+
+
+def test_writes_racing_close_are_never_lost(tmp_path: object) -> None:
+    """50 rounds: a writer thread logs while another thread closes; every ack survives reopen."""
+    for round_no in range(50):
+        path = f"{tmp_path}/race{round_no}.db"
+        store = SessionStore.open(path)
+        sid = store.create_session("race").id
+        acked: list[str] = []
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def writer(
+            store: SessionStore = store,
+            sid: str = sid,
+            acked: list[str] = acked,
+            started: threading.Event = started,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            try:
+                for i in range(400):
+                    acked.append(store.log_event(sid, f"e{i}").op_id)
+                    if i == 5:
+                        started.set()
+            except BaseException as err:  # any exception is the failure under test
+                errors.append(err)
+                started.set()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        started.wait(30)
+        report = store.close()
+        thread.join(30)
+        assert not errors, errors
+        assert report.errors == []
+        with SessionStore.open(path) as reopened:
+            present = set(_all_events(reopened, sid))
+        assert set(acked) <= present, f"round {round_no}: lost {len(set(acked) - present)}"
+        assert len(acked) == 400
+
+
+def test_write_after_close_is_journaled_and_replayed(db_path: str) -> None:
+    """A write after close lands in the journal; the next open applies it and empties it."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    store.save_checkpoint(sid, "late", {"n": 1})
+    store.remove_child(sid, 4242, exit_code=0)
+    assert store.stats().journaled == 2 and os.path.getsize(store.journal_path) > 0
+    with SessionStore.open(db_path) as reopened:
+        assert reopened.open_replay.applied == 2
+        checkpoint = reopened.latest_checkpoint(sid)
+        assert checkpoint is not None and checkpoint.data == {"n": 1}
+        assert os.path.getsize(reopened.journal_path) == 0
+
+
+def test_write_while_closing_is_applied_before_close_returns(db_path: str) -> None:
+    """A write arriving while close() drains joins the queue and is applied before it returns."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    release_lease = threading.Event()
+
+    def hold_lease() -> None:
+        with store.lease("slow reader"):
+            release_lease.wait(30)
+
+    holder = threading.Thread(target=hold_lease)
+    holder.start()
+    while store.stats().leases == 0:
+        pass
+    reports = []
+    closer = threading.Thread(target=lambda: reports.append(store.close(timeout=30)))
+    closer.start()
+    _wait_until_closing(store)
+    queued = store.log_event(sid, "while closing")
+    assert queued.id is None and store.stats().pending == 1
+    release_lease.set()
+    closer.join(30)
+    holder.join(30)
+    [report] = reports
+    assert report.applied_from_queue == 1 and report.journaled == 0
+    assert report.abandoned_leases == []
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["while closing"]
+
+
+def test_stuck_lease_does_not_hang_close(db_path: str) -> None:
+    """A lease held past the timeout is abandoned and reported; its next use is StoreClosedError."""
+    store = SessionStore.open(db_path)
+    store.create_session("s")
+    got_lease = threading.Event()
+    may_continue = threading.Event()
+    outcome: list[BaseException] = []
+
+    def stuck() -> None:
+        with store.lease("stuck reader") as lease:
+            lease.execute("SELECT count(*) FROM sessions")
+            got_lease.set()
+            may_continue.wait(30)
+            try:
+                lease.execute("SELECT count(*) FROM sessions")
+            except BaseException as err:  # the error kind is what is under test
+                outcome.append(err)
+
+    thread = threading.Thread(target=stuck)
+    thread.start()
+    got_lease.wait(30)
+    report = store.close(timeout=0.2)
+    assert store.state is StoreState.CLOSED
+    assert len(report.abandoned_leases) == 1 and "stuck reader" in report.abandoned_leases[0]
+    assert report.errors and "abandoned" in report.errors[0]
+    may_continue.set()
+    thread.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreClosedError)
+
+
+def test_reader_in_another_process_does_not_hang_close(db_path: str) -> None:
+    """A long read transaction elsewhere pins the WAL: close still returns at once, reporting it."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    reader = start("hold_read", db_path)
+    try:
+        store.log_event(sid, "after the reader's snapshot")
+        report = store.close(timeout=1.0)
+        assert report.checkpoint is not None and not report.checkpoint.ok
+        assert report.checkpoint.duration_s < 2.0
+        assert report.checkpoint.error is not None and report.errors == []
+    finally:
+        reader.communicate("go\n", timeout=30)
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["after the reader's snapshot"]
+
+
+def test_busy_past_deadline_goes_to_journal(db_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A write locked out past the deadline is journaled, logged and counted, never lost."""
+    config = StoreConfig(busy_timeout_ms=50, write_deadline_s=0.3)
+    store = SessionStore.open(db_path, config=config)
+    sid = store.create_session("s").id
+    holder = start("hold_write", db_path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sessionstore"):
+            event = store.log_event(sid, "locked out")
+        assert event.id is None
+        stats = store.stats()
+        assert stats.journaled == 1 and stats.failures[0].disposition == "journaled"
+        assert "locked" in stats.failures[0].reason
+        assert "journaled" in caplog.text
+    finally:
+        holder.communicate("go\n", timeout=30)
+    report = store.close()
+    assert report.journaled == 1 and report.replayed == 1  # close replays once it can
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["locked out"]
+
+
+def test_pending_overflow_goes_to_journal(db_path: str) -> None:
+    """Past max_pending_ops a write made while closing is journaled, not dropped."""
+    store = SessionStore.open(db_path, config=StoreConfig(max_pending_ops=1))
+    sid = store.create_session("s").id
+    release_lease = threading.Event()
+
+    def hold() -> None:
+        with store.lease():
+            release_lease.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while store.stats().leases == 0:
+        pass
+    closer = threading.Thread(target=store.close, kwargs={"timeout": 30})
+    closer.start()
+    _wait_until_closing(store)
+    store.log_event(sid, "queued")
+    store.log_event(sid, "overflowed")
+    assert store.stats().pending == 1 and store.stats().journaled == 1
+    release_lease.set()
+    closer.join(30)
+    holder.join(30)
+    with SessionStore.open(db_path) as reopened:
+        assert sorted(e.message for e in reopened.events(sid)) == ["overflowed", "queued"]
+
+
+def test_journal_pending_moves_queue_to_disk(db_path: str) -> None:
+    """journal_pending() (the hard-exit path) writes every queued op to the journal at once."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    release_lease = threading.Event()
+
+    def hold() -> None:
+        with store.lease():
+            release_lease.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while store.stats().leases == 0:
+        pass
+    closer = threading.Thread(target=store.close, kwargs={"timeout": 30})
+    closer.start()
+    _wait_until_closing(store)
+    for i in range(3):
+        store.log_event(sid, f"q{i}")
+    assert store.journal_pending() == 3
+    assert store.stats().pending == 0
+    release_lease.set()
+    closer.join(30)
+    holder.join(30)
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["q0", "q1", "q2"]
+
+
+@pytest.mark.slow
+def test_wal_bounded_under_load_and_empty_after_close(db_path: str) -> None:
+    """4 writer processes for 5 s with a reader polling: WAL stays bounded, 0 bytes after close."""
+    with SessionStore.open(db_path) as store:
+        sid = store.create_session("load").id
+    reader = start("poll_reader", db_path, sid)
+    writers = [start("load", db_path, sid, "5") for _ in range(4)]
+    release(writers)
+    peak = 0
+    while any(w.poll() is None for w in writers):
+        with contextlib.suppress(FileNotFoundError):
+            peak = max(peak, os.path.getsize(db_path + "-wal"))
+        threading.Event().wait(0.02)  # pacing the size sampling of real processes
+    written = sum(int(finish(w)) for w in writers)
+    reader.communicate("stop\n", timeout=30)
+    assert written > 1000
+    # Bounded, with margin for a loaded CI machine: before TRUNCATE-on-commit this load grew
+    # the WAL past 160 MB. The 8 MiB target is tracked in benchmarks/, not asserted here.
+    assert peak <= 32 * 1024 * 1024, f"WAL peaked at {peak} bytes"
+    with SessionStore.open(db_path) as store:
+        pass
+    assert not os.path.exists(db_path + "-wal") or os.path.getsize(db_path + "-wal") == 0
+    assert store.stats().state is StoreState.CLOSED
+
+
+def test_forked_child_reopens_its_own_connection(db_path: str) -> None:
+    """After fork the child never uses the parent's connection: it opens its own and writes."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.log_event(sid, "parent before fork")
+    parent_writer = store._writer
+    pid = os.fork()
+    if pid == 0:  # the child: exit with a status that says what it saw
+        try:
+            store.log_event(sid, "child")
+            ok = store._writer is not None and store._writer is not parent_writer
+            store.close()
+            os._exit(0 if ok else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    store.log_event(sid, "parent after fork")
+    assert [e.message for e in store.events(sid)] == [
+        "parent before fork",
+        "child",
+        "parent after fork",
+    ]
+    store.close()
+
+
+def test_store_left_open_is_closed_at_exit(db_path: str) -> None:
+    """A process that forgets close() still closes at interpreter exit, with a warning."""
+    with SessionStore.open(db_path) as store:
+        sid = store.create_session("s").id
+    proc = start("leave_open", db_path, sid)
+    _, err = proc.communicate("", timeout=60)
+    assert proc.returncode == 0
+    assert "left open at interpreter exit" in err
+    assert not os.path.exists(db_path + "-wal") or os.path.getsize(db_path + "-wal") == 0
+    with SessionStore.open(db_path) as store:
+        assert [e.message for e in store.events(sid)] == ["written before exit"]

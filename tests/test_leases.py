@@ -1,0 +1,71 @@
+"""The closing gate: where a write goes in each state, and drain with a deadline."""
+
+from __future__ import annotations
+
+import threading
+
+from sessionstore import StoreState
+from sessionstore._leases import Gate, Lease
+
+
+def test_open_gate_hands_out_leases() -> None:
+    """OPEN: reads and writes get a lease recording the borrower and thread."""
+    gate: Gate[str] = Gate(max_pending=2)
+    lease = gate.admit_write("op", "log_event")
+    assert isinstance(lease, Lease)
+    assert lease.borrower == "log_event" and lease.thread == threading.current_thread().name
+    assert gate.counts() == (StoreState.OPEN, 1, 0)
+    gate.release(lease)
+    gate.release(lease)  # releasing twice is harmless
+    assert gate.counts() == (StoreState.OPEN, 0, 0)
+
+
+def test_closing_gate_queues_then_overflows_then_closes() -> None:
+    """CLOSING: no leases, writes queue up to the bound, then overflow; CLOSED says closed."""
+    gate: Gate[str] = Gate(max_pending=2)
+    assert gate.begin_close()
+    assert not gate.begin_close()
+    assert gate.acquire("reader") is None
+    assert [gate.admit_write(op, "w") for op in "abc"] == ["queued", "queued", "overflow"]
+    assert gate.take_pending_or_close(1) == ["a"]
+    assert gate.state is StoreState.CLOSING
+    assert gate.take_pending_or_close(10) == ["b"]
+    assert gate.take_pending_or_close(10) == []
+    assert gate.state is StoreState.CLOSED
+    assert gate.admit_write("d", "w") == "closed"
+
+
+def test_wait_drained_abandons_leases_at_the_deadline() -> None:
+    """Leases still out at the deadline are returned, marked abandoned, and no longer counted."""
+    clock_values = iter([0.0, 10.0])
+    gate: Gate[str] = Gate(max_pending=1)
+    held = gate.acquire("slow reader")
+    assert held is not None
+    gate.begin_close()
+    abandoned = gate.wait_drained(5.0, clock=lambda: next(clock_values))
+    assert abandoned == [held] and held.abandoned
+    assert "slow reader" in held.describe()
+    assert gate.counts()[1] == 0
+
+
+def test_wait_drained_wakes_when_last_lease_returns() -> None:
+    """A release from another thread ends the wait before the deadline."""
+    gate: Gate[str] = Gate(max_pending=1)
+    held = gate.acquire("worker")
+    assert held is not None
+    gate.begin_close()
+    releaser = threading.Thread(target=gate.release, args=(held,))
+    releaser.start()
+    assert gate.wait_drained(30.0) == []
+    releaser.join()
+    assert not held.abandoned
+
+
+def test_drain_pending_takes_everything() -> None:
+    """drain_pending (the hard-exit path) empties the queue in one step."""
+    gate: Gate[int] = Gate(max_pending=10)
+    gate.begin_close()
+    for i in range(3):
+        gate.admit_write(i, "w")
+    assert gate.drain_pending() == [0, 1, 2]
+    assert gate.counts() == (StoreState.CLOSING, 0, 0)
