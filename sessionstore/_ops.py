@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import threading
 import time
@@ -99,6 +98,8 @@ def dump_json(value: Any) -> str:
 
 def _json_value(value: Any) -> Any:
     """Validate that ``value`` is JSON-serialisable and return it as JSON would give it back."""
+    if value is None or type(value) in (str, int, bool):
+        return value  # already exactly what JSON gives back: skip the round trip
     try:
         text = dump_json(value)
     except (TypeError, ValueError) as err:
@@ -107,7 +108,7 @@ def _json_value(value: Any) -> Any:
 
 
 def _new_op_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits, as uuid4 but a few times cheaper
 
 
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
@@ -119,14 +120,7 @@ class _OpBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     op_id: str = Field(default_factory=_new_op_id, min_length=1, max_length=64)
-    ts: float = Field(default_factory=time.time)
-
-    @field_validator("ts")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("ts must be finite")
-        return v
+    ts: float = Field(default_factory=time.time, allow_inf_nan=False)
 
 
 class CreateSession(_OpBase):
@@ -371,7 +365,8 @@ def _apply_event(conn: apsw.Connection, op: LogEvent) -> Event:
 
 def event_from_op(op: LogEvent, event_id: int | None) -> Event:
     """The Event a LogEvent op makes; ``event_id`` None while it is not applied yet."""
-    return Event(
+    # model_construct: every value comes from a validated op; validating again costs ~5 us.
+    return Event.model_construct(
         id=event_id,
         op_id=op.op_id,
         session_id=op.session_id,
