@@ -52,6 +52,17 @@ from ._ops import (
     owner_fields,
     session_from_create,
 )
+from ._readers import ReaderPool
+from ._rows import (
+    CHECKPOINT_COLUMNS,
+    CHILD_COLUMNS,
+    EVENT_COLUMNS,
+    SESSION_COLUMNS,
+    checkpoint_from_row,
+    child_from_row,
+    event_from_row,
+    session_from_row,
+)
 from .errors import (
     InvalidTransitionError,
     SessionNotFoundError,
@@ -85,55 +96,6 @@ _inherited_at_fork: list[apsw.Connection] = []
 def live_stores() -> list[SessionStore]:
     """Stores in this process that are not closed (tests use it to catch leaks)."""
     return [s for s in list(_live) if s.state is not StoreState.CLOSED]
-
-
-_ROW_SESSION = (
-    "id, name, objective, status, metadata, owner_pid, owner_start_ticks, owner_boot_id, "
-    "owner_host, created_at, updated_at, paused_at, resumed_at, stopped_at, heartbeat_at"
-)
-_ROW_CHILD = (
-    "session_id, pid, start_ticks, boot_id, pgid, argv, registered_at, exited_at, exit_code, state"
-)
-
-
-def _session_from_row(row: Sequence[Any]) -> Session:
-    import json
-
-    owner = None
-    if row[5] is not None and row[6] is not None and row[7]:
-        owner = ProcessIdentity(pid=row[5], start_ticks=row[6], boot_id=row[7])
-    return Session(
-        id=row[0],
-        name=row[1],
-        objective=row[2],
-        status=SessionStatus(row[3]),
-        metadata=json.loads(row[4]),
-        owner=owner,
-        owner_host=row[8],
-        created_at=row[9],
-        updated_at=row[10],
-        paused_at=row[11],
-        resumed_at=row[12],
-        stopped_at=row[13],
-        heartbeat_at=row[14],
-    )
-
-
-def _child_from_row(row: Sequence[Any]) -> ChildProcess:
-    import json
-
-    return ChildProcess(
-        session_id=row[0],
-        pid=row[1],
-        start_ticks=row[2],
-        boot_id=row[3],
-        pgid=row[4],
-        argv=json.loads(row[5]),
-        registered_at=row[6],
-        exited_at=row[7],
-        exit_code=row[8],
-        state=ChildState(row[9]),
-    )
 
 
 class ReadLease:
@@ -191,8 +153,9 @@ class SessionStore:
         self._pid = os.getpid()
         self._init_locks()
         self._writer: apsw.Connection | None = None
-        self._readers: list[apsw.Connection] = []  # idle
-        self._all_readers: list[apsw.Connection] = []
+        self._readers = ReaderPool(
+            lambda: open_connection(self.path, self.config, self._policy), config.read_connections
+        )
         self._checkpointer: Checkpointer | None = None
         self._page_size = 4096
         self._passive_at_pages = AUTOCHECKPOINT_PAGES
@@ -211,7 +174,6 @@ class SessionStore:
     def _init_locks(self) -> None:
         self._gate: Gate[Op] = Gate(self.config.max_pending_ops)
         self._write_lock = threading.Lock()
-        self._read_lock = threading.Condition(threading.Lock())
         self._close_lock = threading.Lock()
         self._counter_lock = threading.Lock()
 
@@ -492,43 +454,14 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
-            conn = self._take_reader()
-            try:
+            with self._readers.connection() as conn:
                 return self._policy.call(lambda: fn(conn), path=self.path, operation=borrower)
-            finally:
-                self._return_reader(conn)
         except _GONE_ERRORS as err:
             raise StoreClosedError(self.path, f"store closed during {borrower}") from err
         except (apsw.CorruptError, apsw.NotADBError) as err:
             raise StoreCorruptError(self.path, f"{type(err).__name__}: {err}") from err
         finally:
             self._gate.release(lease)
-
-    def _take_reader(self) -> apsw.Connection:
-        with self._read_lock:
-            while True:
-                if self._readers:
-                    return self._readers.pop()
-                if len(self._all_readers) < self.config.read_connections:
-                    break
-                self._read_lock.wait()
-            placeholder_index = len(self._all_readers)
-            self._all_readers.append(None)  # type: ignore[arg-type]  # reserve the slot
-        try:
-            conn = open_connection(self.path, self.config, self._policy)
-        except BaseException:
-            with self._read_lock:
-                self._all_readers.pop(placeholder_index)
-                self._read_lock.notify()
-            raise
-        with self._read_lock:
-            self._all_readers[placeholder_index] = conn
-        return conn
-
-    def _return_reader(self, conn: apsw.Connection) -> None:
-        with self._read_lock:
-            self._readers.append(conn)
-            self._read_lock.notify()
 
     def _read(self, borrower: str, sql: str, bindings: Sequence[Any] = ()) -> list[Any]:
         return self._run_read(lambda conn: conn.execute(sql, bindings).fetchall(), borrower)
@@ -572,11 +505,11 @@ class SessionStore:
             StoreClosedError: the store is closing or closed.
         """
         rows = self._read(
-            "get_session", f"SELECT {_ROW_SESSION} FROM sessions WHERE id = ?", (session_id,)
+            "get_session", f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
         )
         if not rows:
             raise SessionNotFoundError(session_id)
-        return _session_from_row(rows[0])
+        return session_from_row(rows[0])
 
     def list_sessions(self, status: SessionStatus | str | None = None) -> list[Session]:
         """Return sessions, oldest first, optionally only those with ``status``.
@@ -586,14 +519,16 @@ class SessionStore:
             StoreClosedError: the store is closing or closed.
         """
         if status is None:
-            rows = self._read("list_sessions", f"SELECT {_ROW_SESSION} FROM sessions ORDER BY id")
+            rows = self._read(
+                "list_sessions", f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY id"
+            )
         else:
             rows = self._read(
                 "list_sessions",
-                f"SELECT {_ROW_SESSION} FROM sessions WHERE status = ? ORDER BY id",
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE status = ? ORDER BY id",
                 (SessionStatus(status).value,),
             )
-        return [_session_from_row(r) for r in rows]
+        return [session_from_row(r) for r in rows]
 
     def set_status(self, session_id: str, status: SessionStatus | str) -> None:
         """Move a session to ``status`` (see pause/resume/stop for the usual ones).
@@ -663,24 +598,19 @@ class SessionStore:
             ValueError: ``limit`` < 1.
             StoreClosedError: the store is closing or closed.
         """
-        import json
-
         if limit is not None and limit < 1:
             raise ValueError("limit must be >= 1")
         order = "DESC" if newest_first else "ASC"
         where = "session_id = ?" + (" AND name = ?" if name is not None else "")
         params: tuple[Any, ...] = (session_id,) if name is None else (session_id, name)
         sql = (
-            f"SELECT id, session_id, name, data, created_at FROM checkpoints WHERE {where} "
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE {where} "
             f"ORDER BY created_at {order}, id {order} LIMIT ?"
         )
         rows = self._read("list_checkpoints", sql, (*params, -1 if limit is None else limit))
         if not rows:
             self.get_session(session_id)  # SessionNotFoundError for an unknown id
-        return [
-            Checkpoint(id=r[0], session_id=r[1], name=r[2], data=json.loads(r[3]), created_at=r[4])
-            for r in rows
-        ]
+        return [checkpoint_from_row(r) for r in rows]
 
     # ----------------------------------------------------------------------------- events
 
@@ -709,30 +639,17 @@ class SessionStore:
             SessionNotFoundError: no such session.
             StoreClosedError: the store is closing or closed.
         """
-        import json
-
         if not 1 <= limit <= _MAX_EVENTS_PAGE:
             raise ValueError(f"limit must be within 1..{_MAX_EVENTS_PAGE}")
         rows = self._read(
             "events",
-            "SELECT id, op_id, session_id, level, message, data, created_at FROM events "
-            "WHERE session_id = ? AND id > ? ORDER BY id LIMIT ?",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE session_id = ? AND id > ? "
+            "ORDER BY id LIMIT ?",
             (session_id, after_id or 0, limit),
         )
         if not rows and after_id is None:
             self.get_session(session_id)
-        return [
-            Event(
-                id=r[0],
-                op_id=r[1],
-                session_id=r[2],
-                level=r[3],
-                message=r[4],
-                data=None if r[5] is None else json.loads(r[5]),
-                created_at=r[6],
-            )
-            for r in rows
-        ]
+        return [event_from_row(r) for r in rows]
 
     # ----------------------------------------------------------------------------- children
 
@@ -822,13 +739,13 @@ class SessionStore:
         where = "" if include_exited else " AND state IN ('running', 'unkillable')"
         rows = self._read(
             "children",
-            f"SELECT {_ROW_CHILD} FROM child_processes WHERE session_id = ?{where} "
+            f"SELECT {CHILD_COLUMNS} FROM child_processes WHERE session_id = ?{where} "
             "ORDER BY registered_at, pid",
             (session_id,),
         )
         if not rows:
             self.get_session(session_id)
-        return [_child_from_row(r) for r in rows]
+        return [child_from_row(r) for r in rows]
 
     def all_children(self, include_exited: bool = False) -> list[ChildProcess]:
         """Return every session's recorded children, oldest first.
@@ -839,9 +756,9 @@ class SessionStore:
         where = "" if include_exited else " WHERE state IN ('running', 'unkillable')"
         rows = self._read(
             "all_children",
-            f"SELECT {_ROW_CHILD} FROM child_processes{where} ORDER BY registered_at, pid",
+            f"SELECT {CHILD_COLUMNS} FROM child_processes{where} ORDER BY registered_at, pid",
         )
-        return [_child_from_row(r) for r in rows]
+        return [child_from_row(r) for r in rows]
 
     # ----------------------------------------------------------------------------- maintenance
 
@@ -914,6 +831,27 @@ class SessionStore:
             return None
         try:
             return self._checkpoint_locked("TRUNCATE")
+        finally:
+            self._gate.release(lease)
+
+    def apply_ops(self, ops: Sequence[Op]) -> list[Exception | None]:
+        """Apply ops made elsewhere (an import, a journal kept aside) in order, idempotently.
+
+        Each op runs in its own savepoint inside transactions of up to 1,000 ops, so one bad op
+        is rejected without undoing the others.
+
+        Returns:
+            Per op, None when applied (or already applied before), else the error rejecting it.
+
+        Raises:
+            StoreClosedError: the store is closing or closed.
+            StoreBusyError: locked past the retry deadline; the failing batch was not applied.
+        """
+        lease = self._gate.acquire("apply_ops")
+        if lease is None:
+            raise StoreClosedError(self.path)
+        try:
+            return self._apply_batch(ops)
         finally:
             self._gate.release(lease)
 
@@ -1021,7 +959,7 @@ class SessionStore:
         if abandoned:
             # Their connections may be mid-statement or waiting on a lock: make them give up.
             self._abort_waits = True
-            for conn in [self._writer, *self._all_readers]:
+            for conn in [self._writer, *self._readers.all()]:
                 if conn is not None:
                     with contextlib.suppress(apsw.Error):
                         conn.interrupt()
@@ -1111,9 +1049,7 @@ class SessionStore:
     def _close_connections(self, errors: list[str]) -> None:
         if self._pid != os.getpid():
             return  # inherited across fork: never closed here
-        conns = [c for c in [*self._all_readers, self._writer] if c is not None]
-        self._readers.clear()
-        self._all_readers.clear()
+        conns = [*self._readers.take_all(), *([self._writer] if self._writer else [])]
         self._writer = None
         for conn in conns:
             try:
@@ -1129,11 +1065,11 @@ class SessionStore:
         # The parent's connections are not ours: keep them referenced (never closed, never
         # freed) and open our own lazily on first use. Locks may have been held by threads that
         # do not exist here, so they are replaced; queued ops belong to the parent.
-        _inherited_at_fork.extend(c for c in [self._writer, *self._all_readers] if c is not None)
+        _inherited_at_fork.extend(self._readers.take_all())
+        if self._writer is not None:
+            _inherited_at_fork.append(self._writer)
         state = self._gate.state
         self._writer = None
-        self._readers = []
-        self._all_readers = []
         self._checkpointer = None
         self._init_locks()
         if state is not StoreState.OPEN:
