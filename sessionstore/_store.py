@@ -851,9 +851,12 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
-            return self._apply_batch(ops)
+            results = self._apply_batch(ops)
         finally:
             self._gate.release(lease)
+        with self._counter_lock:
+            self._n_applied += sum(r is None for r in results)
+        return results
 
     def journal_pending(self) -> int:
         """Move every queued op to the durable journal now (for a hard exit mid-close).

@@ -1,0 +1,354 @@
+"""The operator commands that read a store: status, sessions, show, events and children.
+
+Each takes the parsed arguments and an :class:`Output` and returns the exit code. The JSON
+documents they print are a stable interface (README "CLI"): keys are only ever added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ._cli_common import (
+    EXIT_OK,
+    Output,
+    dump,
+    fmt_age,
+    fmt_bytes,
+    fmt_time,
+    open_store,
+    resolve_db,
+)
+from ._identity import IdentityStatus
+from ._models import Checkpoint, ChildProcess, Event, Session, SessionStatus
+from ._store import SessionStore
+
+__all__ = [
+    "cmd_children",
+    "cmd_events",
+    "cmd_sessions",
+    "cmd_show",
+    "cmd_status",
+    "file_sizes",
+    "newest_checkpoint",
+    "recent_events",
+]
+
+_FOLLOW_PAGE = 1000
+
+
+def file_sizes(store: SessionStore) -> dict[str, int]:
+    """Sizes of the database, its WAL, the op journal and the rejected-ops file, in bytes."""
+
+    def size(path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return 0
+
+    return {
+        "db_bytes": size(store.path),
+        "wal_bytes": size(f"{store.path}-wal"),
+        "journal_bytes": size(store.journal_path),
+        "rejected_bytes": size(f"{store.path}-ops.rejected.jsonl"),
+    }
+
+
+def newest_checkpoint(store: SessionStore) -> dict[str, Any] | None:
+    """The most recent session checkpoint in the whole store (its data left out), or None."""
+    with store.lease("cli newest checkpoint") as lease:
+        rows = lease.execute(
+            "SELECT id, session_id, name, created_at FROM checkpoints "
+            "ORDER BY created_at DESC, id DESC LIMIT 1"
+        )
+    if not rows:
+        return None
+    cid, sid, name, created_at = rows[0]
+    return {"id": cid, "session_id": sid, "name": name, "created_at": created_at}
+
+
+def recent_events(store: SessionStore, session_id: str, count: int) -> list[Event]:
+    """The last ``count`` events of a session, oldest first."""
+    with store.lease("cli recent events") as lease:
+        rows = lease.execute(
+            "SELECT min(id) FROM (SELECT id FROM events WHERE session_id = ? "
+            "ORDER BY id DESC LIMIT ?)",
+            (session_id, count),
+        )
+    first = rows[0][0] if rows else None
+    if first is None:
+        return []
+    return store.events(session_id, after_id=int(first) - 1, limit=count)
+
+
+def _status_counts(store: SessionStore) -> dict[str, int]:
+    with store.lease("cli status counts") as lease:
+        rows = lease.execute("SELECT status, count(*) FROM sessions GROUP BY status")
+    counts = {s.value: 0 for s in SessionStatus}
+    for status, n in rows:
+        counts[str(status)] = int(n)
+    return {"total": sum(counts.values()), **counts}
+
+
+def _stale(store: SessionStore, stale_after_s: float, now: float) -> list[dict[str, Any]]:
+    # An active session whose owner has not written a heartbeat (or, never having sent one, was
+    # created) longer ago than the threshold: its orchestrator is probably gone or stuck.
+    with store.lease("cli stale sessions") as lease:
+        rows = lease.execute(
+            "SELECT id, name, heartbeat_at, created_at, owner_pid, owner_host FROM sessions "
+            "WHERE status = 'active' AND coalesce(heartbeat_at, created_at) < ? ORDER BY id",
+            (now - stale_after_s,),
+        )
+    return [
+        {
+            "id": sid,
+            "name": name,
+            "heartbeat_at": hb,
+            "age_s": round(now - (hb if hb is not None else created), 3),
+            "owner_pid": pid,
+            "owner_host": host,
+        }
+        for sid, name, hb, created, pid, host in rows
+    ]
+
+
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    """``status``: sessions by status, stale heartbeats, file sizes, newest checkpoint."""
+    path = resolve_db(args.db)
+    now = time.time()
+    with open_store(path, args.timeout) as store:
+        data: dict[str, Any] = {
+            "db": store.path,
+            **file_sizes(store),
+            "sessions": _status_counts(store),
+            "stale_after_s": args.stale_after,
+            "stale": _stale(store, args.stale_after, now),
+            "last_checkpoint": newest_checkpoint(store),
+        }
+
+    def human(con: Console) -> None:
+        c = data["sessions"]
+        con.print(
+            f"[bold]database[/]  {escape(data['db'])}  ({fmt_bytes(data['db_bytes'])}; "
+            f"WAL {fmt_bytes(data['wal_bytes'])}; journal {fmt_bytes(data['journal_bytes'])})"
+        )
+        con.print(
+            f"[bold]sessions[/]  {c['total']} total: "
+            + ", ".join(f"{c[s.value]} {s.value}" for s in SessionStatus)
+        )
+        if data["journal_bytes"]:
+            con.print("[yellow]journal holds ops not yet applied: run `sessionstore replay`[/]")
+        if data["stale"]:
+            con.print(
+                f"[yellow]stale[/]     {len(data['stale'])} active session(s) silent for "
+                f"more than {fmt_age(args.stale_after)}:"
+            )
+            t = Table(box=box.SIMPLE, show_edge=False)
+            for col in ("id", "name", "last heartbeat", "silent for", "owner"):
+                t.add_column(col, no_wrap=col == "id")
+            for s in data["stale"]:
+                t.add_row(
+                    s["id"],
+                    escape(s["name"]),
+                    fmt_time(s["heartbeat_at"]),
+                    fmt_age(s["age_s"]),
+                    f"{s['owner_pid']}@{s['owner_host']}",
+                )
+            con.print(t)
+        else:
+            con.print(f"[bold]stale[/]     none (threshold {fmt_age(args.stale_after)})")
+        cp = data["last_checkpoint"]
+        if cp is None:
+            con.print("[bold]last checkpoint[/]  none")
+        else:
+            name = escape(repr(cp["name"]))
+            con.print(
+                f"[bold]last checkpoint[/]  {name} of session {cp['session_id']} at "
+                f"{fmt_time(cp['created_at'])} ({fmt_age(now - cp['created_at'])} ago)"
+            )
+
+    out.result(data, human)
+    return EXIT_OK
+
+
+def _sessions_table(sessions: list[Session], now: float) -> Table:
+    t = Table(box=box.SIMPLE, show_edge=False)
+    for col in ("id", "name", "status", "created", "last heartbeat", "owner"):
+        t.add_column(col, no_wrap=col == "id")
+    for s in sessions:
+        hb = f"{fmt_age(now - s.heartbeat_at)} ago" if s.heartbeat_at else "-"
+        owner = f"{s.owner.pid}@{s.owner_host}" if s.owner else "-"
+        t.add_row(s.id, escape(s.name), s.status.value, fmt_time(s.created_at), hb, owner)
+    return t
+
+
+def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
+    """``sessions``: every session (optionally of one status), oldest first."""
+    with open_store(resolve_db(args.db), args.timeout) as store:
+        sessions = store.list_sessions(args.status)
+    now = time.time()
+
+    def human(con: Console) -> None:
+        if not sessions:
+            con.print("no sessions")
+            return
+        con.print(_sessions_table(sessions, now))
+
+    out.result({"sessions": dump(sessions)}, human)
+    return EXIT_OK
+
+
+def _identity_now(child: ChildProcess) -> IdentityStatus:
+    # Only rows still believed running are checked: an ended child's PID may be a stranger now.
+    if child.state.value not in ("running", "unkillable"):
+        return IdentityStatus.GONE
+    return child.identity.check()
+
+
+def _child_doc(child: ChildProcess) -> dict[str, Any]:
+    now = _identity_now(child)
+    return {**dump(child), "identity_status": now.value, "alive": now is IdentityStatus.ALIVE}
+
+
+def _children_table(children: list[dict[str, Any]], *, with_session: bool) -> Table:
+    t = Table(box=box.SIMPLE, show_edge=False)
+    cols = ["session"] if with_session else []
+    cols += ["pid", "pgid", "state", "exit", "now", "registered", "argv"]
+    for col in cols:
+        t.add_column(col, no_wrap=col in ("session", "pid"), overflow="fold")
+    for c in children:
+        row = [c["session_id"]] if with_session else []
+        row += [
+            str(c["pid"]),
+            str(c["pgid"]) if c["pgid"] is not None else "-",
+            c["state"],
+            str(c["exit_code"]) if c["exit_code"] is not None else "-",
+            c["identity_status"],
+            fmt_time(c["registered_at"]),
+            escape(" ".join(c["argv"])),
+        ]
+        t.add_row(*row)
+    return t
+
+
+def _checkpoint_line(cp: Checkpoint | None) -> str:
+    if cp is None:
+        return "none"
+    return f"{cp.name!r} at {fmt_time(cp.created_at)} (id {cp.id})"
+
+
+def _event_line(e: Event) -> str:
+    data = "" if e.data is None else f"  {json.dumps(e.data, ensure_ascii=False)}"
+    return f"{fmt_time(e.created_at)}  #{e.id:<6} {e.level:<8} {e.message}{data}"
+
+
+def cmd_show(args: argparse.Namespace, out: Output) -> int:
+    """``show SESSION``: the session, its children, last checkpoint and recent events."""
+    with open_store(resolve_db(args.db), args.timeout) as store:
+        session = store.get_session(args.session)
+        children = [_child_doc(c) for c in store.children(session.id, include_exited=True)]
+        last = store.latest_checkpoint(session.id)
+        events = recent_events(store, session.id, args.events)
+    data = {
+        "session": dump(session),
+        "children": children,
+        "last_checkpoint": dump(last),
+        "events": dump(events),
+    }
+
+    def human(con: Console) -> None:
+        now = time.time()
+        con.print(f"[bold]{escape(session.name)}[/]  {session.id}  [bold]{session.status.value}[/]")
+        if session.objective:
+            con.print(f"objective   {escape(session.objective)}")
+        owner = f"pid {session.owner.pid} on {session.owner_host}" if session.owner else "-"
+        con.print(f"owner       {owner}")
+        con.print(f"created     {fmt_time(session.created_at)}")
+        hb = session.heartbeat_at
+        con.print(f"heartbeat   {fmt_time(hb)}" + (f" ({fmt_age(now - hb)} ago)" if hb else ""))
+        if session.metadata:
+            con.print(f"metadata    {escape(json.dumps(session.metadata))}")
+        con.print(f"checkpoint  {escape(_checkpoint_line(last))}")
+        con.print(f"[bold]children[/] ({len(children)})")
+        if children:
+            con.print(_children_table(children, with_session=False))
+        con.print(f"[bold]last {len(events)} event(s)[/]")
+        for e in events:
+            con.print(_event_line(e), markup=False)
+
+    out.result(data, human)
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace, out: Output) -> int:
+    """``events SESSION``: a page of events, or ``--follow`` new ones as they are written."""
+    with open_store(resolve_db(args.db), args.timeout) as store:
+        store.get_session(args.session)  # an unknown id fails before anything is printed
+        if args.follow:
+            return _follow(store, args, out)
+        events = store.events(args.session, after_id=args.after, limit=args.limit)
+    last_id = events[-1].id if events else args.after
+    data = {"session_id": args.session, "events": dump(events), "last_id": last_id}
+
+    def human(con: Console) -> None:
+        for e in events:
+            con.print(_event_line(e), markup=False)
+        if not events:
+            con.print("no events" + (f" after #{args.after}" if args.after else ""))
+
+    out.result(data, human)
+    return EXIT_OK
+
+
+def _follow(store: SessionStore, args: argparse.Namespace, out: Output) -> int:
+    # Poll by event id. SQLite has no cross-process change notification, so a paced poll is the
+    # mechanism here (each poll is one indexed range read; no read transaction is held between
+    # polls, so the follower never pins the WAL). Ends at --follow-timeout or on Ctrl+C (130).
+    deadline = None if args.follow_timeout is None else time.monotonic() + args.follow_timeout
+    after = args.after
+    while True:
+        events = store.events(args.session, after_id=after, limit=_FOLLOW_PAGE)
+        for e in events:
+            if out.json_mode:
+                out.json(e, indent=None)  # JSON Lines: one event per line
+            else:
+                out.console.print(_event_line(e), markup=False)
+        if events:
+            after = events[-1].id
+            if len(events) == _FOLLOW_PAGE:
+                continue  # a backlog: read on without pausing
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return EXIT_OK
+        time.sleep(args.interval if remaining is None else min(args.interval, remaining))
+
+
+def cmd_children(args: argparse.Namespace, out: Output) -> int:
+    """``children``: recorded child processes, with whether each is alive now."""
+    with open_store(resolve_db(args.db), args.timeout) as store:
+        include_exited = bool(args.all)
+        rows = (
+            store.children(args.session, include_exited=include_exited)
+            if args.session
+            else store.all_children(include_exited=include_exited)
+        )
+    children = [_child_doc(c) for c in rows]
+    if args.alive:
+        children = [c for c in children if c["alive"]]
+
+    def human(con: Console) -> None:
+        if not children:
+            con.print("no children" + (" alive" if args.alive else " recorded as running"))
+            return
+        con.print(_children_table(children, with_session=not args.session))
+
+    out.result({"children": children}, human)
+    return EXIT_OK

@@ -1,0 +1,262 @@
+"""What every CLI command shares: the database path, the pre-open checks, output and errors.
+
+The store's ``open()`` creates a missing file and brings any SQLite file's schema up to date, which
+is right for a program embedding it and wrong for an operator's tool: ``status`` against a typo'd
+path must not leave a new database behind, and pointing the CLI at some other application's
+SQLite file must not add our tables to it. So every command but ``demo`` first proves, through a
+read-only connection, that the path is an existing sessionstore database (:func:`check_database`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+from pydantic import BaseModel
+from rich.console import Console
+
+from ._config import StoreConfig
+from ._migrate import latest_version
+from ._store import SessionStore
+
+__all__ = [
+    "DEFAULT_DB",
+    "ENV_DB",
+    "EXIT_BUSY",
+    "EXIT_FAILED",
+    "EXIT_NOT_FOUND",
+    "EXIT_NO_DB",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CliError",
+    "Output",
+    "UsageError",
+    "check_database",
+    "dump",
+    "fmt_age",
+    "fmt_bytes",
+    "fmt_time",
+    "one_line",
+    "open_store",
+    "resolve_db",
+    "store_config",
+]
+
+DEFAULT_DB = os.path.join(".sessionstore", "sessions.db")
+"""The embedded default: a database under the working directory, like ``.git``."""
+
+ENV_DB = "SESSIONSTORE_DB"
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and found a problem (doctor unhealthy, checkpoint busy ...)
+EXIT_USAGE = 2  # bad arguments or a bad input file; argparse's own code for usage errors
+EXIT_NO_DB = 3  # no usable database: missing, not a database, newer schema, cannot open
+EXIT_BUSY = 4  # locked by other processes past --timeout
+EXIT_NOT_FOUND = 5  # unknown session id
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class CliError(Exception):
+    """A failure the CLI reports as one line on stderr with a specific exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
+class UsageError(CliError):
+    """Bad arguments (argparse's), reported with exit code 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_USAGE)
+
+
+def one_line(text: str) -> str:
+    """Collapse a possibly multi-line message (pydantic's are) into one readable line."""
+    parts = [" ".join(line.split()) for line in str(text).splitlines()]
+    return "; ".join(p for p in parts if p)
+
+
+def resolve_db(arg: str | None) -> str:
+    """The database path: ``--db``, else ``$SESSIONSTORE_DB``, else the embedded default."""
+    if arg:
+        return arg
+    return os.environ.get(ENV_DB) or DEFAULT_DB
+
+
+def check_database(path: str, timeout_s: float) -> None:
+    """Prove ``path`` is an existing sessionstore database without writing to it.
+
+    Args:
+        path: the database file.
+        timeout_s: how long to wait for another process's lock.
+
+    Raises:
+        CliError: missing, not a file, empty, not SQLite, not sessionstore's, newer schema
+            (exit 3), or locked past ``timeout_s`` (exit 4). The file is never modified.
+    """
+    hint = "only `demo` creates one; pass --db PATH or set SESSIONSTORE_DB"
+    if not os.path.exists(path):
+        raise CliError(f"no database at {path} ({hint})", EXIT_NO_DB)
+    if not os.path.isfile(path):
+        raise CliError(f"{path} is not a file", EXIT_NO_DB)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as err:
+        raise CliError(f"cannot read {path}: {err.strerror}", EXIT_NO_DB) from err
+    if not head:
+        # SQLite would happily treat an empty file as a new database and write our schema in.
+        raise CliError(f"{path} is empty, not a sessionstore database ({hint})", EXIT_NO_DB)
+    if head != _SQLITE_MAGIC:
+        raise CliError(f"{path} is not a SQLite database", EXIT_NO_DB)
+    try:
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.Error as err:
+        raise CliError(f"cannot open {path}: {err}", EXIT_NO_DB) from err
+    try:
+        conn.set_busy_timeout(int(timeout_s * 1000))
+        # Read through the WAL, not the file header: the header's user_version can be stale
+        # while another process's commits are still only in the WAL.
+        version = int(conn.execute("PRAGMA user_version").fetchall()[0][0])  # type: ignore[arg-type]
+        tables = {
+            str(r[0]) for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        }
+    except apsw.BusyError as err:
+        raise CliError(
+            f"{path} is locked by another process (waited {timeout_s:g} s; see --timeout)",
+            EXIT_BUSY,
+        ) from err
+    except (apsw.NotADBError, apsw.CorruptError) as err:
+        raise CliError(f"{path} is not a usable database: {err}", EXIT_NO_DB) from err
+    except apsw.Error as err:
+        raise CliError(f"cannot read {path}: {type(err).__name__}: {err}", EXIT_NO_DB) from err
+    finally:
+        conn.close()
+    if "sessions" not in tables or version == 0:
+        raise CliError(
+            f"{path} is a SQLite database but not a sessionstore one (left untouched)", EXIT_NO_DB
+        )
+    if version > latest_version():
+        raise CliError(
+            f"{path} has schema version {version}, newer than the {latest_version()} this "
+            "sessionstore understands; upgrade sessionstore (the file was not modified)",
+            EXIT_NO_DB,
+        )
+
+
+def store_config(timeout_s: float) -> StoreConfig:
+    """The config every CLI command but ``demo`` opens the store with.
+
+    No journal replay at open: it writes, and a command that then fails (an unknown session id)
+    must leave the file as it found it; ``replay`` and ``resume`` apply the journal explicitly
+    and report it. No background checkpointer: a short-lived tool should not schedule work on
+    a database other processes own (close still runs its one TRUNCATE, which changes no content).
+
+    Args:
+        timeout_s: how long to wait for other processes' locks (busy timeout and retry deadline).
+    """
+    return StoreConfig(
+        busy_timeout_ms=int(timeout_s * 1000),
+        write_deadline_s=max(timeout_s, 0.001),
+        replay_on_open=False,
+        checkpointing=False,
+        close_timeout_s=min(timeout_s, 5.0),
+        read_connections=1,
+    )
+
+
+@contextlib.contextmanager
+def open_store(path: str, timeout_s: float) -> Iterator[SessionStore]:
+    """Check that ``path`` is a sessionstore database, open it, and close it afterwards.
+
+    Raises:
+        CliError: see :func:`check_database`.
+        SessionStoreError: from :meth:`SessionStore.open`.
+    """
+    check_database(path, timeout_s)
+    store = SessionStore.open(path, config=store_config(timeout_s))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def dump(value: Any) -> Any:
+    """A JSON-ready form of a pydantic model (or a list/dict of them)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: dump(v) for k, v in value.items()}
+    return value
+
+
+def fmt_time(ts: float | None) -> str:
+    """A local wall-clock time for humans, or ``-``."""
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def fmt_age(seconds: float | None) -> str:
+    """``3.2s``, ``4m05s``, ``2h10m``, ``3d04h`` or ``-``."""
+    if seconds is None:
+        return "-"
+    s = max(0.0, seconds)
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    if s < 86400:
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    return f"{int(s // 86400)}d{int(s % 86400 // 3600):02d}h"
+
+
+def fmt_bytes(n: int) -> str:
+    """``512 B``, ``4.0 KiB``, ``3.5 MiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Output:
+    """Where a command's result goes: one JSON document on stdout, or rich text for humans."""
+
+    json_mode: bool
+    console: Console
+
+    @classmethod
+    def for_args(cls, args: argparse.Namespace) -> Output:
+        """The output for parsed arguments (``--json`` selects JSON)."""
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            # Logs and pipes: wide enough that ids and paths do not wrap mid-word.
+            console = Console(highlight=False, width=int(os.environ.get("COLUMNS", "160")))
+        return cls(json_mode=bool(getattr(args, "json", False)), console=console)
+
+    def result(self, data: dict[str, Any], human: Callable[[Console], None]) -> None:
+        """Print ``data`` as JSON, or call ``human`` to render it for a person."""
+        if self.json_mode:
+            self.json(data)
+        else:
+            human(self.console)
+
+    def json(self, data: Any, *, indent: int | None = 2) -> None:
+        """Print one JSON document (or one JSON line with ``indent=None``) and flush."""
+        sys.stdout.write(json.dumps(dump(data), indent=indent, ensure_ascii=False) + "\n")
+        sys.stdout.flush()

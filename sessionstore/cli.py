@@ -1,0 +1,309 @@
+"""The ``sessionstore`` command line: the demo, operator commands, reap and stress.
+
+``python -m sessionstore [--db PATH] COMMAND [--json] ...``. Every command prints a readable
+report, or with ``--json`` one JSON document with stable keys (README "CLI"). A failure is one
+line on stderr and a non-zero exit code, never a traceback:
+
+====  ==========================================================================
+code  meaning
+====  ==========================================================================
+0     success
+1     the command ran and found a problem (doctor unhealthy, checkpoint busy ...)
+2     bad arguments or a bad input file
+3     no usable database (missing, not a database, newer schema, cannot open)
+4     the database stayed locked by other processes past ``--timeout``
+5     unknown session id
+130   interrupted (SIGINT); 143 terminated (SIGTERM)
+====  ==========================================================================
+
+Only ``demo`` creates a database; every other command checks first that the path is an existing
+sessionstore database, and a command that fails leaves the file byte-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from ._cli_common import (
+    DEFAULT_DB,
+    ENV_DB,
+    EXIT_BUSY,
+    EXIT_FAILED,
+    EXIT_NO_DB,
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    CliError,
+    Output,
+    UsageError,
+    one_line,
+    resolve_db,
+)
+from ._models import SessionStatus
+from .errors import (
+    InvalidTransitionError,
+    SchemaVersionError,
+    SessionNotFoundError,
+    SessionStoreError,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreOpenError,
+)
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace, Output], int]
+
+_MAX_PAGE = 10_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (raised, so ``main`` reports it like the rest)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("sessionstore").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see --help)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be within {low}..{high}: {text!r}")
+        return value
+
+    return parse
+
+
+def _lazy(module: str, name: str) -> Handler:
+    # Commands import their module when they run: `status` must not pay for the demo's or the
+    # process layer's imports.
+    def run(args: argparse.Namespace, out: Output) -> int:
+        handler: Handler = getattr(importlib.import_module(module, __package__), name)
+        return handler(args, out)
+
+    return run
+
+
+def _common_options() -> _Parser:
+    # Accepted before or after the command. SUPPRESS keeps a subcommand from overwriting a value
+    # given before it with its own default.
+    common = _Parser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help="the database file")
+    common.add_argument(
+        "--timeout", type=_positive_float, default=argparse.SUPPRESS, help="lock wait, seconds"
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    parser = _Parser(
+        prog="sessionstore",
+        description="Sessions in one SQLite file shared by processes, and an ordered shutdown.",
+        epilog=f"Database: --db, else ${ENV_DB}, else {DEFAULT_DB} in the working directory.",
+    )
+    parser.add_argument(
+        "--db", default=None, help=f"the database file (default: ${ENV_DB} or {DEFAULT_DB})"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        help="how long to wait for other processes' locks, seconds (default 5)",
+    )
+    parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the store's info lines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = [_common_options()]
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=common, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("demo", _lazy("._demo", "cmd_demo"), "run a small orchestrator and shut it down")
+    p.add_argument("--seconds", type=_positive_float, default=5.0, help="run time (default 5)")
+    p.add_argument(
+        "--grace", type=_positive_float, default=1.0, help="SIGTERM->SIGKILL grace (default 1)"
+    )
+
+    p = add("status", _lazy("._cli_commands", "cmd_status"), "sessions, staleness, file sizes")
+    p.add_argument(
+        "--stale-after",
+        type=_positive_float,
+        default=60.0,
+        help="an active session silent this long is stale (seconds, default 60)",
+    )
+
+    p = add("sessions", _lazy("._cli_commands", "cmd_sessions"), "list sessions")
+    p.add_argument("--status", choices=[s.value for s in SessionStatus], help="only this status")
+
+    p = add("show", _lazy("._cli_commands", "cmd_show"), "one session in detail")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument(
+        "--events", type=_int_range(1, _MAX_PAGE), default=10, help="recent events (default 10)"
+    )
+
+    p = add("events", _lazy("._cli_commands", "cmd_events"), "a session's events")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("--after", type=_int_range(0, 2**63 - 1), default=0, help="after this id")
+    p.add_argument("--limit", type=_int_range(1, _MAX_PAGE), default=100, help="default 100")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "--follow-timeout", type=_positive_float, default=None, help="stop following after S s"
+    )
+    p.add_argument(
+        "--interval", type=_positive_float, default=0.5, help="poll interval (default 0.5 s)"
+    )
+
+    p = add("children", _lazy("._cli_commands", "cmd_children"), "recorded child processes")
+    p.add_argument("--session", metavar="SESSION", help="only this session's")
+    p.add_argument("--alive", action="store_true", help="only those alive now")
+    p.add_argument("--all", action="store_true", help="include the ones that ended")
+
+    add("checkpoint", _lazy("._cli_admin", "cmd_checkpoint"), "TRUNCATE the WAL now")
+    add("doctor", _lazy("._cli_admin", "cmd_doctor"), "check health; exit 1 when unhealthy")
+    add("replay", _lazy("._cli_admin", "cmd_replay"), "apply the op journal now")
+    p = add("resume", _lazy("._cli_admin", "cmd_resume"), "make a session active again")
+    p.add_argument("session", metavar="SESSION")
+
+    p = add("export", _lazy("._cli_transfer", "cmd_export"), "one session as a JSON document")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p = add("import", _lazy("._cli_transfer", "cmd_import"), "import an export (idempotent)")
+    p.add_argument("file", metavar="FILE", help="an export document, or - for stdin")
+
+    p = add("reap", _lazy("._cli_admin", "cmd_reap"), "end orphans of dead orchestrators")
+    p.add_argument("--dry-run", action="store_true", help="only report what would be ended")
+
+    # stress parses its own options (sessionstore.stress owns them): everything after the
+    # command is handed over as it is.
+    p = sub.add_parser("stress", help="the multi-process exit-storm harness", add_help=False)
+    p.set_defaults(handler=_cmd_stress)
+    return parser
+
+
+def _cmd_stress(args: argparse.Namespace, out: Output) -> int:
+    try:
+        stress = importlib.import_module(".stress", __package__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__package__}.stress":
+            raise
+        raise CliError("the stress harness (sessionstore.stress) is not in this build") from None
+    add_arguments = getattr(stress, "add_cli_arguments", None)
+    cli_main = getattr(stress, "cli_main", None)
+    if not callable(add_arguments) or not callable(cli_main):
+        raise CliError("sessionstore.stress has no add_cli_arguments/cli_main entry point")
+    parser = _Parser(prog="sessionstore stress", description="The exit-storm harness.")
+    add_arguments(parser)
+    with contextlib.suppress(argparse.ArgumentError):
+        parser.add_argument("--db", default=None, help="the database file")
+    # A --json given before `stress` carries over (the harness's own default is SUPPRESS).
+    stress_args = parser.parse_args(args.rest, namespace=argparse.Namespace(json=args.json))
+    db = resolve_db(getattr(stress_args, "db", None) or args.db)
+    return int(cli_main(stress_args, db))
+
+
+def _setup_logging(verbose: bool) -> None:
+    # One line per record on stderr; stdout stays the command's (JSON) result.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sessionstore: %(levelname)s: %(message)s"))
+    log = logging.getLogger("sessionstore")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.propagate = False
+
+
+def _error_code(err: BaseException) -> int:
+    if isinstance(err, CliError):
+        return err.exit_code
+    if isinstance(err, SessionNotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(err, StoreBusyError):
+        return EXIT_BUSY
+    if isinstance(err, StoreCorruptError | StoreOpenError | SchemaVersionError):
+        return EXIT_NO_DB
+    if isinstance(err, InvalidTransitionError | SessionStoreError):
+        return EXIT_FAILED
+    if isinstance(err, ValueError):
+        return EXIT_USAGE  # pydantic's ValidationError: input the store refused
+    return EXIT_FAILED
+
+
+def _report(message: str) -> None:
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"sessionstore: error: {message}\n")
+        sys.stderr.flush()
+
+
+def _quiet_stdout() -> None:
+    # The reader of our stdout went away (`| head`): stop writing to it, without a second
+    # BrokenPipeError when Python flushes stdout at exit.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI.
+
+    Args:
+        argv: the arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code (see the module docstring). The ``demo`` does not return when a signal
+        ended it: the process dies by that signal, so a shell sees 130 or 143.
+    """
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(argv)
+        args.rest = rest
+        if rest and args.command != "stress":
+            raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
+        _setup_logging(args.verbose)
+        handler: Handler = args.handler
+        return handler(args, Output.for_args(args))
+    except KeyboardInterrupt:
+        return 128 + 2
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_FAILED
+    except Exception as err:
+        if isinstance(err, CliError | SessionStoreError):
+            _report(one_line(str(err)))
+        elif isinstance(err, ValueError):
+            _report(f"invalid input: {one_line(str(err))}")
+        elif isinstance(err, OSError):
+            _report(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+        else:
+            # A bug: still one line, with the way to see more.
+            if os.environ.get("SESSIONSTORE_DEBUG"):
+                raise
+            _report(
+                f"internal error: {type(err).__name__}: {one_line(str(err))} "
+                "(set SESSIONSTORE_DEBUG=1 for a traceback)"
+            )
+        return _error_code(err)
