@@ -33,12 +33,21 @@ from .errors import (
     StoreOpenError,
     UnsafeSignalError,
 )
+from .process import (
+    ChildOutcome,
+    ProcessLayer,
+    ReapReport,
+    ShutdownPhase,
+    ShutdownReport,
+    reap_orphans,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Checkpoint",
     "CheckpointResult",
+    "ChildOutcome",
     "ChildProcess",
     "ChildState",
     "ChildTerminationError",
@@ -48,7 +57,9 @@ __all__ = [
     "JournalFullError",
     "OpFailure",
     "ProcessIdentity",
+    "ProcessLayer",
     "ReadLease",
+    "ReapReport",
     "ReplayReport",
     "SchemaVersionError",
     "Session",
@@ -56,6 +67,8 @@ __all__ = [
     "SessionStatus",
     "SessionStore",
     "SessionStoreError",
+    "ShutdownPhase",
+    "ShutdownReport",
     "StoreBusyError",
     "StoreClosedError",
     "StoreConfig",
@@ -65,4 +78,5 @@ __all__ = [
     "StoreStats",
     "UnsafeSignalError",
     "__version__",
+    "reap_orphans",
 ]

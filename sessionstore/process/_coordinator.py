@@ -1,0 +1,597 @@
+"""ProcessLayer: one ordered, exactly-once shutdown for an orchestrator and its child trees.
+
+Every entry point (a signal, ``atexit``, ``shutdown()`` from any thread, the context manager)
+funnels into one state machine, ``IDLE → RUNNING → DONE``, guarded by a lock: the first request
+records the cause and runs the sequence; later ones escalate (a second SIGINT) or wait for the
+same report. The sequence is::
+
+    before_children callbacks → stop accepting spawns → SIGTERM each child's group → wait on
+    pidfds up to grace_s → freeze, SIGKILL, re-enumerate until nothing new → verify gone within
+    kill_verify_s → (each child's row records how it ended) → after_children callbacks →
+    session PAUSED (signal) / STOPPED (otherwise) + final checkpoint → before_close callbacks →
+    store.close(), last → exit by the signal that caused it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import enum
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .._identity import ProcessIdentity
+from .._models import ChildProcess, SessionStatus
+from ..errors import SessionStoreError
+from ._callbacks import ExitCallbacks, ShutdownCallback
+from ._children import AnyPopen, ChildRegistry, row_state
+from ._os import exit_by_signal, is_child_subreaper, set_child_subreaper
+from ._pin import Pin
+from ._recorded import gather_roots
+from ._reports import CallbackError, ChildOutcome, ShutdownPhase, ShutdownReport
+from ._signals import SignalRelay
+from ._terminate import TerminationResult, terminate_trees, wait_exited
+from ._tree import marker_entry, marker_value
+
+if TYPE_CHECKING:
+    from .._store import SessionStore
+
+__all__ = ["ProcessLayer"]
+
+log = logging.getLogger("sessionstore.process")
+
+_RECORD_WAIT_S = 2.0  # the exit watcher writes each end within milliseconds; this is a backstop
+
+
+class _State(str, enum.Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    DONE = "done"
+
+
+def _check_seconds(name: str, value: float, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, not {value!r}")
+    return float(value)
+
+
+class ProcessLayer:
+    """Child processes of one session, and the one ordered shutdown that ends them.
+
+    Args:
+        store: the open :class:`~sessionstore.SessionStore` the session lives in.
+        session_id: the session whose children these are.
+        grace_s: how long children get to exit after SIGTERM before SIGKILL.
+        kill_verify_s: how long SIGKILL may take to be verified; what remains is reported
+            ``unkillable`` and does not block exit.
+        callback_timeout_s: budget of each exit callback; one that outlasts it is logged and
+            left running on its (daemon) thread while the sequence goes on.
+        close_timeout_s: passed to ``store.close()``; None uses the store's own.
+        exit_on_signal: after a signal-caused shutdown, end the process by that signal (default
+            disposition, re-raised) so the parent sees the real cause; ``os._exit(128+N)`` when
+            that does not work (PID 1). False leaves exiting to the caller (see :meth:`wait`).
+        subreaper: on Linux, make this process a child subreaper at the first ``install``,
+            ``spawn`` or ``track``, so descendants that ``setsid`` or double-fork are
+            re-parented to us and stay findable; undone after shutdown if we set it.
+        close_store: close the store as the last step (the contract); False for hosts that
+            close it themselves.
+        checkpoint_name: name of the final checkpoint written at shutdown.
+
+    Raises:
+        ValueError: a duration is negative or not finite.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        session_id: str,
+        *,
+        grace_s: float = 5.0,
+        kill_verify_s: float = 2.0,
+        callback_timeout_s: float = 5.0,
+        close_timeout_s: float | None = None,
+        exit_on_signal: bool = True,
+        subreaper: bool = True,
+        close_store: bool = True,
+        checkpoint_name: str = "shutdown",
+    ) -> None:
+        self.grace_s = _check_seconds("grace_s", grace_s)
+        self.kill_verify_s = _check_seconds("kill_verify_s", kill_verify_s)
+        self.callback_timeout_s = _check_seconds(
+            "callback_timeout_s", callback_timeout_s, positive=True
+        )
+        self.close_timeout_s = (
+            None if close_timeout_s is None else _check_seconds("close_timeout_s", close_timeout_s)
+        )
+        self.exit_on_signal = exit_on_signal
+        self.checkpoint_name = checkpoint_name
+        self._store = store
+        self._session_id = session_id
+        self._close_store = close_store
+        self._want_subreaper = subreaper
+        self._set_subreaper = False
+        owner = ProcessIdentity.current()
+        self._owner_pid = owner.pid
+        self._marker = marker_entry(session_id, owner)
+        self._children = ChildRegistry(store, session_id, marker_value(session_id, owner))
+        self._relay = SignalRelay(self._on_signal)
+        self._callbacks = ExitCallbacks(self.callback_timeout_s)
+        self._lock = threading.Lock()
+        self._state = _State.IDLE
+        self._done = threading.Event()
+        self._report: ShutdownReport | None = None
+        self._cause = ""
+        self._signum: int | None = None
+        self._reason: str | None = None
+        self._escalations = 0
+        self._escalate_r, self._escalate_w = os.pipe()
+        os.set_blocking(self._escalate_w, False)
+        self._atexit_registered = False
+        self._active_pins: list[Pin] = []
+
+    # ------------------------------------------------------------------ setup
+
+    @property
+    def session_id(self) -> str:
+        """The session whose children this layer owns."""
+        return self._session_id
+
+    @property
+    def state(self) -> str:
+        """``"idle"``, ``"running"`` (shutdown under way) or ``"done"``."""
+        return self._state.value
+
+    @property
+    def report(self) -> ShutdownReport | None:
+        """The shutdown report, once shutdown is done."""
+        return self._report
+
+    def install(self) -> ProcessLayer:
+        """Handle SIGINT, SIGTERM, SIGHUP (and SIGQUIT) and run shutdown at exit. Idempotent.
+
+        The handlers only wake a listener thread (through ``signal.set_wakeup_fd``, or
+        ``loop.add_signal_handler`` when an asyncio loop runs in the main thread), so shutdown
+        starts promptly even while the main thread is blocked in a long C call that releases
+        the GIL. SIGINT/SIGHUP inherited as ignored stay ignored. The previous handlers are
+        saved and restored by :meth:`uninstall`.
+
+        Returns:
+            self, for chaining.
+
+        Raises:
+            RuntimeError: not called from the main thread; nothing was installed.
+        """
+        self._relay.install()
+        self._become_subreaper()
+        with self._lock:
+            if not self._atexit_registered:
+                atexit.register(self._at_exit)
+                self._atexit_registered = True
+        return self
+
+    def uninstall(self) -> None:
+        """Restore the previous signal handlers and drop the atexit hook. Idempotent.
+
+        Children keep running and stay tracked; :meth:`shutdown` still works.
+
+        Raises:
+            RuntimeError: not called from the main thread; nothing was changed.
+        """
+        self._relay.uninstall()
+        with self._lock:
+            if self._atexit_registered:
+                atexit.unregister(self._at_exit)
+                self._atexit_registered = False
+
+    def _become_subreaper(self) -> None:
+        with self._lock:
+            if self._state is not _State.IDLE:
+                return  # shutdown owns the setting now (and undoes it when it is done)
+            if self._want_subreaper and not self._set_subreaper and not is_child_subreaper():
+                self._set_subreaper = set_child_subreaper(True)
+
+    def spawn(self, args: Any, **popen_kwargs: Any) -> AnyPopen:
+        """Start a child process in its own process group and record it in the store.
+
+        The child gets ``process_group=0`` (``start_new_session=True`` before Python 3.11)
+        unless the caller chose either; a pidfd is pinned right after start; the row records
+        pid, start ticks, boot id, pgid and argv; the exit watcher records its end with its
+        exit code. ``Popen.wait()``/``poll()`` keep working (its status is never stolen).
+
+        Args:
+            args: the command, as for ``subprocess.Popen``.
+            **popen_kwargs: passed to ``subprocess.Popen``.
+
+        Returns:
+            The ``subprocess.Popen``.
+
+        Raises:
+            ShutdownInProgressError: shutdown stopped accepting children; nothing was started.
+            OSError, ValueError: from ``Popen``; nothing was started.
+            SessionStoreError: the store refused the row; the child was killed and reaped.
+        """
+        self._become_subreaper()
+        return self._children.spawn(args, popen_kwargs)
+
+    def track(self, target: int | AnyPopen) -> ChildProcess:
+        """Adopt a process started elsewhere (a pid, or a Popen whose status it then reads).
+
+        Its identity is captured, a pidfd opened and the identity verified again after that;
+        it is recorded and watched like a spawned child, and ended by shutdown.
+
+        Returns:
+            The recorded child row.
+
+        Raises:
+            UnsafeSignalError: pid <= 1 or this very process.
+            ProcessLookupError: no such process, or its identity changed while it was pinned.
+            ShutdownInProgressError: shutdown stopped accepting children.
+        """
+        self._become_subreaper()
+        return self._children.track(target)
+
+    def on_shutdown(
+        self,
+        fn: ShutdownCallback,
+        phase: ShutdownPhase | str = ShutdownPhase.BEFORE_CHILDREN,
+    ) -> ShutdownCallback:
+        """Register an exit callback, run once in ``phase`` in registration order.
+
+        A callback that raises or outlasts ``callback_timeout_s`` is logged and reported in
+        ``ShutdownReport.callback_errors``; the sequence goes on. Callbacks may write to the
+        store (it is open until after ``before_close``); calling ``shutdown()`` from one
+        raises RuntimeError.
+
+        Returns:
+            ``fn``, so this works as a decorator argument.
+
+        Raises:
+            ValueError: ``phase`` is not a phase name.
+            TypeError: ``fn`` is not callable.
+        """
+        return self._callbacks.add(fn, phase)
+
+    # ------------------------------------------------------------------ entry points
+
+    def shutdown(self, reason: str | None = None) -> ShutdownReport:
+        """Run the shutdown sequence once; every caller, from any thread, gets the same report.
+
+        Args:
+            reason: a note for the report and the final checkpoint.
+
+        Returns:
+            The report of the one shutdown (a later caller waits for it to finish).
+
+        Raises:
+            RuntimeError: called from one of this layer's own exit callbacks, or from a forked
+                child of the process that made the layer.
+
+        Afterwards the store is closed (unless ``close_store=False``), the session is STOPPED
+        (PAUSED when a signal caused the shutdown), every child row records how it ended, and
+        new ``spawn``/``track`` calls raise. Installed handlers stay in place but forward each
+        signal to the handler that was there before us; :meth:`uninstall` removes them.
+        """
+        if self._callbacks.in_callback:
+            raise RuntimeError("shutdown() called from a shutdown callback")
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError(
+                f"this ProcessLayer belongs to process {self._owner_pid}; a forked child must "
+                "not end its parent's children"
+            )
+        report = self._request("explicit", None, reason, run_here=True)
+        assert report is not None
+        return report
+
+    def wait(self, timeout: float | None = None) -> ShutdownReport | None:
+        """Wait for a shutdown begun elsewhere (a signal, another thread) to finish.
+
+        Returns:
+            The report, or None if none finished within ``timeout`` seconds.
+        """
+        self._done.wait(timeout)
+        return self._report
+
+    def __enter__(self) -> ProcessLayer:
+        """Install the handlers (when in the main thread) and return the layer."""
+        if threading.current_thread() is threading.main_thread():
+            self.install()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Shut down (reason names the exception, if any) and restore the handlers."""
+        self.shutdown(reason=None if exc is None else f"exception: {exc!r}")
+        if threading.current_thread() is threading.main_thread():
+            self.uninstall()
+
+    def _at_exit(self) -> None:
+        # A forked child that exits normally runs the atexit hooks it inherited: it must not
+        # end its parent's children or close its parent's store.
+        if os.getpid() == self._owner_pid:
+            self._request("atexit", None, None, run_here=True)
+
+    def _request(
+        self, cause: str, signum: int | None, reason: str | None, *, run_here: bool
+    ) -> ShutdownReport | None:
+        with self._lock:
+            start = self._state is _State.IDLE
+            if start:
+                self._state = _State.RUNNING
+                self._cause, self._signum, self._reason = cause, signum, reason
+        if start:
+            if not run_here:
+                thread = threading.Thread(
+                    target=self._run_then_exit, name="sessionstore-shutdown", daemon=False
+                )
+                thread.start()
+                return None
+            self._run()
+        self._done.wait()
+        return self._report
+
+    def _on_signal(self, signum: int) -> None:
+        """Runs on the listener thread for each handled signal."""
+        with self._lock:
+            state = self._state
+            escalations = self._escalations
+            if state is _State.RUNNING and signum in (signal.SIGINT, signal.SIGQUIT):
+                self._escalations += 1
+                escalations = self._escalations
+        name = signal.Signals(signum).name
+        if state is _State.IDLE:
+            self._request(name, signum, None, run_here=False)
+            if signum == signal.SIGQUIT:  # SIGQUIT means "now": no grace (celery's cold shutdown)
+                self._on_signal(signum)
+            return
+        if state is _State.DONE:
+            return
+        if signum not in (signal.SIGINT, signal.SIGQUIT):
+            log.info("%s during shutdown ignored (already shutting down)", name)
+        elif escalations == 1:
+            log.warning("%s again: skipping the rest of the grace period, killing now", name)
+            with contextlib.suppress(OSError):
+                os.write(self._escalate_w, b"!")
+        else:
+            self._hard_exit(signum)
+
+    def _hard_exit(self, signum: int) -> None:
+        """Third signal: journal what is pending, SIGKILL what we pinned, exit at once."""
+        with contextlib.suppress(Exception):
+            self._store.journal_pending()
+        for pin in [*self._children.pins(), *self._active_pins]:
+            with contextlib.suppress(Exception):
+                if not pin.send_group(signal.SIGKILL):
+                    pin.send(signal.SIGKILL)
+        os._exit(128 + (self._signum or signum))
+
+    def _escalated(self) -> bool:
+        return self._escalations > 0
+
+    # ------------------------------------------------------------------ the sequence
+
+    def _run_then_exit(self) -> None:
+        self._run()
+        signum = self._signum
+        if signum is not None and self.exit_on_signal:
+            exit_by_signal(signum)
+
+    def _run(self) -> None:
+        started_at = time.time()
+        t0 = time.monotonic()
+        phases: dict[str, float] = {}
+        errors: list[str] = []
+        callback_errors: list[CallbackError] = []
+        result: TerminationResult | None = None
+        outcomes: list[ChildOutcome] = []
+        status: SessionStatus | None = None
+        close_report = None
+        try:
+            phases["before_children"] = self._callbacks.run(
+                ShutdownPhase.BEFORE_CHILDREN, callback_errors
+            )
+
+            self._children.stop_accepting()
+            roots, outcomes, result = self._end_children(errors)
+            phases.update(result.durations)
+            t = time.monotonic()
+            outcomes = [*self._record_roots(roots, errors), *outcomes]
+            phases["record_children"] = time.monotonic() - t
+
+            phases["after_children"] = self._callbacks.run(
+                ShutdownPhase.AFTER_CHILDREN, callback_errors
+            )
+
+            t = time.monotonic()
+            status = self._final_state(outcomes, result, errors)
+            phases["final_state"] = time.monotonic() - t
+
+            phases["before_close"] = self._callbacks.run(
+                ShutdownPhase.BEFORE_CLOSE, callback_errors
+            )
+        except Exception as err:  # a bug must not skip the close: the store is closed regardless
+            log.exception("shutdown sequence failed; closing the store anyway")
+            errors.append(f"sequence: {err!r}")
+        finally:
+            t = time.monotonic()
+            if self._close_store:
+                try:
+                    close_report = self._store.close(timeout=self.close_timeout_s)
+                except Exception as err:
+                    log.exception("store.close() failed")
+                    errors.append(f"close: {err!r}")
+            phases["close"] = time.monotonic() - t
+            self._children.close()
+            if self._set_subreaper:
+                set_child_subreaper(False)
+                self._set_subreaper = False
+            report = ShutdownReport(
+                session_id=self._session_id,
+                cause=self._cause,
+                signal_number=self._signum,
+                reason=self._reason,
+                started_at=started_at,
+                duration_s=time.monotonic() - t0,
+                phases=phases,
+                children=[o for o in outcomes if o.source != "descendant"],
+                descendants=self._descendant_outcomes(result),
+                escalated_to_sigkill=bool(result and result.escalated_to_sigkill),
+                escalated_by_signal=bool(result and result.escalated_by_request),
+                verified_no_orphans=bool(result and result.verified_no_orphans)
+                and not any(o.outcome == "left" for o in outcomes),
+                session_status=status,
+                close_report=close_report,
+                callback_errors=callback_errors,
+                errors=errors,
+            )
+            with self._lock:
+                self._report = report
+                self._state = _State.DONE
+            self._relay.passthrough()
+            self._done.set()
+            log.info(
+                "shutdown (%s) done in %.3f s: %d children, sigkill=%s, no orphans=%s",
+                report.cause,
+                report.duration_s,
+                len(report.children),
+                report.escalated_to_sigkill,
+                report.verified_no_orphans,
+            )
+            for fd in (self._escalate_r, self._escalate_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _end_children(
+        self, errors: list[str]
+    ) -> tuple[list[Pin], list[ChildOutcome], TerminationResult]:
+        """Gather the roots and end their trees; a failure degrades, never skips the kill."""
+        try:
+            roots, outcomes = gather_roots(self._store, self._session_id, self._children, errors)
+        except Exception as err:
+            log.exception("reading the recorded children failed; ending our own children")
+            errors.append(f"gathering children: {err!r}")
+            roots, outcomes = self._children.pins(), []
+        self._active_pins = roots
+        try:
+            result = terminate_trees(
+                roots,
+                grace_s=self.grace_s,
+                kill_verify_s=self.kill_verify_s,
+                marker=self._marker,
+                wake_fd=self._escalate_r,
+                escalated=self._escalated,
+            )
+        except Exception as err:
+            log.exception("ending the child trees failed; SIGKILLing what we pinned")
+            errors.append(f"ending children: {err!r}")
+            result = _kill_pinned(roots, self.kill_verify_s)
+        self._active_pins = list(result.pins)
+        return roots, outcomes, result
+
+    def _record_roots(self, roots: list[Pin], errors: list[str]) -> list[ChildOutcome]:
+        """Make sure every root's row says how it ended, then describe each."""
+        if not self._children.wait_recorded(roots, _RECORD_WAIT_S):
+            errors.append("exit watcher was slow; recorded the remaining ends directly")
+        outcomes = []
+        for pin in roots:
+            if not self._children.is_recorded(pin):
+                if pin.has_exited():
+                    pin.collect(reap_adopted=False)
+                try:
+                    self._children.record(pin, row_state(pin))
+                except Exception as err:
+                    errors.append(f"recording child {pin.pid}: {err!r}")
+            outcomes.append(_outcome_of(pin))
+        return outcomes
+
+    def _descendant_outcomes(self, result: TerminationResult | None) -> list[ChildOutcome]:
+        if result is None:
+            return []
+        return [_outcome_of(p) for p in result.pins if p.source == "descendant"]
+
+    def _final_state(
+        self, outcomes: list[ChildOutcome], result: TerminationResult, errors: list[str]
+    ) -> SessionStatus | None:
+        """Session PAUSED (a signal: resumable) or STOPPED, then the final checkpoint."""
+        target = SessionStatus.PAUSED if self._signum is not None else SessionStatus.STOPPED
+        status: SessionStatus | None = None
+        try:
+            current = self._store.get_session(self._session_id).status
+        except SessionStoreError as err:
+            errors.append(f"reading the session: {err!r}")
+            current = None
+        try:
+            # current None: the session could not be read (the host closed the store early);
+            # the write is still made, and is journaled for the next open.
+            if current in (None, SessionStatus.ACTIVE, SessionStatus.PAUSED) and current != target:
+                if target is SessionStatus.PAUSED:
+                    self._store.pause_session(self._session_id)
+                else:
+                    self._store.stop_session(self._session_id)
+                status = target
+            else:
+                status = current  # completed/crashed/stopped stay as they are
+        except SessionStoreError as err:
+            errors.append(f"setting the session {target.value}: {err!r}")
+        try:
+            self._store.save_checkpoint(
+                self._session_id,
+                self.checkpoint_name,
+                {
+                    "cause": self._cause,
+                    "reason": self._reason,
+                    "children": [o.model_dump(mode="json") for o in outcomes],
+                    "escalated_to_sigkill": result.escalated_to_sigkill,
+                    "verified_no_orphans": result.verified_no_orphans,
+                },
+            )
+        except SessionStoreError as err:
+            errors.append(f"final checkpoint: {err!r}")
+        return status
+
+    def __repr__(self) -> str:
+        return (
+            f"<ProcessLayer session={self._session_id!r} state={self._state.value} "
+            f"children={len(self._children.pins())} installed={self._relay.installed}>"
+        )
+
+
+def _kill_pinned(pins: list[Pin], verify_s: float) -> TerminationResult:
+    """Last resort when tree termination itself failed: SIGKILL each pin and its group."""
+    t = time.monotonic()
+    for pin in pins:
+        with contextlib.suppress(Exception):
+            if not pin.send_group(signal.SIGKILL):
+                pin.send(signal.SIGKILL)
+            pin.note_signal(signal.SIGKILL)
+    wait_exited(pins, t + verify_s)
+    unkillable = [p for p in pins if not p.has_exited()]
+    return TerminationResult(
+        pins=list(pins),
+        escalated_to_sigkill=True,
+        unkillable=unkillable,
+        durations={"kill": time.monotonic() - t},
+    )
+
+
+def _outcome_of(pin: Pin) -> ChildOutcome:
+    return ChildOutcome(
+        pid=pin.pid,
+        start_ticks=pin.start_ticks,
+        pgid=pin.pgid,
+        argv=pin.argv,
+        source=pin.source,
+        outcome=pin.outcome(),
+        exit_code=pin.exit_code,
+    )

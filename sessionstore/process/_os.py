@@ -1,0 +1,307 @@
+"""The operating-system calls the process layer needs, with their fallbacks, in one place.
+
+Linux first: pidfds (``os.pidfd_open``, ``signal.pidfd_send_signal``, ``os.waitid(P_PIDFD)``),
+``/proc`` for one-pass process scans, ``prctl`` (through ctypes) for the child subreaper.
+Elsewhere psutil stands in, and callers are told (``HAVE_PIDFD``) that waits must poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import select
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import NoReturn
+
+import psutil
+
+__all__ = [
+    "HAVE_PIDFD",
+    "LINUX",
+    "StatInfo",
+    "environ_has",
+    "exit_by_signal",
+    "fd_readable",
+    "is_child_subreaper",
+    "open_pidfd",
+    "pidfd_group_signal",
+    "read_stat",
+    "scan_processes",
+    "set_child_subreaper",
+    "waitid_pidfd",
+]
+
+LINUX = sys.platform.startswith("linux")
+HAVE_PIDFD = LINUX and hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+# include/uapi/linux/pidfd.h: signal the whole process group of the pidfd's process (Linux 6.9).
+_PIDFD_SIGNAL_PROCESS_GROUP = 1 << 2
+_group_signal_supported = True
+
+
+@dataclass(frozen=True)
+class StatInfo:
+    """One read of ``/proc/<pid>/stat``: the fields tree discovery and identity need."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    start_ticks: int
+
+    @property
+    def finished(self) -> bool:
+        """True for a zombie or dead process: it can never run again."""
+        return self.state in ("Z", "X")
+
+
+def read_stat(pid: int) -> StatInfo | None:
+    """Read one process's stat line; None when there is no such process (or it cannot be read).
+
+    Off Linux the same fields come from psutil (start time in microseconds).
+    """
+    if not LINUX:
+        return _psutil_stat(pid)
+    raw = _read_proc(f"/proc/{pid}/stat")
+    if raw is None:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    try:
+        rest = raw[raw.rindex(b")") + 2 :].split()
+        return StatInfo(
+            pid=pid,
+            ppid=int(rest[1]),
+            pgid=int(rest[2]),
+            sid=int(rest[3]),
+            state=rest[0].decode("ascii", "replace"),
+            start_ticks=int(rest[19]),
+        )
+    except (ValueError, IndexError):
+        return None
+
+
+def _psutil_stat(pid: int) -> StatInfo | None:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            status = proc.status()
+            ppid = proc.ppid()
+            start = int(proc.create_time() * 1_000_000)
+        pgid = os.getpgid(pid)
+        sid = os.getsid(pid)
+    except (psutil.Error, OSError):
+        return None
+    state = "Z" if status == psutil.STATUS_ZOMBIE else "S"
+    return StatInfo(pid=pid, ppid=ppid, pgid=pgid, sid=sid, state=state, start_ticks=start)
+
+
+def _read_proc(path: str) -> bytes | None:
+    # Raw os.open/os.read: a shutdown scans every process a few times, and the buffered file
+    # object costs more than the read itself.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def scan_processes() -> dict[int, StatInfo]:
+    """Read every visible process once: ``{pid: StatInfo}`` (kernel threads left out)."""
+    if not LINUX:
+        found = {}
+        for pid in psutil.pids():
+            info = _psutil_stat(pid)
+            if info is not None:
+                found[pid] = info
+        return found
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        info = read_stat(int(name))
+        # Kernel threads (children of kthreadd, pid 2) are never part of a user's tree.
+        if info is not None and info.pid != 2 and info.ppid != 2:
+            found[info.pid] = info
+    return found
+
+
+def environ_has(pid: int, entry: bytes) -> bool:
+    """True when process ``pid`` has exactly ``entry`` (``b"NAME=value"``) in its environment.
+
+    False when it cannot be read (another user's process, gone, a zombie).
+    """
+    if not LINUX:
+        name, _, value = entry.decode("utf-8", "replace").partition("=")
+        try:
+            return psutil.Process(pid).environ().get(name) == value
+        except (psutil.Error, OSError):
+            return False
+    raw = _read_proc(f"/proc/{pid}/environ")
+    return raw is not None and entry in raw.split(b"\0")
+
+
+def open_pidfd(pid: int) -> int | None:
+    """Open a pidfd for ``pid``; None when pidfds are unavailable (old kernel, EMFILE, seccomp).
+
+    Raises:
+        ProcessLookupError: no process has that pid.
+    """
+    if not HAVE_PIDFD:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except OSError as err:
+        if err.errno == errno.ESRCH:
+            raise ProcessLookupError(pid, "no such process") from err
+        return None
+
+
+def fd_readable(fd: int) -> bool:
+    """True when ``fd`` polls readable now (a pidfd: the process has exited)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def pidfd_group_signal(pidfd: int, sig: int) -> bool | None:
+    """Signal the process group of the pidfd's process through the pidfd (Linux >= 6.9).
+
+    The pidfd pins the kernel's ``struct pid``, so this reaches exactly the original group's
+    members even after the leader was reaped and its number reused: no pgid-recycling race.
+
+    Returns:
+        True when delivered, False when the group is empty, None when the kernel does not
+        support it (the caller falls back to a guarded ``os.killpg``).
+    """
+    global _group_signal_supported
+    if not _group_signal_supported:
+        return None
+    try:
+        signal.pidfd_send_signal(pidfd, sig, None, _PIDFD_SIGNAL_PROCESS_GROUP)
+    except ProcessLookupError:
+        return False
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            _group_signal_supported = False
+            return None
+        if err.errno == errno.ESRCH:
+            return False
+        raise
+    return True
+
+
+def waitid_pidfd(pidfd: int, *, reap: bool) -> int | None:
+    """Collect the exit status of our own child through its pidfd, without blocking.
+
+    ``reap=False`` (``WNOWAIT``) reads the status and leaves the zombie for its real owner: used
+    for processes we did not start, so we never steal an exit status.
+
+    Returns:
+        The status in ``Popen.returncode`` form (``-N`` for death by signal N), or None when it
+        has not exited or is not our child.
+    """
+    if not HAVE_PIDFD:
+        return None
+    flags = os.WEXITED | os.WNOHANG | (0 if reap else os.WNOWAIT)
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, flags)
+    except (ChildProcessError, OSError):
+        return None
+    if result is None:
+        return None
+    if result.si_code == os.CLD_EXITED:
+        return int(result.si_status)
+    return -int(result.si_status)
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+def set_child_subreaper(on: bool) -> bool:
+    """Make this process a child subreaper (or stop being one). Linux only.
+
+    A subreaper adopts orphaned descendants (a grandchild that ``setsid``s and loses its parent)
+    instead of init, so shutdown can still find, end and reap them.
+
+    Returns:
+        True when the setting was applied.
+    """
+    libc = _libc() if LINUX else None
+    if libc is None:
+        return False
+    return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)) == 0
+
+
+def is_child_subreaper() -> bool:
+    """True when this process is a child subreaper."""
+    libc = _libc() if LINUX else None
+    if libc is None:
+        return False
+    value = ctypes.c_int(0)
+    if int(libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0)) != 0:
+        return False
+    return value.value != 0
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+
+
+def exit_by_signal(signum: int) -> NoReturn:
+    """End this process by ``signum`` with its default action, from any thread.
+
+    ``signal.signal`` works only in the main thread, and the main thread may be stuck in a long
+    C call, so the default disposition is restored with libc's ``signal()`` through ctypes (the
+    disposition is process-wide; Python's own handler table no longer matters because the
+    process dies), then the signal is sent to this very thread, which takes it on return from
+    the system call. The parent sees the real cause (``-N`` from Popen, ``128+N`` in a shell).
+    When that does not end the process (PID 1 of a namespace ignores default-action signals, or
+    ctypes is unavailable), ``os._exit(128 + signum)`` does.
+    """
+    # Flushed from a helper thread: if another thread holds stdout's lock while blocked on a full
+    # pipe, exiting must not wait on it.
+    flusher = threading.Thread(target=_flush_stdio, name="sessionstore-flush", daemon=True)
+    flusher.start()
+    flusher.join(0.5)
+    libc = _libc()
+    if libc is not None:
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.signal(signum, None)  # None is NULL, which is SIG_DFL
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        with contextlib.suppress(OSError):
+            signal.pthread_kill(threading.get_ident(), signum)
+    os._exit(128 + signum)

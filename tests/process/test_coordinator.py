@@ -1,0 +1,263 @@
+"""ProcessLayer in this process: exactly-once shutdown, callbacks, identity safety, track()."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from sessionstore import (
+    ChildState,
+    ProcessIdentity,
+    SessionStatus,
+    SessionStore,
+    UnsafeSignalError,
+)
+from sessionstore._identity import boot_id
+from sessionstore.process import ProcessLayer, ShutdownInProgressError, ShutdownPhase
+from sessionstore.process._os import is_child_subreaper
+
+pytestmark = pytest.mark.slow  # real child processes
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process the test itself started (not through the layer)."""
+    proc = subprocess.Popen(["sleep", "600"])
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _layer(store: SessionStore, sid: str, **kw: float) -> ProcessLayer:
+    return ProcessLayer(store, sid, grace_s=kw.pop("grace_s", 2.0), **kw)  # type: ignore[arg-type]
+
+
+def test_shutdown_from_two_threads_runs_once(store: SessionStore, session_id: str) -> None:
+    """Two threads calling shutdown() at once get the same report; callbacks ran once."""
+    layer = _layer(store, session_id)
+    proc = layer.spawn(["sleep", "600"])
+    calls: list[str] = []
+    layer.on_shutdown(lambda: calls.append("before"), "before_children")
+    barrier = threading.Barrier(2)
+    reports = []
+
+    def run() -> None:
+        barrier.wait()
+        reports.append(layer.shutdown(reason="race"))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(reports) == 2 and reports[0] is reports[1]
+    assert calls == ["before"]
+    assert proc.wait(5) == -signal.SIGTERM
+    assert store.closed
+    assert layer.shutdown() is reports[0]  # and later callers get it too
+
+
+def test_failing_callbacks_do_not_stop_the_sequence(store: SessionStore, session_id: str) -> None:
+    """A raising and an over-budget callback are reported; later phases still run, store closes."""
+    layer = _layer(store, session_id, callback_timeout_s=0.2)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def boom() -> None:
+        raise ValueError("on purpose")
+
+    layer.on_shutdown(boom, ShutdownPhase.BEFORE_CHILDREN)
+    layer.on_shutdown(lambda: release.wait(30), ShutdownPhase.AFTER_CHILDREN)
+    layer.on_shutdown(lambda: ran.append("after"), ShutdownPhase.AFTER_CHILDREN)
+    layer.on_shutdown(lambda: ran.append("close"), ShutdownPhase.BEFORE_CLOSE)
+    try:
+        report = layer.shutdown()
+    finally:
+        release.set()
+    assert ran == ["after", "close"]
+    errors = {(e.phase, e.timed_out) for e in report.callback_errors}
+    assert errors == {(ShutdownPhase.BEFORE_CHILDREN, False), (ShutdownPhase.AFTER_CHILDREN, True)}
+    assert "on purpose" in report.callback_errors[0].error
+    assert report.session_status is SessionStatus.STOPPED
+    assert report.close_report is not None and store.closed
+
+
+def test_callback_cannot_reenter_shutdown(store: SessionStore, session_id: str) -> None:
+    """shutdown() from inside an exit callback raises instead of deadlocking."""
+    layer = _layer(store, session_id)
+    layer.on_shutdown(layer.shutdown, "after_children")
+    report = layer.shutdown()
+    assert len(report.callback_errors) == 1
+    assert "RuntimeError" in report.callback_errors[0].error
+
+
+def test_mismatched_identity_is_never_signalled(
+    store: SessionStore, session_id: str, sleeper: subprocess.Popen[bytes]
+) -> None:
+    """A recorded pid whose start ticks don't match is marked gone and left running."""
+    real = ProcessIdentity.capture(sleeper.pid)
+    wrong = ProcessIdentity(pid=sleeper.pid, start_ticks=real.start_ticks + 1, boot_id=boot_id())
+    store.add_child(session_id, sleeper.pid, identity=wrong)
+    report = _layer(store, session_id).shutdown()
+    assert sleeper.poll() is None  # still running: never signalled
+    (outcome,) = report.children
+    assert (outcome.pid, outcome.outcome, outcome.source) == (sleeper.pid, "gone", "recorded")
+    with SessionStore.open(store.path) as again:
+        (row,) = again.children(session_id, include_exited=True)
+    assert row.state is ChildState.GONE
+
+
+def test_recorded_row_with_matching_identity_is_ended(
+    store: SessionStore, session_id: str, sleeper: subprocess.Popen[bytes]
+) -> None:
+    """A running row this layer did not spawn, whose identity matches, is ended by shutdown."""
+    store.add_child(session_id, sleeper.pid)
+    report = _layer(store, session_id).shutdown()
+    assert sleeper.wait(5) == -signal.SIGTERM
+    assert [o.outcome for o in report.children] == ["terminated"]
+
+
+def test_track_adopts_without_stealing_exit_status(
+    store: SessionStore, session_id: str, sleeper: subprocess.Popen[bytes]
+) -> None:
+    """track(pid) records and ends a process; its real parent still reaps the true status."""
+    layer = _layer(store, session_id)
+    child = layer.track(sleeper.pid)
+    assert child.start_ticks == ProcessIdentity.capture(sleeper.pid).start_ticks
+    report = layer.shutdown()
+    assert sleeper.wait(5) == -signal.SIGTERM  # the status was read with WNOWAIT, not reaped
+    (outcome,) = report.children
+    assert (outcome.source, outcome.outcome, outcome.exit_code) == (
+        "tracked",
+        "terminated",
+        -signal.SIGTERM,
+    )
+
+
+def test_unsafe_pids_are_refused(store: SessionStore, session_id: str) -> None:
+    """track() refuses pid <= 1, our own pid, non-ints and pids that name no process."""
+    layer = _layer(store, session_id)
+    for pid in (0, 1, -1, os.getpid()):
+        with pytest.raises(UnsafeSignalError):
+            layer.track(pid)
+    with pytest.raises(TypeError):
+        layer.track("123")  # type: ignore[arg-type]
+    free_pid = subprocess.Popen(["true"])
+    free_pid.wait()
+    with pytest.raises(ProcessLookupError):
+        layer.track(free_pid.pid)
+    layer.shutdown()
+
+
+def test_spawn_after_shutdown_is_refused(store: SessionStore, session_id: str) -> None:
+    """Once shutdown stopped accepting children, spawn() raises and starts nothing."""
+    layer = _layer(store, session_id)
+    layer.shutdown()
+    with pytest.raises(ShutdownInProgressError):
+        layer.spawn(["sleep", "600"])
+
+
+def test_spawn_records_identity_group_and_real_exit_code(
+    store: SessionStore, session_id: str
+) -> None:
+    """spawn() puts the child in its own group, records its identity, and its exit code."""
+    layer = _layer(store, session_id)
+    proc = layer.spawn([sys.executable, "-c", "import sys; sys.exit(3)"])
+    (row,) = store.children(session_id)
+    assert row.pgid == proc.pid  # process_group=0: it leads its own group
+    assert row.start_ticks > 0 and row.argv[0] == sys.executable
+    assert proc.wait(10) == 3  # Popen still owns its status
+    pins = layer._children.pins()
+    assert layer._children.wait_recorded(pins, 5)
+    (ended,) = store.children(session_id, include_exited=True)
+    assert (ended.state, ended.exit_code) == (ChildState.EXITED, 3)
+    layer.shutdown()
+
+
+def test_exit_recorded_while_the_store_is_closing(store: SessionStore, session_id: str) -> None:
+    """The original incident: a child exiting mid-close has its exit queued and applied."""
+    layer = _layer(store, session_id)
+    proc = layer.spawn(["sleep", "600"])
+    closing = threading.Event()
+    begin_close = store._gate.begin_close
+
+    def spy() -> bool:
+        result = begin_close()
+        closing.set()
+        return result
+
+    store._gate.begin_close = spy  # type: ignore[method-assign]
+    reports = []
+    with store.lease("test") as _:
+        closer = threading.Thread(target=lambda: reports.append(store.close(timeout=30)))
+        closer.start()
+        assert closing.wait(10)
+        proc.kill()
+        assert proc.wait(5) == -signal.SIGKILL
+        assert layer._children.wait_recorded(layer._children.pins(), 5)
+    closer.join(30)
+    assert reports[0].applied_from_queue >= 1 and not reports[0].errors
+    with SessionStore.open(store.path) as again:
+        (row,) = again.children(session_id, include_exited=True)
+    assert (row.state, row.exit_code) == (ChildState.EXITED, -signal.SIGKILL)
+    layer.shutdown()
+
+
+def test_subreaper_is_set_while_tracking_and_undone_after(
+    store: SessionStore, session_id: str
+) -> None:
+    """The layer makes us a child subreaper for its life and restores the setting after."""
+    assert not is_child_subreaper()
+    layer = _layer(store, session_id)
+    layer.spawn(["sleep", "600"])
+    assert is_child_subreaper()
+    layer.shutdown()
+    assert not is_child_subreaper()
+
+
+def test_bad_arguments_are_rejected(store: SessionStore, session_id: str) -> None:
+    """Negative or non-finite durations and unknown phases raise ValueError."""
+    with pytest.raises(ValueError, match="grace_s"):
+        ProcessLayer(store, session_id, grace_s=-1)
+    with pytest.raises(ValueError, match="callback_timeout_s"):
+        ProcessLayer(store, session_id, callback_timeout_s=0)
+    with pytest.raises(ValueError, match="kill_verify_s"):
+        ProcessLayer(store, session_id, kill_verify_s=float("nan"))
+    layer = _layer(store, session_id)
+    with pytest.raises(ValueError):
+        layer.on_shutdown(print, "during_children")
+    with pytest.raises(TypeError):
+        layer.on_shutdown("not callable", "before_close")  # type: ignore[arg-type]
+    layer.shutdown()
+
+
+def test_forked_child_cannot_shut_down_parents_children(
+    store: SessionStore, session_id: str
+) -> None:
+    """In a forked child, shutdown() refuses and the inherited atexit hook does nothing."""
+    layer = _layer(store, session_id)
+    proc = layer.spawn(["sleep", "600"])
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            layer.shutdown()
+            os.write(w, b"ran")
+        except RuntimeError:
+            os.write(w, b"refused")
+        layer._at_exit()
+        os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(r, 16) == b"refused" and os.waitstatus_to_exitcode(status) == 0
+    os.close(r)
+    assert proc.poll() is None  # the parent's child was not touched
+    layer.shutdown()
+    assert proc.wait(5) == -signal.SIGTERM
