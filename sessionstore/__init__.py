@@ -38,6 +38,7 @@ from .process import (
     ProcessLayer,
     ReapReport,
     ShutdownPhase,
+    ShutdownInProgressError,
     ShutdownReport,
     reap_orphans,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "SessionStatus",
     "SessionStore",
     "SessionStoreError",
+    "ShutdownInProgressError",
     "ShutdownPhase",
     "ShutdownReport",
     "StoreBusyError",
