@@ -145,6 +145,14 @@ class Gate(Generic[T]):
             n = min(max_items, len(self._pending))
             return [self._pending.popleft() for _ in range(n)]
 
+    def close_and_take_all(self) -> list[T]:
+        """Move to CLOSED and take whatever is still queued (the drain ran out of time)."""
+        with self._cond:
+            self._state = StoreState.CLOSED
+            ops = list(self._pending)
+            self._pending.clear()
+            return ops
+
     def drain_pending(self) -> list[T]:
         """Take every queued op at once (for the hard-exit path that journals them)."""
         with self._cond:

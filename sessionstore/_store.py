@@ -970,7 +970,17 @@ class SessionStore:
         drain_s = time.monotonic() - t0
 
         applied_from_queue = 0
+        # Bounded: a thread that keeps writing refills the queue faster than batches apply
+        # (an append costs a microsecond, an applied op tens), so draining "until empty" could
+        # run forever. Past the deadline the rest goes to the journal and the store closes.
+        drain_deadline = time.monotonic() + max(timeout, 0.5)
         while True:
+            if time.monotonic() >= drain_deadline:
+                rest = self._gate.close_and_take_all()
+                if rest:
+                    self._journal_ops(rest, "close: queue still refilling at the drain deadline")
+                    errors.append(f"{len(rest)} queued op(s) journaled at the drain deadline")
+                break
             ops = self._gate.take_pending_or_close(_BATCH)
             if not ops:
                 break  # CLOSED: later writes are journaled

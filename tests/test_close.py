@@ -299,3 +299,43 @@ def test_store_left_open_is_closed_at_exit(db_path: str) -> None:
     assert not os.path.exists(db_path + "-wal") or os.path.getsize(db_path + "-wal") == 0
     with SessionStore.open(db_path) as store:
         assert [e.message for e in store.events(sid)] == ["written before exit"]
+
+
+def test_writer_that_never_stops_cannot_hold_close_open(db_path: str) -> None:
+    """A thread writing nonstop through close: close returns, and every ack survives reopen."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("flood").id
+    stop = threading.Event()
+    acked: list[str] = []
+    release_lease = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            acked.append(store.log_event(sid, "flood").op_id)
+
+    def hold() -> None:
+        with store.lease():
+            release_lease.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while store.stats().leases == 0:
+        pass
+    writer = threading.Thread(target=flood)
+    writer.start()
+    closer_done: list[object] = []
+    closer = threading.Thread(target=lambda: closer_done.append(store.close(timeout=0.3)))
+    closer.start()
+    _wait_until_closing(store)
+    release_lease.set()  # the drain now races a writer that never pauses
+    closer.join(60)
+    assert closer_done, "close() did not return"
+    [report] = closer_done
+    assert any("drain deadline" in e for e in report.errors)  # type: ignore[attr-defined]
+    stop.set()
+    writer.join(30)
+    holder.join(30)
+    with SessionStore.open(db_path) as reopened:
+        present = set(_all_events(reopened, sid))
+    assert set(acked) <= present
+    assert len(acked) > 100
