@@ -37,8 +37,8 @@ from .process import (
     ChildOutcome,
     ProcessLayer,
     ReapReport,
-    ShutdownPhase,
     ShutdownInProgressError,
+    ShutdownPhase,
     ShutdownReport,
     reap_orphans,
 )
