@@ -973,9 +973,9 @@ class SessionStore:
         # Bounded: a thread that keeps writing refills the queue faster than batches apply
         # (an append costs a microsecond, an applied op tens), so draining "until empty" could
         # run forever. Past the deadline the rest goes to the journal and the store closes.
-        drain_deadline = time.monotonic() + max(timeout, 0.5)
+        drain_deadline = self._clock() + max(timeout, 0.5)
         while True:
-            if time.monotonic() >= drain_deadline:
+            if self._clock() >= drain_deadline:
                 rest = self._gate.close_and_take_all()
                 if rest:
                     self._journal_ops(rest, "close: queue still refilling at the drain deadline")

@@ -307,11 +307,44 @@ def test_writer_that_never_stops_cannot_hold_close_open(db_path: str) -> None:
     sid = store.create_session("flood").id
     stop = threading.Event()
     acked: list[str] = []
-    release_lease = threading.Event()
 
     def flood() -> None:
         while not stop.is_set():
             acked.append(store.log_event(sid, "flood").op_id)
+
+    writer = threading.Thread(target=flood)
+    writer.start()
+    try:
+        while len(acked) < 100:
+            pass
+        report = store.close(timeout=0.3)
+    finally:
+        stop.set()
+        writer.join(30)
+    assert store.state is StoreState.CLOSED
+    assert report.abandoned_leases == []
+    with SessionStore.open(db_path) as reopened:
+        present = set(_all_events(reopened, sid))
+    assert set(acked) <= present
+
+
+class _LeapingClock:
+    """A clock that leaps 100 s at every reading: any deadline has passed by the next check."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 100.0
+        return self.now
+
+
+def test_queue_left_at_the_drain_deadline_is_journaled(db_path: str) -> None:
+    """Ops still queued when the drain runs out of time are journaled and replayed, not lost."""
+    config = StoreConfig(checkpointing=False)
+    store = SessionStore.open(db_path, config=config, clock=_LeapingClock())
+    sid = store.create_session("s").id
+    release_lease = threading.Event()
 
     def hold() -> None:
         with store.lease():
@@ -321,21 +354,18 @@ def test_writer_that_never_stops_cannot_hold_close_open(db_path: str) -> None:
     holder.start()
     while store.stats().leases == 0:
         pass
-    writer = threading.Thread(target=flood)
-    writer.start()
-    closer_done: list[object] = []
-    closer = threading.Thread(target=lambda: closer_done.append(store.close(timeout=0.3)))
+    reports = []
+    closer = threading.Thread(target=lambda: reports.append(store.close(timeout=30)))
     closer.start()
     _wait_until_closing(store)
-    release_lease.set()  # the drain now races a writer that never pauses
-    closer.join(60)
-    assert closer_done, "close() did not return"
-    [report] = closer_done
-    assert any("drain deadline" in e for e in report.errors)  # type: ignore[attr-defined]
-    stop.set()
-    writer.join(30)
+    for i in range(5):
+        store.log_event(sid, f"queued {i}")
+    release_lease.set()
+    closer.join(30)
     holder.join(30)
+    [report] = reports
+    assert report.applied_from_queue == 0 and report.journaled == 5
+    assert any("drain deadline" in e for e in report.errors)
+    assert report.replayed == 5  # close itself applied the journal before the connection went
     with SessionStore.open(db_path) as reopened:
-        present = set(_all_events(reopened, sid))
-    assert set(acked) <= present
-    assert len(acked) > 100
+        assert [e.message for e in reopened.events(sid)] == [f"queued {i}" for i in range(5)]
