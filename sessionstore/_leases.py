@@ -26,14 +26,22 @@ _ids = itertools.count(1)
 class Lease:
     """Permission to use the store's connections for one call; records who holds it."""
 
-    __slots__ = ("abandoned", "acquired_at", "borrower", "id", "thread")
+    __slots__ = ("abandoned", "acquired_at", "borrower", "id", "thread_id")
 
     def __init__(self, borrower: str) -> None:
         self.id = next(_ids)
         self.borrower = borrower
-        self.thread = threading.current_thread().name
+        self.thread_id = threading.get_ident()  # the name is looked up only when reported
         self.acquired_at = time.monotonic()
         self.abandoned = False
+
+    @property
+    def thread(self) -> str:
+        """Name of the thread that took the lease (its id if that thread has ended)."""
+        for t in threading.enumerate():
+            if t.ident == self.thread_id:
+                return t.name
+        return f"thread-{self.thread_id}"
 
     def describe(self) -> str:
         """``borrower (thread, held N.NN s)`` for reports."""

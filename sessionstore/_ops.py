@@ -19,6 +19,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import apsw
@@ -438,6 +439,17 @@ def _apply_remove_child(conn: apsw.Connection, op: RemoveChild) -> bool:
     return False  # unknown child or already ended: idempotent no-op
 
 
+_APPLY: dict[type[Any], Callable[[apsw.Connection, Any], Any]] = {
+    LogEvent: _apply_event,
+    Heartbeat: _apply_heartbeat,
+    SaveCheckpoint: _apply_checkpoint,
+    SetStatus: _apply_status,
+    CreateSession: _apply_create,
+    AddChild: _apply_add_child,
+    RemoveChild: _apply_remove_child,
+}
+
+
 def apply(op: Op, conn: apsw.Connection) -> Any:
     """Apply one op inside the caller's open write transaction.
 
@@ -454,21 +466,13 @@ def apply(op: Op, conn: apsw.Connection) -> Any:
         InvalidTransitionError: a status change the current status does not allow.
         apsw.Error: from SQLite; the caller decides on retry or journaling.
     """
-    if isinstance(op, LogEvent):
-        return _apply_event(conn, op)
-    if isinstance(op, Heartbeat):
-        return _apply_heartbeat(conn, op)
-    if isinstance(op, SaveCheckpoint):
-        return _apply_checkpoint(conn, op)
-    if isinstance(op, SetStatus):
-        return _apply_status(conn, op)
-    if isinstance(op, CreateSession):
-        return _apply_create(conn, op)
-    if isinstance(op, AddChild):
-        return _apply_add_child(conn, op)
-    if isinstance(op, RemoveChild):
-        return _apply_remove_child(conn, op)
-    raise TypeError(f"not an op: {type(op).__name__}")  # pragma: no cover - exhaustive above
+    try:
+        handler = _APPLY[type(op)]
+    except KeyError:
+        pass
+    else:
+        return handler(conn, op)
+    raise TypeError(f"not an op: {type(op).__name__}")
 
 
 @functools.lru_cache(maxsize=4)
