@@ -231,6 +231,16 @@ def _is_fk_error(err: apsw.ConstraintError) -> bool:
     return getattr(err, "extendedresult", 0) == _SQLITE_CONSTRAINT_FOREIGNKEY
 
 
+def _insert(conn: apsw.Connection, session_id: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    """Run an INSERT into a table keyed to ``sessions``; an FK miss is an unknown session."""
+    try:
+        return conn.execute(sql, params).fetchall()
+    except apsw.ConstraintError as err:
+        if _is_fk_error(err):
+            raise SessionNotFoundError(session_id) from err
+        raise
+
+
 def _require_session(conn: apsw.Connection, session_id: str) -> tuple[str, float]:
     row = conn.execute(
         "SELECT status, status_at FROM sessions WHERE id = ?", (session_id,)
@@ -317,16 +327,13 @@ def _apply_heartbeat(conn: apsw.Connection, op: Heartbeat) -> None:
 
 
 def _apply_checkpoint(conn: apsw.Connection, op: SaveCheckpoint) -> Checkpoint:
-    try:
-        conn.execute(
-            "INSERT INTO checkpoints (id, session_id, name, data, created_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-            (op.checkpoint_id, op.session_id, op.name, dump_json(op.data), op.ts),
-        ).fetchall()
-    except apsw.ConstraintError as err:
-        if _is_fk_error(err):
-            raise SessionNotFoundError(op.session_id) from err
-        raise
+    _insert(
+        conn,
+        op.session_id,
+        "INSERT INTO checkpoints (id, session_id, name, data, created_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+        (op.checkpoint_id, op.session_id, op.name, dump_json(op.data), op.ts),
+    )
     return checkpoint_from_op(op)
 
 
@@ -338,25 +345,22 @@ def checkpoint_from_op(op: SaveCheckpoint) -> Checkpoint:
 
 
 def _apply_event(conn: apsw.Connection, op: LogEvent) -> Event:
-    try:
-        rows = conn.execute(
-            "INSERT INTO events (op_id, session_id, level, message, data, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(op_id) DO NOTHING RETURNING id",
-            (
-                op.op_id,
-                op.session_id,
-                op.level,
-                op.message,
-                None if op.data is None else dump_json(op.data),
-                op.ts,
-            ),
-        ).fetchall()
-    except apsw.ConstraintError as err:
-        if _is_fk_error(err):
-            raise SessionNotFoundError(op.session_id) from err
-        raise
+    rows = _insert(
+        conn,
+        op.session_id,
+        "INSERT INTO events (op_id, session_id, level, message, data, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(op_id) DO NOTHING RETURNING id",
+        (
+            op.op_id,
+            op.session_id,
+            op.level,
+            op.message,
+            None if op.data is None else dump_json(op.data),
+            op.ts,
+        ),
+    )
     if rows:
-        event_id = int(rows[0][0])  # type: ignore[arg-type]
+        event_id = int(rows[0][0])
     else:  # applied before (replay): find the row it made
         event_id = int(
             conn.execute("SELECT id FROM events WHERE op_id = ?", (op.op_id,)).fetchall()[0][0]  # type: ignore[arg-type]
@@ -379,25 +383,14 @@ def event_from_op(op: LogEvent, event_id: int | None) -> Event:
 
 
 def _apply_add_child(conn: apsw.Connection, op: AddChild) -> ChildProcess:
-    try:
-        conn.execute(
-            "INSERT INTO child_processes (session_id, pid, start_ticks, boot_id, pgid, argv, "
-            "registered_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'running') "
-            "ON CONFLICT(session_id, pid, start_ticks, boot_id) DO NOTHING",
-            (
-                op.session_id,
-                op.pid,
-                op.start_ticks,
-                op.boot_id,
-                op.pgid,
-                dump_json(op.argv),
-                op.ts,
-            ),
-        ).fetchall()
-    except apsw.ConstraintError as err:
-        if _is_fk_error(err):
-            raise SessionNotFoundError(op.session_id) from err
-        raise
+    _insert(
+        conn,
+        op.session_id,
+        "INSERT INTO child_processes (session_id, pid, start_ticks, boot_id, pgid, argv, "
+        "registered_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'running') "
+        "ON CONFLICT(session_id, pid, start_ticks, boot_id) DO NOTHING",
+        (op.session_id, op.pid, op.start_ticks, op.boot_id, op.pgid, dump_json(op.argv), op.ts),
+    )
     return child_from_op(op)
 
 
