@@ -9,24 +9,9 @@ import threading
 
 import pytest
 from _procs import finish, release, start
+from _support import ClosingInBackground, all_event_ids
 
 from sessionstore import SessionStore, StoreClosedError, StoreConfig, StoreState
-
-
-def _all_events(store: SessionStore, sid: str) -> list[str]:
-    out: list[str] = []
-    after = None
-    while page := store.events(sid, after_id=after, limit=1000):
-        out.extend(e.op_id for e in page)
-        after = page[-1].id
-    return out
-
-
-def _wait_until_closing(store: SessionStore) -> None:
-    # close() runs in another thread; it flips the state first thing. Spin on the state itself
-    # (no sleep): the flip is immediate, pytest-timeout bounds a bug.
-    while store.state is StoreState.OPEN:
-        pass
 
 
 def test_writes_racing_close_are_never_lost(tmp_path: object) -> None:
@@ -63,7 +48,7 @@ def test_writes_racing_close_are_never_lost(tmp_path: object) -> None:
         assert not errors, errors
         assert report.errors == []
         with SessionStore.open(path) as reopened:
-            present = set(_all_events(reopened, sid))
+            present = set(all_event_ids(reopened, sid))
         assert set(acked) <= present, f"round {round_no}: lost {len(set(acked) - present)}"
         assert len(acked) == 400
 
@@ -87,26 +72,10 @@ def test_write_while_closing_is_applied_before_close_returns(db_path: str) -> No
     """A write arriving while close() drains joins the queue and is applied before it returns."""
     store = SessionStore.open(db_path)
     sid = store.create_session("s").id
-    release_lease = threading.Event()
-
-    def hold_lease() -> None:
-        with store.lease("slow reader"):
-            release_lease.wait(30)
-
-    holder = threading.Thread(target=hold_lease)
-    holder.start()
-    while store.stats().leases == 0:
-        pass
-    reports = []
-    closer = threading.Thread(target=lambda: reports.append(store.close(timeout=30)))
-    closer.start()
-    _wait_until_closing(store)
-    queued = store.log_event(sid, "while closing")
-    assert queued.id is None and store.stats().pending == 1
-    release_lease.set()
-    closer.join(30)
-    holder.join(30)
-    [report] = reports
+    with ClosingInBackground(store) as closing:
+        queued = store.log_event(sid, "while closing")
+        assert queued.id is None and store.stats().pending == 1
+        report = closing.finish()
     assert report.applied_from_queue == 1 and report.journaled == 0
     assert report.abandoned_leases == []
     with SessionStore.open(db_path) as reopened:
@@ -186,25 +155,10 @@ def test_pending_overflow_goes_to_journal(db_path: str) -> None:
     """Past max_pending_ops a write made while closing is journaled, not dropped."""
     store = SessionStore.open(db_path, config=StoreConfig(max_pending_ops=1))
     sid = store.create_session("s").id
-    release_lease = threading.Event()
-
-    def hold() -> None:
-        with store.lease():
-            release_lease.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    while store.stats().leases == 0:
-        pass
-    closer = threading.Thread(target=store.close, kwargs={"timeout": 30})
-    closer.start()
-    _wait_until_closing(store)
-    store.log_event(sid, "queued")
-    store.log_event(sid, "overflowed")
-    assert store.stats().pending == 1 and store.stats().journaled == 1
-    release_lease.set()
-    closer.join(30)
-    holder.join(30)
+    with ClosingInBackground(store):
+        store.log_event(sid, "queued")
+        store.log_event(sid, "overflowed")
+        assert store.stats().pending == 1 and store.stats().journaled == 1
     with SessionStore.open(db_path) as reopened:
         assert sorted(e.message for e in reopened.events(sid)) == ["overflowed", "queued"]
 
@@ -213,26 +167,11 @@ def test_journal_pending_moves_queue_to_disk(db_path: str) -> None:
     """journal_pending() (the hard-exit path) writes every queued op to the journal at once."""
     store = SessionStore.open(db_path)
     sid = store.create_session("s").id
-    release_lease = threading.Event()
-
-    def hold() -> None:
-        with store.lease():
-            release_lease.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    while store.stats().leases == 0:
-        pass
-    closer = threading.Thread(target=store.close, kwargs={"timeout": 30})
-    closer.start()
-    _wait_until_closing(store)
-    for i in range(3):
-        store.log_event(sid, f"q{i}")
-    assert store.journal_pending() == 3
-    assert store.stats().pending == 0
-    release_lease.set()
-    closer.join(30)
-    holder.join(30)
+    with ClosingInBackground(store):
+        for i in range(3):
+            store.log_event(sid, f"q{i}")
+        assert store.journal_pending() == 3
+        assert store.stats().pending == 0
     with SessionStore.open(db_path) as reopened:
         assert [e.message for e in reopened.events(sid)] == ["q0", "q1", "q2"]
 
@@ -324,7 +263,7 @@ def test_writer_that_never_stops_cannot_hold_close_open(db_path: str) -> None:
     assert store.state is StoreState.CLOSED
     assert report.abandoned_leases == []
     with SessionStore.open(db_path) as reopened:
-        present = set(_all_events(reopened, sid))
+        present = set(all_event_ids(reopened, sid))
     assert set(acked) <= present
 
 
@@ -344,26 +283,10 @@ def test_queue_left_at_the_drain_deadline_is_journaled(db_path: str) -> None:
     config = StoreConfig(checkpointing=False)
     store = SessionStore.open(db_path, config=config, clock=_LeapingClock())
     sid = store.create_session("s").id
-    release_lease = threading.Event()
-
-    def hold() -> None:
-        with store.lease():
-            release_lease.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    while store.stats().leases == 0:
-        pass
-    reports = []
-    closer = threading.Thread(target=lambda: reports.append(store.close(timeout=30)))
-    closer.start()
-    _wait_until_closing(store)
-    for i in range(5):
-        store.log_event(sid, f"queued {i}")
-    release_lease.set()
-    closer.join(30)
-    holder.join(30)
-    [report] = reports
+    with ClosingInBackground(store) as closing:
+        for i in range(5):
+            store.log_event(sid, f"queued {i}")
+        report = closing.finish()
     assert report.applied_from_queue == 0 and report.journaled == 5
     assert any("drain deadline" in e for e in report.errors)
     assert report.replayed == 5  # close itself applied the journal before the connection went

@@ -9,6 +9,7 @@ from pathlib import Path
 import apsw
 import pytest
 from _procs import finish, release, start
+from _support import all_event_ids
 
 from sessionstore import SessionStore, StoreBusyError, StoreCorruptError, StoreOpenError
 from sessionstore._connection import RetryPolicy, is_transient_busy
@@ -172,11 +173,7 @@ def test_raw_deferred_writers_fail_under_contention_store_writers_do_not(db_path
     store_failed = sum(int(finish(p)) for p in ours)
 
     with SessionStore.open(db_path) as store:
-        events = 0
-        after = None
-        while page := store.events(sid, after_id=after, limit=1000):
-            events += len(page)
-            after = page[-1].id
+        events = len(all_event_ids(store, sid))
         with store.lease() as lease:
             counted = lease.execute("SELECT n FROM counter")[0][0]
     assert raw_failed > 0, "raw deferred transactions should hit BUSY under contention"

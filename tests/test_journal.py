@@ -10,19 +10,11 @@ from pathlib import Path
 
 import pytest
 from _procs import release, start
+from _support import all_event_ids
 
 from sessionstore import JournalFullError, SessionStore
 from sessionstore._journal import Journal
 from sessionstore._ops import LogEvent, op_adapter
-
-
-def _count_events(store: SessionStore, sid: str) -> list[str]:
-    out: list[str] = []
-    after = None
-    while page := store.events(sid, after_id=after, limit=1000):
-        out.extend(e.op_id for e in page)
-        after = page[-1].id
-    return out
 
 
 def test_append_is_durable_line_per_op_mode_0600(db_path: str) -> None:
@@ -97,7 +89,7 @@ def test_eight_processes_append_without_tearing(db_path: str, tmp_path: object) 
     assert {op.op_id for op in parsed} == set(acked)
     with SessionStore.open(db_path) as store:
         assert store.open_replay.applied == 1600 and store.open_replay.torn == 0
-        assert len(_count_events(store, sid)) == 1600
+        assert len(all_event_ids(store, sid)) == 1600
 
 
 @pytest.mark.slow
@@ -116,7 +108,7 @@ def test_sigkill_mid_append_loses_no_complete_line(db_path: str, tmp_path: objec
     acked = Path(ack).read_text().split()
     with SessionStore.open(db_path) as store:
         replay = store.open_replay
-        applied = set(_count_events(store, sid))
+        applied = set(all_event_ids(store, sid))
     assert len(acked) > 20
     assert set(acked) <= applied  # every acknowledged op is there
     assert replay.invalid == 0 and replay.torn <= 1

@@ -234,6 +234,7 @@ def test_eight_processes_write_at_once_nothing_lost(db_path: str, tmp_path: obje
     import json
 
     from _procs import finish, release, start
+    from _support import all_event_ids
 
     with SessionStore.open(db_path) as store:
         sid = store.create_session("shared").id
@@ -244,11 +245,7 @@ def test_eight_processes_write_at_once_nothing_lost(db_path: str, tmp_path: obje
     assert results == [{"failures": 0, "errors": []}] * 8
     acked = [line for ack in acks for line in Path(ack).read_text().split()]
     with SessionStore.open(db_path) as store:
-        events: set[str] = set()
-        after = None
-        while page := store.events(sid, after_id=after, limit=1000):
-            events.update(e.op_id for e in page)
-            after = page[-1].id
+        events = set(all_event_ids(store, sid))
         checkpoints = {c.id for c in store.list_checkpoints(sid)}
         assert store.get_session(sid).heartbeat_at is not None
     assert {a for a in acked if not a.startswith("cp:")} == events

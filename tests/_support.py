@@ -1,0 +1,69 @@
+"""Helpers shared by the store tests: reading every event, and holding a store in CLOSING."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+from sessionstore import CloseReport, SessionStore, StoreState
+
+
+def all_event_ids(store: SessionStore, session_id: str) -> list[str]:
+    """Every event op id of the session, oldest first, read page by page."""
+    out: list[str] = []
+    after = None
+    while page := store.events(session_id, after_id=after, limit=1000):
+        out.extend(e.op_id for e in page)
+        after = page[-1].id
+    return out
+
+
+class ClosingInBackground:
+    """Keep ``store.close()`` in its drain (a lease is held) so writes meanwhile are queued.
+
+    ``with ClosingInBackground(store) as closing:`` returns once the store is CLOSING;
+    ``closing.finish()`` lets the lease go and returns close()'s report.
+    """
+
+    def __init__(self, store: SessionStore, *, timeout: float = 30) -> None:
+        self._store = store
+        self._timeout = timeout
+        self._release = threading.Event()
+        self._holding = threading.Event()
+        self._reports: list[CloseReport] = []
+        self._holder = threading.Thread(target=self._hold)
+        self._closer = threading.Thread(
+            target=lambda: self._reports.append(store.close(timeout=self._timeout))
+        )
+
+    def _hold(self) -> None:
+        with self._store.lease("test holder"):
+            self._holding.set()
+            self._release.wait(60)
+
+    def __enter__(self) -> ClosingInBackground:
+        self._holder.start()
+        assert self._holding.wait(30)
+        self._closer.start()
+        # close() flips the state first thing; spin on the state itself (no sleep), the flip is
+        # immediate and pytest-timeout bounds a bug.
+        while self._store.state is StoreState.OPEN:
+            pass
+        return self
+
+    def finish(self) -> CloseReport:
+        """Release the lease, wait for close() to return, and return its report."""
+        self._release.set()
+        self._closer.join(60)
+        self._holder.join(60)
+        [report] = self._reports
+        return report
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._release.is_set():
+            self.finish()
