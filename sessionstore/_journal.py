@@ -102,7 +102,8 @@ class Journal:
                     os.ftruncate(fd, size)
                 raise
 
-    def _keep_aside(self, lines: Sequence[bytes]) -> None:
+    def keep_aside(self, lines: Sequence[bytes]) -> None:
+        """Append lines that could not be applied to the rejected file (fsynced): never dropped."""
         if not lines:
             return
         fd = os.open(
@@ -156,7 +157,7 @@ class Journal:
             torn = [tail] if tail else []
             if torn:
                 log.warning("journal %s: torn last line (crash mid-append) kept aside", self.path)
-            self._keep_aside(invalid + rejected + torn)
+            self.keep_aside(invalid + rejected + torn)
             os.ftruncate(fd, 0)
             os.fsync(fd)
             return ReplayReport(

@@ -14,9 +14,8 @@ from typing import Any, TypeVar
 
 import apsw
 
-from ._checkpoint import AUTOCHECKPOINT_PAGES, Checkpointer, CheckpointSchedule, run_checkpoint
 from ._config import StoreConfig
-from ._connection import RetryPolicy, fair_busy_handler, open_connection, set_busy
+from ._connection import RetryPolicy, open_connection
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
 from ._journal import Journal
 from ._leases import Gate, Lease
@@ -45,7 +44,6 @@ from ._ops import (
     RemoveChild,
     SaveCheckpoint,
     SetStatus,
-    apply,
     checkpoint_from_op,
     child_from_op,
     event_from_op,
@@ -63,8 +61,8 @@ from ._rows import (
     event_from_row,
     session_from_row,
 )
+from ._writer import BATCH, OP_ERRORS, Writer
 from .errors import (
-    InvalidTransitionError,
     SessionNotFoundError,
     SessionStoreError,
     StoreBusyError,
@@ -78,12 +76,9 @@ log = logging.getLogger("sessionstore")
 
 T = TypeVar("T")
 
-_BATCH = 1000  # ops per transaction when draining the queue or replaying
 _MAX_EVENTS_PAGE = 10_000
 _DEFERRED = object()  # marker: the op was queued or journaled, not applied now
 
-# Errors an op itself causes: it is rejected, never retried or journaled.
-_OP_ERRORS = (SessionNotFoundError, InvalidTransitionError)
 # Errors that mean the connection went away under an abandoned lease during close.
 _GONE_ERRORS = (apsw.ConnectionClosedError, apsw.InterruptError, apsw.ThreadingViolationError)
 
@@ -152,28 +147,20 @@ class SessionStore:
         self._wal_path = f"{path}-wal"
         self._pid = os.getpid()
         self._init_locks()
-        self._writer: apsw.Connection | None = None
+        self._writer = Writer(path, config, self._policy, clock)
         self._readers = ReaderPool(
             lambda: open_connection(self.path, self.config, self._policy), config.read_connections
         )
-        self._checkpointer: Checkpointer | None = None
-        self._page_size = 4096
-        self._passive_at_pages = AUTOCHECKPOINT_PAGES
-        self._abort_waits = False
-        self._busy_timeout_ms: float = config.busy_timeout_ms
         self._close_report: CloseReport | None = None
         self._n_applied = 0
         self._n_from_queue = 0
         self._n_replayed = 0
         self._n_journaled = 0
-        self._n_checkpoints = 0
-        self._last_checkpoint: CheckpointResult | None = None
         self._failures: deque[OpFailure] = deque(maxlen=100)
         self.open_replay: ReplayReport = ReplayReport()
 
     def _init_locks(self) -> None:
         self._gate: Gate[Op] = Gate(self.config.max_pending_ops)
-        self._write_lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._counter_lock = threading.Lock()
 
@@ -215,15 +202,16 @@ class SessionStore:
         return store
 
     def _open(self) -> None:
-        conn = self._open_writer()
         try:
-            apply_migrations(conn, self.path, self._policy)
+            with self._writer.lock:
+                apply_migrations(self._writer.connection_locked(), self.path, self._policy)
         except BaseException:
             self._gate.force_closed()
-            self._writer = None
-            conn.close(True)
+            self._writer.close()
             raise
         _live.add(self)
+        if self.config.checkpointing:
+            self._writer.start_checkpointer(self._scheduled_checkpoint)
         if self.config.replay_on_open:
             try:
                 self.open_replay = self.replay()
@@ -233,79 +221,6 @@ class SessionStore:
             from .process import reap_orphans  # the process layer builds on the store
 
             reap_orphans(self)
-
-    def _open_writer(self) -> apsw.Connection:
-        conn = open_connection(self.path, self.config, self._policy)
-        self._install_busy(conn)
-        self._page_size = int(conn.pragma("page_size"))
-        conn.set_wal_hook(self._on_commit)
-        self._writer = conn
-        self._pid = os.getpid()
-        return conn
-
-    def _install_busy(self, conn: apsw.Connection) -> None:
-        if self.config.busy_handler == "fair" and self.config.busy_timeout_ms > 0:
-            ref = weakref.ref(self)  # the handler must not keep the store alive
-
-            def timeout_ms() -> float:
-                store = ref()
-                return store._busy_timeout_ms if store is not None else 0.0
-
-            def should_abort() -> bool:
-                store = ref()
-                return store is None or store._abort_waits
-
-            conn.set_busy_handler(fair_busy_handler(timeout_ms, should_abort))
-        else:
-            set_busy(conn, self.config)
-
-    def _writer_conn(self) -> apsw.Connection:
-        if self._pid != os.getpid():
-            raise StoreClosedError(self.path, "store used in a forked child before reinit")
-        if self._writer is None:
-            self._open_writer()
-        assert self._writer is not None
-        if (
-            self._checkpointer is None
-            and self.config.checkpointing
-            and self._gate.state is StoreState.OPEN
-        ):
-            self._start_checkpointer()
-        return self._writer
-
-    def _start_checkpointer(self) -> None:
-        schedule = CheckpointSchedule(
-            self.config.checkpoint_interval_s, self.config.checkpoint_wal_bytes, self._clock()
-        )
-        self._checkpointer = Checkpointer(schedule, self._scheduled_checkpoint, clock=self._clock)
-        self._checkpointer.start()
-
-    def _on_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
-        # Runs right after each commit on the writer, in the committing thread, with the
-        # database write lock released and our in-process writer lock still held: exactly
-        # "between two write transactions on the writer's own connection". The commit has
-        # happened whatever this does, so nothing here may raise into the caller's write.
-        try:
-            checkpointer = self._checkpointer
-            wal_bytes = pages * self._page_size
-            if checkpointer is not None and wal_bytes > self.config.checkpoint_wal_bytes:
-                if checkpointer.due_for_size(wal_bytes):
-                    result = self._run_checkpoint_on(conn, "TRUNCATE")
-                    checkpointer.record(result.ok)
-                # else: backing off after a busy TRUNCATE. No PASSIVE meanwhile: it would hold
-                # the checkpoint lock that another process's TRUNCATE needs.
-            elif pages < self._passive_at_pages:
-                self._passive_at_pages = AUTOCHECKPOINT_PAGES  # the WAL restarted
-            elif pages >= self._passive_at_pages:
-                # set_wal_hook replaced SQLite's auto-checkpoint; do what it would have done,
-                # but once per AUTOCHECKPOINT_PAGES of growth rather than on every commit past
-                # the threshold (SQLite's way keeps the checkpoint lock busy all the time).
-                self._passive_at_pages = pages + AUTOCHECKPOINT_PAGES
-                with contextlib.suppress(apsw.BusyError):
-                    conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
-        except Exception:
-            log.exception("checkpoint after commit failed")
-        return apsw.SQLITE_OK
 
     # ----------------------------------------------------------------------------- writing
 
@@ -324,8 +239,8 @@ class SessionStore:
             return _DEFERRED
         assert isinstance(admission, Lease)
         try:
-            result = self._apply_now(op)
-        except _OP_ERRORS:
+            result = self._writer.apply(op)
+        except OP_ERRORS:
             raise
         except StoreBusyError as err:
             self._journal_ops([op], str(err))
@@ -343,63 +258,6 @@ class SessionStore:
         with self._counter_lock:
             self._n_applied += 1
         return result
-
-    def _apply_now(self, op: Op) -> Any:
-        with self._write_lock:
-            conn = self._writer_conn()
-
-            def txn() -> Any:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = apply(op, conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.txn_state():
-                        conn.execute("ROLLBACK")
-                    raise
-                return result
-
-            return self._policy.call(txn, path=self.path, operation=op.kind)
-
-    def _apply_batch(self, ops: Sequence[Op]) -> list[Exception | None]:
-        """Apply ops in transactions of up to ``_BATCH``, each op in its own savepoint.
-
-        Returns:
-            Per op, None (applied) or the error that rejected it (its savepoint rolled back).
-
-        Raises:
-            StoreBusyError, apsw.Error: a transaction could not commit; nothing of that
-            transaction was applied (earlier transactions were).
-        """
-        errors: list[Exception | None] = []
-        with self._write_lock:
-            conn = self._writer_conn()
-            for start in range(0, len(ops), _BATCH):
-                chunk = ops[start : start + _BATCH]
-
-                def txn(chunk: Sequence[Op] = chunk) -> list[Exception | None]:
-                    out: list[Exception | None] = []
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        for op in chunk:
-                            conn.execute("SAVEPOINT op")
-                            try:
-                                apply(op, conn)
-                            except (*_OP_ERRORS, apsw.ConstraintError) as err:
-                                conn.execute("ROLLBACK TO op")
-                                out.append(err)
-                            else:
-                                out.append(None)
-                            conn.execute("RELEASE op")
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.txn_state():
-                            conn.execute("ROLLBACK")
-                        raise
-                    return out
-
-                errors.extend(self._policy.call(txn, path=self.path, operation="apply batch"))
-        return errors
 
     def _journal_ops(self, ops: Sequence[Op], reason: str) -> None:
         """Append ops to the durable journal and tell the caller through log and ``stats()``.
@@ -430,7 +288,7 @@ class SessionStore:
         rejected = [(op, err) for op, err in zip(ops, errors, strict=True) if err is not None]
         if rejected:
             # Kept aside in the rejected file: never silently dropped.
-            self._journal._keep_aside([_op_line(op) for op, _ in rejected])
+            self._journal.keep_aside([_op_line(op) for op, _ in rejected])
             now = time.time()
             with self._counter_lock:
                 for op, err in rejected:
@@ -774,7 +632,7 @@ class SessionStore:
         """
         if self._gate.state is StoreState.CLOSED:
             raise StoreClosedError(self.path)
-        report = self._journal.replay(self._apply_batch)
+        report = self._journal.replay(self._writer.apply_batch)
         with self._counter_lock:
             self._n_replayed += report.applied
         if report.applied or report.rejected or report.invalid or report.torn:
@@ -801,36 +659,17 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
-            return self._checkpoint_locked(mode)
+            return self._writer.checkpoint(mode)
         finally:
             self._gate.release(lease)
 
-    def _checkpoint_locked(self, mode: str) -> CheckpointResult:
-        with self._write_lock:
-            return self._run_checkpoint_on(self._writer_conn(), mode)
-
-    def _run_checkpoint_on(self, conn: apsw.Connection, mode: str) -> CheckpointResult:
-        # Short wait: a waiting TRUNCATE holds the write lock and stalls other writers.
-        self._busy_timeout_ms = self.config.checkpoint_busy_timeout_ms
-        if self.config.busy_handler == "sqlite":
-            conn.set_busy_timeout(self._busy_timeout_ms)
-        try:
-            result = run_checkpoint(conn, mode, self._wal_path)
-        finally:
-            self._busy_timeout_ms = self.config.busy_timeout_ms
-            if self.config.busy_handler == "sqlite":
-                conn.set_busy_timeout(self._busy_timeout_ms)
-        with self._counter_lock:
-            self._n_checkpoints += 1
-            self._last_checkpoint = result
-        return result
-
     def _scheduled_checkpoint(self) -> CheckpointResult | None:
+        # The timer thread's callback: None (the thread ends) once the store is closing.
         lease = self._gate.acquire("checkpointer")
         if lease is None:
             return None
         try:
-            return self._checkpoint_locked("TRUNCATE")
+            return self._writer.checkpoint("TRUNCATE")
         finally:
             self._gate.release(lease)
 
@@ -851,7 +690,7 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
-            results = self._apply_batch(ops)
+            results = self._writer.apply_batch(ops)
         finally:
             self._gate.release(lease)
         with self._counter_lock:
@@ -903,8 +742,8 @@ class SessionStore:
                 journaled=self._n_journaled,
                 journal_bytes=self._journal.size(),
                 wal_bytes=wal,
-                checkpoints=self._n_checkpoints,
-                last_checkpoint=self._last_checkpoint,
+                checkpoints=self._writer.checkpoints,
+                last_checkpoint=self._writer.last_checkpoint,
                 failures=list(self._failures),
             )
 
@@ -956,16 +795,15 @@ class SessionStore:
     def _do_close(self, timeout: float) -> CloseReport:
         errors: list[str] = []
         t0 = time.monotonic()
-        if self._checkpointer is not None:
-            self._checkpointer.stop(timeout=max(timeout, 0.1))
+        self._writer.stop_checkpointer(timeout=max(timeout, 0.1))
         abandoned = self._gate.wait_drained(timeout)
         if abandoned:
             # Their connections may be mid-statement or waiting on a lock: make them give up.
-            self._abort_waits = True
-            for conn in [self._writer, *self._readers.all()]:
-                if conn is not None:
-                    with contextlib.suppress(apsw.Error):
-                        conn.interrupt()
+            self._writer.abort_waits = True
+            self._writer.interrupt()
+            for conn in self._readers.all():
+                with contextlib.suppress(apsw.Error):
+                    conn.interrupt()
             errors.append(f"{len(abandoned)} lease(s) abandoned after {timeout:.2f} s")
         drain_s = time.monotonic() - t0
 
@@ -981,7 +819,7 @@ class SessionStore:
                     self._journal_ops(rest, "close: queue still refilling at the drain deadline")
                     errors.append(f"{len(rest)} queued op(s) journaled at the drain deadline")
                 break
-            ops = self._gate.take_pending_or_close(_BATCH)
+            ops = self._gate.take_pending_or_close(BATCH)
             if not ops:
                 break  # CLOSED: later writes are journaled
             applied_from_queue += self._drain_batch(ops, errors)
@@ -990,9 +828,9 @@ class SessionStore:
 
         t1 = time.monotonic()
         replayed = 0
-        if self._journal.size() and self._writer is not None:
+        if self._journal.size() and self._writer.is_open:
             try:
-                rep = self._journal.replay(self._apply_batch_when_closing)
+                rep = self._journal.replay(self._writer.apply_batch)
                 replayed = rep.applied
                 with self._counter_lock:
                     self._n_replayed += rep.applied
@@ -1002,18 +840,18 @@ class SessionStore:
 
         wal_before = self._wal_size()
         checkpoint = None
-        if self._writer is not None and self._write_lock.acquire(timeout=max(timeout, 0.5)):
+        writer = self._writer
+        if writer.is_open and writer.lock.acquire(timeout=max(timeout, 0.5)):
             try:
-                if self._pid == os.getpid():
-                    self._abort_waits = False
-                    # Busy here is normal when other processes still use the database (the
-                    # last one to close empties the WAL); it is reported in `checkpoint`, and
-                    # is not an error of this close.
-                    checkpoint = self._run_checkpoint_on(self._writer, "TRUNCATE")
+                writer.abort_waits = False
+                # Busy here is normal when other processes still use the database (the last
+                # one to close empties the WAL); it is reported in `checkpoint`, and is not an
+                # error of this close.
+                checkpoint = writer.checkpoint_locked(writer.connection_locked(), "TRUNCATE")
             except apsw.Error as err:
                 errors.append(f"final checkpoint: {err}")
             finally:
-                self._write_lock.release()
+                writer.lock.release()
         t3 = time.monotonic()
         self._close_connections(errors)
         t4 = time.monotonic()
@@ -1033,20 +871,15 @@ class SessionStore:
             errors=errors,
         )
 
-    def _apply_batch_when_closing(self, ops: Sequence[Op]) -> list[Exception | None]:
-        # The store is CLOSED to callers but its writer is still open for this last work.
-        return self._apply_batch(ops)
-
     def _drain_batch(self, ops: list[Op], errors: list[str]) -> int:
-        if self._writer is None or self._pid != os.getpid():
+        if not self._writer.is_open:
             self._journal_ops(ops, "no connection to apply queued ops")
             return 0
-        if not self._write_lock.acquire(timeout=1.0):
+        try:
+            results = self._writer.apply_batch(ops, lock_timeout=1.0)
+        except TimeoutError:
             self._journal_ops(ops, "writer held by an abandoned lease")
             return 0
-        self._write_lock.release()
-        try:
-            results = self._apply_batch(ops)
         except (SessionStoreError, apsw.Error, OSError) as err:
             errors.append(f"queued ops journaled: {err}")
             self._journal_ops(ops, f"could not apply queued ops at close: {err}")
@@ -1062,15 +895,14 @@ class SessionStore:
     def _close_connections(self, errors: list[str]) -> None:
         if self._pid != os.getpid():
             return  # inherited across fork: never closed here
-        conns = [*self._readers.take_all(), *([self._writer] if self._writer else [])]
-        self._writer = None
-        for conn in conns:
+        for conn in self._readers.take_all():
             try:
                 conn.close()
             except apsw.Error as err:
                 errors.append(f"close: {type(err).__name__}: {err}")
                 with contextlib.suppress(apsw.Error):
                     conn.close(True)
+        errors.extend(self._writer.close())
 
     # ----------------------------------------------------------------------------- fork
 
@@ -1079,11 +911,10 @@ class SessionStore:
         # freed) and open our own lazily on first use. Locks may have been held by threads that
         # do not exist here, so they are replaced; queued ops belong to the parent.
         _inherited_at_fork.extend(self._readers.take_all())
-        if self._writer is not None:
-            _inherited_at_fork.append(self._writer)
+        inherited = self._writer.forget_after_fork()
+        if inherited is not None:
+            _inherited_at_fork.append(inherited)
         state = self._gate.state
-        self._writer = None
-        self._checkpointer = None
         self._init_locks()
         if state is not StoreState.OPEN:
             self._gate.force_closed()

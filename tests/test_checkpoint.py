@@ -97,7 +97,8 @@ def test_interval_checkpoint_runs_in_background(db_path: str) -> None:
     config = StoreConfig(checkpoint_interval_s=0.05)
     with SessionStore.open(db_path, config=config) as store:
         store.create_session("s")
-        assert store._checkpointer is not None
-        assert store._checkpointer.wait_for_runs(2, timeout=30)
+        checkpointer = store._writer.checkpointer
+        assert checkpointer is not None
+        assert checkpointer.wait_for_runs(2, timeout=30)
         assert store.stats().last_checkpoint is not None
         assert os.path.getsize(db_path + "-wal") == 0

@@ -206,12 +206,13 @@ def test_forked_child_reopens_its_own_connection(db_path: str) -> None:
     store = SessionStore.open(db_path)
     sid = store.create_session("s").id
     store.log_event(sid, "parent before fork")
-    parent_writer = store._writer
+    parent_conn = store._writer._conn
     pid = os.fork()
     if pid == 0:  # the child: exit with a status that says what it saw
         try:
             store.log_event(sid, "child")
-            ok = store._writer is not None and store._writer is not parent_writer
+            child_conn = store._writer._conn  # the child's own, opened after the fork
+            ok = child_conn is not None and child_conn is not parent_conn
             store.close()
             os._exit(0 if ok else 3)
         except BaseException:

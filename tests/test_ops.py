@@ -176,9 +176,9 @@ def test_applying_twice_equals_applying_once(store: SessionStore, data: st.DataO
         ),
     )
     sequence = [create, *data.draw(st.lists(per_session, max_size=15))]
-    store._apply_batch(sequence)
+    store.apply_ops(sequence)
     once = _dump(store)
-    errors = store._apply_batch(sequence)
+    errors = store.apply_ops(sequence)
     assert _dump(store) == once
     # Replays are not errors, except transitions the final state forbids (rejected, no change).
     assert all(e is None or "cannot make it" in str(e) for e in errors)
@@ -187,9 +187,9 @@ def test_applying_twice_equals_applying_once(store: SessionStore, data: st.DataO
 def test_event_replay_keeps_its_first_id(store: SessionStore, session_id: str) -> None:
     """An event applied twice keeps one row and the id it got the first time."""
     op = LogEvent(session_id=session_id, message="once")
-    [first] = store._apply_batch([op])
+    [first] = store.apply_ops([op])
     assert first is None
-    store._apply_batch([op, op])
+    store.apply_ops([op, op])
     assert [e.message for e in store.events(session_id)] == ["once"]
 
 
@@ -197,14 +197,14 @@ def test_stale_status_op_changes_nothing(store: SessionStore, session_id: str) -
     """A status op older than the last status change (a late replay) is a no-op."""
     old = SetStatus(session_id=session_id, status="paused", ts=1.0)
     store.stop_session(session_id)
-    assert store._apply_batch([old]) == [None]
+    assert store.apply_ops([old]) == [None]
     assert store.get_session(session_id).status.value == "stopped"
 
 
 def test_apply_outside_transaction_is_rejected_by_sqlite(store: SessionStore) -> None:
     """ConstraintErrors other than a missing session are not disguised as SessionNotFound."""
     with pytest.raises(apsw.ConstraintError):
-        store._apply_now(
+        store._writer.apply(
             LogEvent.model_construct(  # bypasses validation to reach SQLite's CHECK
                 op_id="x",
                 ts=1.0,

@@ -1,0 +1,296 @@
+"""The process's one write connection: BEGIN IMMEDIATE transactions, the retry policy, checkpoints.
+
+Writes in a process are serialised on one connection behind one lock: SQLite admits one writer
+per database anyway, and an apsw connection runs one statement at a time. Every transaction is
+``BEGIN IMMEDIATE`` (the snapshot is taken with the write lock held, so ``BUSY_SNAPSHOT`` cannot
+happen inside it) and the whole transaction is redone on BUSY by the one retry policy.
+
+Checkpoints run here too, between two write transactions on this connection (see
+``_checkpoint``): from the commit hook when the WAL has grown past its limit, and from the
+timer thread every interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import apsw
+
+from ._checkpoint import AUTOCHECKPOINT_PAGES, Checkpointer, CheckpointSchedule, run_checkpoint
+from ._config import StoreConfig
+from ._connection import RetryPolicy, fair_busy_handler, open_connection, set_busy
+from ._models import CheckpointResult
+from ._ops import Op, apply
+from .errors import InvalidTransitionError, SessionNotFoundError
+
+__all__ = ["BATCH", "OP_ERRORS", "Writer"]
+
+log = logging.getLogger("sessionstore")
+
+BATCH = 1000  # ops per transaction when applying a queue or a journal
+# Errors an op itself causes: it is rejected, never retried or journaled.
+OP_ERRORS = (SessionNotFoundError, InvalidTransitionError)
+
+
+class Writer:
+    """One write connection, opened lazily (again after a fork), with its checkpointing.
+
+    Methods that touch the connection take :attr:`lock` themselves, except those whose name
+    ends in ``_locked``, whose caller holds it.
+    """
+
+    def __init__(
+        self, path: str, config: StoreConfig, policy: RetryPolicy, clock: Callable[[], float]
+    ) -> None:
+        self.path = path
+        self.config = config
+        self.lock = threading.Lock()
+        self.abort_waits = False  # set by a close that abandoned leases: busy waits give up
+        self.checkpoints = 0
+        self.last_checkpoint: CheckpointResult | None = None
+        self._policy = policy
+        self._clock = clock
+        self._wal_path = f"{path}-wal"
+        self._conn: apsw.Connection | None = None
+        self._pid = os.getpid()
+        self._page_size = 4096
+        self._passive_at_pages = AUTOCHECKPOINT_PAGES
+        self._last_pages = 0
+        self._busy_timeout_ms: float = config.busy_timeout_ms
+        self._checkpointer: Checkpointer | None = None
+        self._checkpoint_run: Callable[[], CheckpointResult | None] | None = None
+
+    # ------------------------------------------------------------------ the connection
+
+    @property
+    def is_open(self) -> bool:
+        """True while this process holds an open write connection."""
+        return self._conn is not None and self._pid == os.getpid()
+
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        """The timer thread, once started."""
+        return self._checkpointer
+
+    def connection_locked(self) -> apsw.Connection:
+        """The connection, opened now if needed (first use, or first use after a fork).
+
+        Raises:
+            StoreCorruptError, StoreOpenError, StoreBusyError: opening failed.
+        """
+        if self._conn is None:
+            conn = open_connection(self.path, self.config, self._policy)
+            self._install_busy(conn)
+            self._page_size = int(conn.pragma("page_size"))
+            conn.set_wal_hook(self._on_commit)
+            self._conn = conn
+            self._pid = os.getpid()
+        if self._checkpointer is None and self._checkpoint_run is not None:
+            self._start_checkpointer(self._checkpoint_run)
+        return self._conn
+
+    def _install_busy(self, conn: apsw.Connection) -> None:
+        if self.config.busy_handler == "fair" and self.config.busy_timeout_ms > 0:
+            ref = weakref.ref(self)  # the handler must not keep the writer alive
+
+            def timeout_ms() -> float:
+                writer = ref()
+                return writer._busy_timeout_ms if writer is not None else 0.0
+
+            def should_abort() -> bool:
+                writer = ref()
+                return writer is None or writer.abort_waits
+
+            conn.set_busy_handler(fair_busy_handler(timeout_ms, should_abort))
+        else:
+            set_busy(conn, self.config)
+
+    def interrupt(self) -> None:
+        """Make a statement running on the connection stop (for a close past its deadline)."""
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(apsw.Error):
+                conn.interrupt()
+
+    def close(self) -> list[str]:
+        """Close the connection (never one inherited across fork). Returns errors, if any."""
+        conn, self._conn = self._conn, None
+        if conn is None or self._pid != os.getpid():
+            return []
+        try:
+            conn.close()
+        except apsw.Error as err:
+            with contextlib.suppress(apsw.Error):
+                conn.close(True)
+            return [f"close: {type(err).__name__}: {err}"]
+        return []
+
+    def forget_after_fork(self) -> apsw.Connection | None:
+        """In a forked child: drop the parent's connection (returned, never to be closed here)."""
+        conn, self._conn = self._conn, None
+        self.lock = threading.Lock()  # may have been held by a thread that does not exist here
+        self._checkpointer = None
+        return conn
+
+    # ------------------------------------------------------------------ transactions
+
+    def apply(self, op: Op) -> Any:
+        """Apply one op in its own ``BEGIN IMMEDIATE`` transaction, retried on BUSY.
+
+        Raises:
+            SessionNotFoundError, InvalidTransitionError: the op is wrong; nothing changed.
+            StoreBusyError: still locked at the retry deadline; nothing changed.
+            apsw.Error: anything else from SQLite.
+        """
+        with self.lock:
+            conn = self.connection_locked()
+
+            def txn() -> Any:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = apply(op, conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.txn_state():
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+
+            return self._policy.call(txn, path=self.path, operation=op.kind)
+
+    def apply_batch(self, ops: Sequence[Op], *, lock_timeout: float = -1) -> list[Exception | None]:
+        """Apply ops in transactions of up to ``BATCH``, each op in its own savepoint.
+
+        Args:
+            ops: the ops, applied in order.
+            lock_timeout: how long to wait for this process's writer lock (-1: no limit).
+
+        Returns:
+            Per op, None (applied) or the error that rejected it (its savepoint rolled back).
+
+        Raises:
+            TimeoutError: the writer lock stayed held past ``lock_timeout``; nothing applied.
+            StoreBusyError, apsw.Error: a transaction could not commit; nothing of that
+            transaction was applied (earlier ones were).
+        """
+        errors: list[Exception | None] = []
+        if not self.lock.acquire(timeout=lock_timeout):
+            raise TimeoutError("the writer lock is held by another thread")
+        try:
+            conn = self.connection_locked()
+            for start in range(0, len(ops), BATCH):
+                chunk = ops[start : start + BATCH]
+                errors.extend(
+                    self._policy.call(
+                        lambda chunk=chunk: _savepoint_each(conn, chunk),  # type: ignore[misc]
+                        path=self.path,
+                        operation="apply batch",
+                    )
+                )
+        finally:
+            self.lock.release()
+        return errors
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def start_checkpointer(self, run: Callable[[], CheckpointResult | None]) -> None:
+        """Run ``run`` every interval on a timer thread (it returns None to end the thread)."""
+        with self.lock:
+            self._checkpoint_run = run
+            if self._checkpointer is None:
+                self._start_checkpointer(run)
+
+    def _start_checkpointer(self, run: Callable[[], CheckpointResult | None]) -> None:
+        schedule = CheckpointSchedule(
+            self.config.checkpoint_interval_s, self.config.checkpoint_wal_bytes, self._clock()
+        )
+        self._checkpointer = Checkpointer(schedule, run, clock=self._clock)
+        self._checkpointer.start()
+
+    def stop_checkpointer(self, timeout: float) -> None:
+        """End the timer thread (waits for it at most ``timeout``); it is not restarted."""
+        self._checkpoint_run = None
+        if self._checkpointer is not None:
+            self._checkpointer.stop(timeout=timeout)
+
+    def checkpoint(self, mode: str) -> CheckpointResult:
+        """Checkpoint now, between write transactions. Never raises for BUSY.
+
+        Raises:
+            StoreCorruptError, StoreOpenError, StoreBusyError: the connection could not open.
+        """
+        with self.lock:
+            return self.checkpoint_locked(self.connection_locked(), mode)
+
+    def checkpoint_locked(self, conn: apsw.Connection, mode: str) -> CheckpointResult:
+        """Checkpoint on ``conn``, whose lock the caller holds, with the short busy wait."""
+        # Short wait: a waiting TRUNCATE holds the write lock and stalls other writers.
+        self._busy_timeout_ms = self.config.checkpoint_busy_timeout_ms
+        if self.config.busy_handler == "sqlite":
+            conn.set_busy_timeout(self.config.checkpoint_busy_timeout_ms)
+        try:
+            result = run_checkpoint(conn, mode, self._wal_path)
+        finally:
+            self._busy_timeout_ms = self.config.busy_timeout_ms
+            if self.config.busy_handler == "sqlite":
+                conn.set_busy_timeout(self.config.busy_timeout_ms)
+        self.checkpoints += 1
+        self.last_checkpoint = result
+        return result
+
+    def _on_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        # Runs right after each commit, in the committing thread, with the database write lock
+        # released and our lock still held: exactly "between two write transactions on the
+        # writer's own connection". The commit has happened whatever this does, so nothing
+        # here may raise into the caller's write.
+        try:
+            if pages < self._last_pages:
+                self._passive_at_pages = AUTOCHECKPOINT_PAGES  # the WAL restarted
+            self._last_pages = pages
+            checkpointer = self._checkpointer
+            wal_bytes = pages * self._page_size
+            if checkpointer is not None and wal_bytes > self.config.checkpoint_wal_bytes:
+                if checkpointer.due_for_size(wal_bytes):
+                    result = self.checkpoint_locked(conn, "TRUNCATE")
+                    checkpointer.record(result.ok)
+                # else: backing off after a busy TRUNCATE. No PASSIVE meanwhile: it would hold
+                # the checkpoint lock that another process's TRUNCATE needs.
+            elif pages >= self._passive_at_pages:
+                # set_wal_hook replaced SQLite's auto-checkpoint; do what it would have done,
+                # but once per AUTOCHECKPOINT_PAGES of growth rather than on every commit past
+                # the threshold (SQLite's way keeps the checkpoint lock busy all the time).
+                self._passive_at_pages = pages + AUTOCHECKPOINT_PAGES
+                with contextlib.suppress(apsw.BusyError):
+                    conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except Exception:
+            log.exception("checkpoint after commit failed")
+        return apsw.SQLITE_OK
+
+
+def _savepoint_each(conn: apsw.Connection, ops: Sequence[Op]) -> list[Exception | None]:
+    """One transaction; each op in a savepoint so a rejected op leaves the others applied."""
+    out: list[Exception | None] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                apply(op, conn)
+            except (*OP_ERRORS, apsw.ConstraintError) as err:
+                conn.execute("ROLLBACK TO op")
+                out.append(err)
+            else:
+                out.append(None)
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.txn_state():
+            conn.execute("ROLLBACK")
+        raise
+    return out
