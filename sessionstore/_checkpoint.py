@@ -79,8 +79,16 @@ class CheckpointSchedule:
         """How long the thread may sleep before the next check."""
         return max(0.0, self.next_due - now)
 
-    def record(self, now: float, ok: bool) -> None:
-        """Record a checkpoint's outcome at ``now``."""
+    def record(self, now: float, ok: bool, *, collided: bool = False) -> None:
+        """Record a checkpoint's outcome at ``now``.
+
+        ``collided``: it was busy at once because another process was checkpointing, which
+        says nothing about readers pinning the WAL; the next try comes soon and the backoff
+        does not grow.
+        """
+        if collided and not ok:
+            self.retry_at = now + self.retry_base_s
+            return
         if ok:
             self.busy_streak = 0
             self.next_due = now + self.interval_s
@@ -170,10 +178,10 @@ class Checkpointer:
         with self._lock:
             return self.schedule.due_for_size(wal_bytes, self._clock())
 
-    def record(self, ok: bool) -> None:
+    def record(self, ok: bool, *, collided: bool = False) -> None:
         """Record the outcome of a checkpoint run outside the thread (by a committer)."""
         with self._lock:
-            self.schedule.record(self._clock(), ok=ok)
+            self.schedule.record(self._clock(), ok=ok, collided=collided)
 
     def wait_for_runs(self, n: int, timeout: float) -> bool:
         """Block until the thread has run ``n`` checkpoints (True) or ``timeout`` passed (False)."""

@@ -258,7 +258,9 @@ class Writer:
             if checkpointer is not None and wal_bytes > self.config.checkpoint_wal_bytes:
                 if checkpointer.due_for_size(wal_bytes):
                     result = self.checkpoint_locked(conn, "TRUNCATE")
-                    checkpointer.record(result.ok)
+                    # Busy within a millisecond: another process holds the checkpoint lock
+                    # (it is checkpointing right now), not a reader pinning the WAL.
+                    checkpointer.record(result.ok, collided=result.duration_s < 0.001)
                 # else: backing off after a busy TRUNCATE. No PASSIVE meanwhile: it would hold
                 # the checkpoint lock that another process's TRUNCATE needs.
             elif pages >= self._passive_at_pages:

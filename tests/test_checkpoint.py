@@ -102,3 +102,14 @@ def test_interval_checkpoint_runs_in_background(db_path: str) -> None:
         assert checkpointer.wait_for_runs(2, timeout=30)
         assert store.stats().last_checkpoint is not None
         assert os.path.getsize(db_path + "-wal") == 0
+
+
+def test_collision_with_another_checkpointer_retries_soon() -> None:
+    """Busy at once because another process checkpoints: retry in 10 ms, backoff not grown."""
+    sched = CheckpointSchedule(30.0, 4096, now=0.0)
+    sched.record(0.0, ok=False)
+    sched.record(0.01, ok=False)  # a pinned WAL: backoff grows to 20 ms
+    assert sched.busy_streak == 2
+    sched.record(1.0, ok=False, collided=True)
+    assert sched.busy_streak == 2 and sched.retry_at == 1.01
+    assert sched.due_for_size(1 << 20, 1.01)
