@@ -144,7 +144,9 @@ def _pragma(conn: apsw.Connection, name: str, value: object = None) -> object:
     return conn.pragma(name) if value is None else conn.pragma(name, value)
 
 
-def open_connection(path: str, config: StoreConfig, policy: RetryPolicy) -> apsw.Connection:
+def open_connection(
+    path: str, config: StoreConfig, policy: RetryPolicy, *, query_only: bool = False
+) -> apsw.Connection:
     """Open ``path`` with every setting in place.
 
     Args:
@@ -152,6 +154,8 @@ def open_connection(path: str, config: StoreConfig, policy: RetryPolicy) -> apsw
             memory database cannot be shared between connections.
         config: the store settings.
         policy: the retry policy for BUSY while switching to WAL.
+        query_only: refuse every write on this connection (the read pool's connections:
+            writes must go through the writer's BEGIN IMMEDIATE transactions).
 
     Returns:
         A connection in WAL mode with the busy handler, ``synchronous``, foreign keys and
@@ -188,6 +192,8 @@ def open_connection(path: str, config: StoreConfig, policy: RetryPolicy) -> apsw
         _pragma(conn, "synchronous", config.synchronous)
         _pragma(conn, "foreign_keys", "ON")
         _pragma(conn, "journal_size_limit", config.journal_size_limit)
+        if query_only:
+            _pragma(conn, "query_only", "ON")
     except BaseException as err:
         conn.close(True)
         if isinstance(err, apsw.Error):

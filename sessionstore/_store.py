@@ -115,6 +115,8 @@ class ReadLease:
         Raises:
             StoreClosedError: the store closed, or abandoned this lease.
             StoreBusyError: locked past the retry deadline.
+            apsw.ReadOnlyError: the statement tried to write (read connections are
+                ``query_only``; writes go through the store's methods).
         """
         if self._lease.abandoned or self._store.state is StoreState.CLOSED:
             raise StoreClosedError(
@@ -149,7 +151,8 @@ class SessionStore:
         self._init_locks()
         self._writer = Writer(path, config, self._policy, clock)
         self._readers = ReaderPool(
-            lambda: open_connection(self.path, self.config, self._policy), config.read_connections
+            lambda: open_connection(self.path, self.config, self._policy, query_only=True),
+            config.read_connections,
         )
         self._close_report: CloseReport | None = None
         self._n_applied = 0

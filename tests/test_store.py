@@ -251,3 +251,12 @@ def test_eight_processes_write_at_once_nothing_lost(db_path: str, tmp_path: obje
     assert {a for a in acked if not a.startswith("cp:")} == events
     assert {a[3:] for a in acked if a.startswith("cp:")} == checkpoints
     assert len(events) == 8 * 150 and len(checkpoints) == 8 * 15
+
+
+def test_lease_is_read_only(store: SessionStore, session_id: str) -> None:
+    """Ad-hoc queries cannot write: every write must go through an op and BEGIN IMMEDIATE."""
+    import apsw
+
+    with store.lease() as lease, pytest.raises(apsw.ReadOnlyError):
+        lease.execute("DELETE FROM sessions")
+    assert store.get_session(session_id).id == session_id
