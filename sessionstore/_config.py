@@ -28,7 +28,7 @@ class StoreConfig(BaseModel):
     ``sqlite``: SQLite's built-in backoff (1, 2, 5 ... 100 ms sleeps: one process can starve another
     for seconds under contention). Both stop at ``busy_timeout_ms``."""
 
-    write_deadline_s: float = Field(default=10.0, gt=0, le=3600)
+    write_deadline_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
     """Total time one write may spend retrying BUSY (including ``BUSY_SNAPSHOT``) before it is
     journaled instead of applied."""
 
@@ -39,7 +39,7 @@ class StoreConfig(BaseModel):
     journal_size_limit: int = Field(default=4 * MiB, ge=-1)
     """Bytes the WAL file is truncated to after a checkpoint resets it (-1: never truncated)."""
 
-    checkpoint_interval_s: float = Field(default=30.0, gt=0)
+    checkpoint_interval_s: float = Field(default=30.0, gt=0, le=86_400, allow_inf_nan=False)
     """A ``wal_checkpoint(TRUNCATE)`` runs at least this often while the store is open."""
 
     checkpoint_wal_bytes: int = Field(default=4 * MiB, gt=0)
@@ -52,7 +52,7 @@ class StoreConfig(BaseModel):
     checkpointing: bool = True
     """Run the background checkpointer (disable only when another process owns checkpoints)."""
 
-    close_timeout_s: float = Field(default=5.0, ge=0, le=3600)
+    close_timeout_s: float = Field(default=5.0, ge=0, le=3600, allow_inf_nan=False)
     """How long ``close()`` waits for in-flight leases before it closes connections anyway."""
 
     read_connections: int = Field(default=2, ge=1, le=64)
