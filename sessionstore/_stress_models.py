@@ -57,7 +57,6 @@ class StressOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    db_path: str
     procs: int = Field(ge=1, le=256)
     children: int = Field(ge=0, le=64)
     seconds: float = Field(ge=0, le=24 * 3600)
@@ -80,6 +79,8 @@ class StressOptions(BaseModel):
     """Keep the write loop running through shutdown (by default it stops when shutdown begins,
     as an orchestrator stops accepting work; writes from the shutdown callbacks go on)."""
     keep_files: bool = False
+    # Last, so a nonsensical number is reported before a path problem (errors come in order).
+    db_path: str
 
     @field_validator("db_path")
     @classmethod

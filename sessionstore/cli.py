@@ -58,6 +58,9 @@ from .errors import (
 
 __all__ = ["build_parser", "main"]
 
+# The stress harness's own default database, beside the embedded one but never the same file.
+STRESS_DEFAULT_DB = os.path.join(".sessionstore", "stress.db")
+
 Handler = Callable[[argparse.Namespace, Output], int]
 
 _MAX_PAGE = 10_000
@@ -223,7 +226,13 @@ def _cmd_stress(args: argparse.Namespace, out: Output) -> int:
         parser.add_argument("--db", default=None, help="the database file")
     # A --json given before `stress` carries over (the harness's own default is SUPPRESS).
     stress_args = parser.parse_args(args.rest, namespace=argparse.Namespace(json=args.json))
-    db = resolve_db(getattr(stress_args, "db", None) or args.db)
+    explicit = getattr(stress_args, "db", None) or args.db or os.environ.get(ENV_DB)
+    if explicit:
+        db = resolve_db(explicit)
+    else:
+        # Never the operators' own database by default: a storm adds sessions by the dozen.
+        os.makedirs(os.path.dirname(STRESS_DEFAULT_DB), exist_ok=True)
+        db = STRESS_DEFAULT_DB
     return int(cli_main(stress_args, db))
 
 
