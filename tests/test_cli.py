@@ -610,3 +610,18 @@ def test_readme_examples_run_and_document_the_json_keys(tmp_path: Path) -> None:
     assert documented["events"] == {"session_id", "events", "last_id"}
     assert documented["replay"] == {"replay", "journal_bytes_before", "journal_bytes_after"}
     assert documented["resume"] == {"session", "previous_status", "last_checkpoint", "replayed"}
+
+
+def test_stress_reports_bad_numbers_first_and_never_uses_the_embedded_db(tmp_path: Path) -> None:
+    """`stress --procs 0` in an empty folder: the bad number is the error, nothing is created."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sessionstore", "stress", "--procs", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "SESSIONSTORE_DB"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--procs" in proc.stderr
+    assert not (tmp_path / ".sessionstore" / "sessions.db").exists()
