@@ -16,6 +16,7 @@ import apsw
 
 from ._config import StoreConfig
 from ._connection import RetryPolicy, open_connection
+from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
 from ._journal import Journal
 from ._leases import Gate, Lease
@@ -201,6 +202,7 @@ class SessionStore:
         if path_str == ":memory:" or path_str.startswith("file:"):
             raise ValueError("SessionStore needs a file path shared by processes, not a URI")
         store = cls(os.path.abspath(path_str), config, clock=clock)
+        warn_if_risky(store.path)
         store._open()
         return store
 
