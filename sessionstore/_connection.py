@@ -59,11 +59,25 @@ class RetryPolicy:
         self._clock = clock
         self._sleep = sleep
 
-    def call(self, fn: Callable[[], T], *, path: str, operation: str) -> T:
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        path: str,
+        operation: str,
+        abort: Callable[[], bool] | None = None,
+    ) -> T:
         """Run ``fn`` and redo it on transient BUSY until the deadline.
 
+        Args:
+            fn: the whole transaction (or read) to run.
+            path: the database, for the error.
+            operation: what ``fn`` does, for the error.
+            abort: when it returns True, stop retrying at once (a close gave up waiting).
+
         Raises:
-            StoreBusyError: still BUSY at the deadline (chains the last ``apsw.BusyError``).
+            StoreBusyError: still BUSY at the deadline, or aborted (chains the last
+                ``apsw.BusyError``).
             Exception: anything else ``fn`` raises, unchanged.
         """
         try:
@@ -73,6 +87,8 @@ class RetryPolicy:
         start = self._clock()
 
         def out_of_time(_state: tenacity.RetryCallState) -> bool:
+            if abort is not None and abort():
+                return True
             return self._clock() - start >= self.deadline_s
 
         retrying = tenacity.Retrying(

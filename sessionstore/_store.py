@@ -810,6 +810,11 @@ class SessionStore:
                 with contextlib.suppress(apsw.Error):
                     conn.interrupt()
             errors.append(f"{len(abandoned)} lease(s) abandoned after {timeout:.2f} s")
+            # Once an abandoned writer has let go (its op journaled), waits may wait again:
+            # the queue is better applied now than journaled for the next open.
+            if self._writer.lock.acquire(timeout=max(timeout, 0.5)):
+                self._writer.abort_waits = False
+                self._writer.lock.release()
         drain_s = time.monotonic() - t0
 
         applied_from_queue = 0
@@ -848,7 +853,6 @@ class SessionStore:
         writer = self._writer
         if writer.is_open and writer.lock.acquire(timeout=max(timeout, 0.5)):
             try:
-                writer.abort_waits = False
                 # Busy here is normal when other processes still use the database (the last
                 # one to close empties the WAL); it is reported in `checkpoint`, and is not an
                 # error of this close.

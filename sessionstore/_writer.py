@@ -111,6 +111,9 @@ class Writer:
         else:
             set_busy(conn, self.config)
 
+    def _aborted(self) -> bool:
+        return self.abort_waits
+
     def interrupt(self) -> None:
         """Make a statement running on the connection stop (for a close past its deadline)."""
         conn = self._conn
@@ -162,7 +165,7 @@ class Writer:
                     raise
                 return result
 
-            return self._policy.call(txn, path=self.path, operation=op.kind)
+            return self._policy.call(txn, path=self.path, operation=op.kind, abort=self._aborted)
 
     def apply_batch(self, ops: Sequence[Op], *, lock_timeout: float = -1) -> list[Exception | None]:
         """Apply ops in transactions of up to ``BATCH``, each op in its own savepoint.
@@ -191,6 +194,7 @@ class Writer:
                         lambda chunk=chunk: _savepoint_each(conn, chunk),  # type: ignore[misc]
                         path=self.path,
                         operation="apply batch",
+                        abort=self._aborted,
                     )
                 )
         finally:

@@ -293,3 +293,29 @@ def test_queue_left_at_the_drain_deadline_is_journaled(db_path: str) -> None:
     assert report.replayed == 5  # close itself applied the journal before the connection went
     with SessionStore.open(db_path) as reopened:
         assert [e.message for e in reopened.events(sid)] == [f"queued {i}" for i in range(5)]
+
+
+def test_writer_stuck_on_another_process_lock_does_not_hang_close(db_path: str) -> None:
+    """A write waiting on another process's lock is cut loose by close and journaled, not lost."""
+    config = StoreConfig(busy_timeout_ms=60_000, write_deadline_s=60)
+    store = SessionStore.open(db_path, config=config)
+    sid = store.create_session("s").id
+    holder = start("hold_write", db_path)
+    results: list[object] = []
+    try:
+        writer = threading.Thread(target=lambda: results.append(store.log_event(sid, "stuck")))
+        writer.start()
+        while store.stats().leases == 0:
+            pass
+        report = store.close(timeout=0.2)
+        writer.join(30)
+        assert not writer.is_alive()
+        assert len(report.abandoned_leases) == 1
+        assert report.close_s + report.drain_s + report.checkpoint_s < 10
+        [event] = results
+        assert event.id is None  # type: ignore[attr-defined]
+        assert store.stats().journaled == 1
+    finally:
+        holder.communicate("go\n", timeout=30)
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["stuck"]
