@@ -180,3 +180,20 @@ def test_raw_deferred_writers_fail_under_contention_store_writers_do_not(db_path
     assert counted == 8 * 300 - raw_failed
     assert store_failed == 0
     assert events == 8 * 300
+
+
+def test_retry_policy_stops_at_once_when_aborted() -> None:
+    """An abort (a close that gave up waiting) ends the retries long before the deadline."""
+    clock = FakeClock()
+    policy = RetryPolicy(60.0, clock=clock, sleep=clock.sleep)
+    calls = 0
+
+    def busy() -> None:
+        nonlocal calls
+        calls += 1
+        raise _busy()
+
+    with pytest.raises(StoreBusyError):
+        policy.call(busy, path="p", operation="w", abort=lambda: calls >= 3)
+    assert calls == 3
+    assert clock.now < 1.0
