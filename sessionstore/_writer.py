@@ -53,6 +53,7 @@ class Writer:
         self.lock = threading.Lock()
         self.abort_waits = False  # set by a close that abandoned leases: busy waits give up
         self.checkpoints = 0
+        self.passive_checkpoints = 0
         self.last_checkpoint: CheckpointResult | None = None
         self._policy = policy
         self._clock = clock
@@ -272,6 +273,7 @@ class Writer:
                 # but once per AUTOCHECKPOINT_PAGES of growth rather than on every commit past
                 # the threshold (SQLite's way keeps the checkpoint lock busy all the time).
                 self._passive_at_pages = pages + AUTOCHECKPOINT_PAGES
+                self.passive_checkpoints += 1
                 with contextlib.suppress(apsw.BusyError):
                     conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
         except Exception:
