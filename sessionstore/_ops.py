@@ -251,7 +251,7 @@ def _require_session(conn: apsw.Connection, session_id: str) -> tuple[str, float
     return str(status), float(status_at)  # type: ignore[arg-type]
 
 
-def _apply_create(conn: apsw.Connection, op: CreateSession) -> Session:
+def _apply_create(conn: apsw.Connection, op: CreateSession) -> None:
     conn.execute(
         "INSERT INTO sessions (id, name, objective, status, metadata, owner_pid, "
         "owner_start_ticks, owner_boot_id, owner_host, created_at, updated_at, status_at) "
@@ -270,7 +270,6 @@ def _apply_create(conn: apsw.Connection, op: CreateSession) -> Session:
             op.ts,
         ),
     ).fetchall()
-    return session_from_create(op)
 
 
 def session_from_create(op: CreateSession) -> Session:
@@ -326,7 +325,7 @@ def _apply_heartbeat(conn: apsw.Connection, op: Heartbeat) -> None:
         raise SessionNotFoundError(op.session_id)
 
 
-def _apply_checkpoint(conn: apsw.Connection, op: SaveCheckpoint) -> Checkpoint:
+def _apply_checkpoint(conn: apsw.Connection, op: SaveCheckpoint) -> None:
     _insert(
         conn,
         op.session_id,
@@ -334,7 +333,6 @@ def _apply_checkpoint(conn: apsw.Connection, op: SaveCheckpoint) -> Checkpoint:
         "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
         (op.checkpoint_id, op.session_id, op.name, dump_json(op.data), op.ts),
     )
-    return checkpoint_from_op(op)
 
 
 def checkpoint_from_op(op: SaveCheckpoint) -> Checkpoint:
@@ -344,7 +342,7 @@ def checkpoint_from_op(op: SaveCheckpoint) -> Checkpoint:
     )
 
 
-def _apply_event(conn: apsw.Connection, op: LogEvent) -> Event:
+def _apply_event(conn: apsw.Connection, op: LogEvent) -> int:
     rows = _insert(
         conn,
         op.session_id,
@@ -365,7 +363,7 @@ def _apply_event(conn: apsw.Connection, op: LogEvent) -> Event:
         event_id = int(
             conn.execute("SELECT id FROM events WHERE op_id = ?", (op.op_id,)).fetchall()[0][0]  # type: ignore[arg-type]
         )
-    return event_from_op(op, event_id)
+    return event_id
 
 
 def event_from_op(op: LogEvent, event_id: int | None) -> Event:
@@ -382,7 +380,7 @@ def event_from_op(op: LogEvent, event_id: int | None) -> Event:
     )
 
 
-def _apply_add_child(conn: apsw.Connection, op: AddChild) -> ChildProcess:
+def _apply_add_child(conn: apsw.Connection, op: AddChild) -> None:
     _insert(
         conn,
         op.session_id,
@@ -391,7 +389,6 @@ def _apply_add_child(conn: apsw.Connection, op: AddChild) -> ChildProcess:
         "ON CONFLICT(session_id, pid, start_ticks, boot_id) DO NOTHING",
         (op.session_id, op.pid, op.start_ticks, op.boot_id, op.pgid, dump_json(op.argv), op.ts),
     )
-    return child_from_op(op)
 
 
 def child_from_op(op: AddChild) -> ChildProcess:
@@ -451,8 +448,9 @@ def apply(op: Op, conn: apsw.Connection) -> Any:
         conn: a connection with a write transaction open (``BEGIN IMMEDIATE``).
 
     Returns:
-        The model the op makes (Session, Checkpoint, Event, ChildProcess), a bool for
-        RemoveChild (whether a row changed), or None.
+        The new event's id for LogEvent, whether a row changed for RemoveChild, else None.
+        Models are built by the caller from the op, after COMMIT, so the write lock is held
+        for SQL only.
 
     Raises:
         SessionNotFoundError: the op names a session that does not exist.

@@ -492,7 +492,8 @@ class SessionStore:
         """
         op = LogEvent(session_id=session_id, message=message, level=level, data=data)
         result = self._write(op)
-        return result if isinstance(result, Event) else event_from_op(op, None)
+        # The model is built after COMMIT: nothing but SQL runs while the write lock is held.
+        return event_from_op(op, result if isinstance(result, int) else None)
 
     def events(self, session_id: str, after_id: int | None = None, limit: int = 100) -> list[Event]:
         """Return up to ``limit`` events with id > ``after_id``, oldest first (for paging).

@@ -13,6 +13,7 @@ timer thread every interval.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -154,19 +155,12 @@ class Writer:
         """
         with self.lock:
             conn = self.connection_locked()
-
-            def txn() -> Any:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = apply(op, conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.txn_state():
-                        conn.execute("ROLLBACK")
-                    raise
-                return result
-
-            return self._policy.call(txn, path=self.path, operation=op.kind, abort=self._aborted)
+            return self._policy.call(
+                functools.partial(_one_transaction, conn, op),
+                path=self.path,
+                operation=op.kind,
+                abort=self._aborted,
+            )
 
     def apply_batch(self, ops: Sequence[Op], *, lock_timeout: float = -1) -> list[Exception | None]:
         """Apply ops in transactions of up to ``BATCH``, each op in its own savepoint.
@@ -279,6 +273,19 @@ class Writer:
         except Exception:
             log.exception("checkpoint after commit failed")
         return apsw.SQLITE_OK
+
+
+def _one_transaction(conn: apsw.Connection, op: Op) -> Any:
+    """``BEGIN IMMEDIATE``, the op, ``COMMIT``; rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = apply(op, conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.txn_state():
+            conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 def _savepoint_each(conn: apsw.Connection, ops: Sequence[Op]) -> list[Exception | None]:
