@@ -44,6 +44,10 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _line(op: Op) -> bytes:
+    return op_adapter.dump_json(op) + b"\n"
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -88,7 +92,7 @@ class Journal:
         """
         if not ops:
             return
-        data = b"".join(op_adapter.dump_json(op) + b"\n" for op in ops)
+        data = b"".join(_line(op) for op in ops)
         with self._locked(os.O_WRONLY | os.O_APPEND | os.O_CREAT) as fd:
             size = os.fstat(fd).st_size
             if size + len(data) > self.max_bytes:
@@ -114,6 +118,10 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def keep_aside_ops(self, ops: Sequence[Op]) -> None:
+        """Keep ops that could not be applied in the rejected file (fsynced): never dropped."""
+        self.keep_aside([_line(op) for op in ops])
 
     def replay(self, apply_batch: ApplyBatch) -> ReplayReport:
         """Apply every complete line, keep the rest aside, then empty the journal.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -293,7 +294,7 @@ class SessionStore:
         rejected = [(op, err) for op, err in zip(ops, errors, strict=True) if err is not None]
         if rejected:
             # Kept aside in the rejected file: never silently dropped.
-            self._journal.keep_aside([_op_line(op) for op, _ in rejected])
+            self._journal.keep_aside_ops([op for op, _ in rejected])
             now = time.time()
             with self._counter_lock:
                 for op, err in rejected:
@@ -931,12 +932,6 @@ class SessionStore:
         self._pid = os.getpid()
 
 
-def _op_line(op: Op) -> bytes:
-    from ._ops import op_adapter
-
-    return op_adapter.dump_json(op)
-
-
 def _after_fork_in_child() -> None:
     for store in list(_live):
         store._after_fork_in_child()
@@ -952,7 +947,4 @@ def _close_at_exit() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-import atexit  # noqa: E402  - registered after the function it names exists
-
 atexit.register(_close_at_exit)

@@ -19,7 +19,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 
@@ -33,6 +33,8 @@ from .errors import InvalidTransitionError, SessionNotFoundError
 __all__ = ["BATCH", "OP_ERRORS", "Writer"]
 
 log = logging.getLogger("sessionstore")
+
+T = TypeVar("T")
 
 BATCH = 1000  # ops per transaction when applying a queue or a journal
 # Errors an op itself causes: it is rejected, never retried or journaled.
@@ -275,11 +277,11 @@ class Writer:
         return apsw.SQLITE_OK
 
 
-def _one_transaction(conn: apsw.Connection, op: Op) -> Any:
-    """``BEGIN IMMEDIATE``, the op, ``COMMIT``; rolled back on any error."""
+def _in_transaction(conn: apsw.Connection, body: Callable[[], T]) -> T:
+    """``BEGIN IMMEDIATE``, ``body()``, ``COMMIT``; rolled back on any error."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        result = apply(op, conn)
+        result = body()
         conn.execute("COMMIT")
     except BaseException:
         if conn.txn_state():
@@ -288,11 +290,16 @@ def _one_transaction(conn: apsw.Connection, op: Op) -> Any:
     return result
 
 
+def _one_transaction(conn: apsw.Connection, op: Op) -> Any:
+    """One op in its own transaction."""
+    return _in_transaction(conn, lambda: apply(op, conn))
+
+
 def _savepoint_each(conn: apsw.Connection, ops: Sequence[Op]) -> list[Exception | None]:
     """One transaction; each op in a savepoint so a rejected op leaves the others applied."""
-    out: list[Exception | None] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+
+    def body() -> list[Exception | None]:
+        out: list[Exception | None] = []
         for op in ops:
             conn.execute("SAVEPOINT op")
             try:
@@ -303,9 +310,6 @@ def _savepoint_each(conn: apsw.Connection, ops: Sequence[Op]) -> list[Exception 
             else:
                 out.append(None)
             conn.execute("RELEASE op")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.txn_state():
-            conn.execute("ROLLBACK")
-        raise
-    return out
+        return out
+
+    return _in_transaction(conn, body)
