@@ -7,6 +7,8 @@ apsw or OS error chain it (``raise ... from err``), so the original code is on `
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ChildTerminationError",
     "InvalidTransitionError",
@@ -23,7 +25,16 @@ __all__ = [
 
 
 class SessionStoreError(Exception):
-    """Root of every error sessionstore raises on purpose."""
+    """Root of every error sessionstore raises on purpose.
+
+    Every subclass pickles and unpickles to an equal error (same type, message and fields), so a
+    ``multiprocessing`` worker's failure reaches its parent intact. Python's default pickling
+    would call ``cls(*self.args)``, that is ``cls(message)``: a TypeError for constructors that
+    take several fields, and a doubled message for the rest.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
 
 
 class StoreClosedError(SessionStoreError):
@@ -130,3 +141,11 @@ class ChildTerminationError(SessionStoreError):
         self.pid = pid
         self.detail = detail
         super().__init__(f"child {pid}: {detail}")
+
+
+def _restore(cls: type[SessionStoreError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """Rebuild a pickled error without calling its ``__init__`` (see ``SessionStoreError``)."""
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
