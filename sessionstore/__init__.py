@@ -22,6 +22,7 @@ from ._models import (
 from ._store import ReadLease, SessionStore
 from .errors import (
     ChildTerminationError,
+    ForeignDatabaseError,
     InvalidTransitionError,
     JournalFullError,
     SchemaVersionError,
@@ -54,6 +55,7 @@ __all__ = [
     "ChildTerminationError",
     "CloseReport",
     "Event",
+    "ForeignDatabaseError",
     "InvalidTransitionError",
     "JournalFullError",
     "OpFailure",

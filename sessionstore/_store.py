@@ -21,7 +21,7 @@ from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
 from ._journal import Journal
 from ._leases import Gate, Lease
-from ._migrate import apply_migrations
+from ._migrate import apply_migrations, identify
 from ._models import (
     Checkpoint,
     CheckpointResult,
@@ -195,6 +195,9 @@ class SessionStore:
         Raises:
             StoreCorruptError: not a SQLite database, or corrupt; the file is left untouched.
             SchemaVersionError: written by a newer sessionstore; left untouched.
+            ForeignDatabaseError: a SQLite file of another application (another
+                ``application_id``, or tables that are not sessionstore's); left byte-identical,
+                with no ``-wal``/``-shm`` beside it.
             StoreOpenError: cannot be opened (missing directory, permissions).
             StoreBusyError: locked by other processes past the retry deadline.
         """
@@ -203,6 +206,7 @@ class SessionStore:
         if path_str == ":memory:" or path_str.startswith("file:"):
             raise ValueError("SessionStore needs a file path shared by processes, not a URI")
         store = cls(os.path.abspath(path_str), config, clock=clock)
+        identify(store.path, busy_timeout_ms=config.busy_timeout_ms)  # before anything writes
         warn_if_risky(store.path)
         store._open()
         return store

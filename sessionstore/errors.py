@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "ChildTerminationError",
+    "ForeignDatabaseError",
     "InvalidTransitionError",
     "JournalFullError",
     "SchemaVersionError",
@@ -79,6 +80,15 @@ class StoreOpenError(SessionStoreError):
         self.path = path
         self.detail = detail
         super().__init__(f"cannot open {path!r}: {detail}")
+
+
+class ForeignDatabaseError(StoreOpenError):
+    """The file is a SQLite database of another application; it was left byte-identical.
+
+    sessionstore stamps its files with ``PRAGMA application_id``. A file with another id, or
+    with tables but no id (other than a file of sessionstore's first release, recognised by its
+    exact schema), is never switched to WAL, migrated or otherwise written.
+    """
 
 
 class SchemaVersionError(SessionStoreError):
