@@ -19,13 +19,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import apsw
 from pydantic import BaseModel
 from rich.console import Console
 
 from ._config import StoreConfig
-from ._migrate import latest_version
+from ._migrate import FileKind, identify
 from ._store import SessionStore
+from .errors import (
+    ForeignDatabaseError,
+    SchemaVersionError,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreOpenError,
+)
 
 __all__ = [
     "DEFAULT_DB",
@@ -61,8 +67,6 @@ EXIT_USAGE = 2  # bad arguments or a bad input file; argparse's own code for usa
 EXIT_NO_DB = 3  # no usable database: missing, not a database, newer schema, cannot open
 EXIT_BUSY = 4  # locked by other processes past --timeout
 EXIT_NOT_FOUND = 5  # unknown session id
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class CliError(Exception):
@@ -109,48 +113,23 @@ def check_database(path: str, timeout_s: float) -> None:
         raise CliError(f"no database at {path} ({hint})", EXIT_NO_DB)
     if not os.path.isfile(path):
         raise CliError(f"{path} is not a file", EXIT_NO_DB)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
-    except OSError as err:
-        raise CliError(f"cannot read {path}: {err.strerror}", EXIT_NO_DB) from err
-    if not head:
+    if os.path.getsize(path) == 0:
         # SQLite would happily treat an empty file as a new database and write our schema in.
         raise CliError(f"{path} is empty, not a sessionstore database ({hint})", EXIT_NO_DB)
-    if head != _SQLITE_MAGIC:
-        raise CliError(f"{path} is not a SQLite database", EXIT_NO_DB)
     try:
-        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-    except apsw.Error as err:
-        raise CliError(f"cannot open {path}: {err}", EXIT_NO_DB) from err
-    try:
-        conn.set_busy_timeout(int(timeout_s * 1000))
-        # Read through the WAL, not the file header: the header's user_version can be stale
-        # while another process's commits are still only in the WAL.
-        version = int(conn.execute("PRAGMA user_version").fetchall()[0][0])  # type: ignore[arg-type]
-        tables = {
-            str(r[0]) for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
-        }
-    except apsw.BusyError as err:
+        kind = identify(path, busy_timeout_ms=int(timeout_s * 1000))
+    except StoreBusyError as err:
         raise CliError(
             f"{path} is locked by another process (waited {timeout_s:g} s; see --timeout)",
             EXIT_BUSY,
         ) from err
-    except (apsw.NotADBError, apsw.CorruptError) as err:
-        raise CliError(f"{path} is not a usable database: {err}", EXIT_NO_DB) from err
-    except apsw.Error as err:
-        raise CliError(f"cannot read {path}: {type(err).__name__}: {err}", EXIT_NO_DB) from err
-    finally:
-        conn.close()
-    if "sessions" not in tables or version == 0:
+    except (ForeignDatabaseError, SchemaVersionError) as err:
+        raise CliError(str(err), EXIT_NO_DB) from err  # each says the file was left untouched
+    except (StoreOpenError, StoreCorruptError) as err:
+        raise CliError(f"{err} (left untouched)", EXIT_NO_DB) from err
+    if kind is FileKind.NEW:
         raise CliError(
             f"{path} is a SQLite database but not a sessionstore one (left untouched)", EXIT_NO_DB
-        )
-    if version > latest_version():
-        raise CliError(
-            f"{path} has schema version {version}, newer than the {latest_version()} this "
-            "sessionstore understands; upgrade sessionstore (the file was not modified)",
-            EXIT_NO_DB,
         )
 
 

@@ -23,7 +23,13 @@ from pathlib import Path
 import apsw
 
 from ._connection import RetryPolicy
-from .errors import ForeignDatabaseError, SchemaVersionError, StoreCorruptError, StoreOpenError
+from .errors import (
+    ForeignDatabaseError,
+    SchemaVersionError,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreOpenError,
+)
 
 __all__ = [
     "APPLICATION_ID",
@@ -215,7 +221,8 @@ def identify(path: str, *, busy_timeout_ms: int = 5000) -> FileKind:
             tables that are not sessionstore's); untouched.
         SchemaVersionError: ours, from a newer sessionstore; untouched.
         StoreCorruptError: not a SQLite file, or unreadable as one; untouched.
-        StoreOpenError: the file cannot be read (a lock held past ``busy_timeout_ms`` too).
+        StoreOpenError: the file cannot be read.
+        StoreBusyError: another process held a lock past ``busy_timeout_ms``.
     """
     head = _read_header(path)
     if not head:
@@ -249,6 +256,8 @@ def identify(path: str, *, busy_timeout_ms: int = 5000) -> FileKind:
             conn.close()
     except (apsw.NotADBError, apsw.CorruptError) as err:
         raise StoreCorruptError(path, f"{type(err).__name__}: {err}") from err
+    except apsw.BusyError as err:
+        raise StoreBusyError(path, "identify the file", busy_timeout_ms / 1000) from err
     except apsw.Error as err:
         raise StoreOpenError(path, f"cannot read its schema: {type(err).__name__}: {err}") from err
     if app_id == APPLICATION_ID:

@@ -90,6 +90,13 @@ class ForeignDatabaseError(StoreOpenError):
     exact schema), is never switched to WAL, migrated or otherwise written.
     """
 
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.args = (
+            f"{path!r} is a SQLite database but not a sessionstore one: {detail} "
+            "(left untouched)",
+        )
+
 
 class SchemaVersionError(SessionStoreError):
     """The database was written by a newer sessionstore than this one; it was left untouched."""
