@@ -54,8 +54,13 @@ def test_torn_and_invalid_lines_are_kept_aside(store: SessionStore, session_id: 
     assert os.path.getsize(store.journal_path) == 0
     assert report.rejected_path is not None
     kept = Path(report.rejected_path).read_bytes().splitlines()
-    assert len(kept) == 3
-    assert json.loads(kept[1])["op_id"] == orphan.op_id
+    assert len(kept) == 6  # per kept-aside line: its reason, then the line byte-exact
+    reasons = [json.loads(line)["kept_aside"] for line in kept[0::2]]
+    assert reasons[0].startswith("invalid:") and "session_id" in reasons[0]
+    assert reasons[1].startswith("rejected: SessionNotFoundError")
+    assert reasons[2].startswith("torn:")
+    assert kept[1] == b'{"kind": "log_event", "oops": true}'
+    assert kept[3] == orphan.line.rstrip(b"\n")
 
 
 def test_replay_twice_is_harmless(store: SessionStore, session_id: str) -> None:
