@@ -956,7 +956,7 @@ class SessionStore:
             self._secure(ops, "writer held by an abandoned lease", out)
             return
         except Exception as err:  # ENVIRONMENT_ERRORS: the database cannot take them now
-            out.errors.append(f"queued ops journaled: {type(err).__name__}: {err}")
+            out.errors.append(f"queued ops not applied: {type(err).__name__}: {err}")
             # Some may have committed before the error; journaling them again is harmless.
             self._secure(ops, f"could not apply queued ops at close: {err}", out)
             return
