@@ -283,19 +283,18 @@ def _wait_child(pid: int, timeout: float) -> int | None:
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads is the point
 def test_fork_while_threads_make_ops_never_hangs() -> None:
-    """300 forks while 4 threads make ops nonstop: every child makes ids and ops and exits."""
+    """200 forks while 3 threads make ops nonstop: every child makes ids and ops and exits."""
     stop = threading.Event()
 
     def make_ops() -> None:
         while not stop.is_set():
             LogEvent(session_id="s", message="m", data={"id": new_id()})
 
-    makers = [threading.Thread(target=make_ops) for _ in range(4)]
+    makers = [threading.Thread(target=make_ops) for _ in range(3)]
     for t in makers:
         t.start()
-    hung = 0
     try:
-        for _ in range(300):
+        for round_no in range(200):
             pid = os.fork()
             if pid == 0:
                 try:
@@ -304,14 +303,13 @@ def test_fork_while_threads_make_ops_never_hangs() -> None:
                     os._exit(0)
                 except BaseException:
                     os._exit(3)
-            code = _wait_child(pid, timeout=10)
-            assert code in (0, None), code
-            hung += code is None
+            code = _wait_child(pid, timeout=5)
+            assert code is not None, f"fork {round_no + 1}: the child hung (killed after 5 s)"
+            assert code == 0, code
     finally:
         stop.set()
         for t in makers:
             t.join(30)
-    assert hung == 0, f"{hung} of 300 forked children hung"
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
