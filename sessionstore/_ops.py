@@ -18,8 +18,9 @@ rules (a ``ValueError`` at construction otherwise):
   the depth is checked iteratively before anything recurses, so no input raises
   ``RecursionError``, and a journaled line (one level more) stays far inside the 200 levels
   pydantic's JSON parser accepts when the op is read back;
-* object keys are ``str``: ``{1: "a"}`` would come back as ``{"1": "a"}`` and
-  ``{1: "a", "1": "b"}`` would silently lose a value;
+* object keys are unambiguous: an int, float, bool or None key becomes its JSON string at once
+  (``{1: "a"}`` is ``{"1": "a"}`` in the op, as in the database), and keys that would become
+  the same string (``{1: "a", "1": "b"}``, which would silently lose a value) are refused;
 * every integer, in a payload or a field, fits SQLite's signed 64 bits;
 * every string is valid UTF-8 (a lone surrogate, e.g. from a mis-decoded file name, is refused
   wherever it is: names, messages, keys, argv);
@@ -33,6 +34,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import math
 import os
 import threading
 import time
@@ -142,7 +144,7 @@ def _check_json(value: Any) -> bool:
     """Check ``value`` against the payload rules, iteratively; True if it holds a container.
 
     Raises:
-        ValueError: too deep, a non-str key, an int outside 64 bits, or not a JSON type.
+        ValueError: too deep, colliding keys, an int outside 64 bits, or not a JSON type.
     """
     # An explicit stack, not recursion: a 100,000-deep list is a ValueError, never a
     # RecursionError, and the walk stops at the first level past the bound.
@@ -159,12 +161,8 @@ def _check_json(value: Any) -> bool:
             continue
         if isinstance(item, dict):
             children: Any = item.values()
-            for key in item:
-                if not isinstance(key, str):
-                    raise ValueError(
-                        f"JSON object keys must be str, not {type(key).__name__} ({key!r}): "
-                        "JSON would turn it into a string (and may collide with another key)"
-                    )
+            if not all(type(key) is str for key in item):
+                _check_keys(item)
         elif isinstance(item, (list, tuple)):
             children = item
         elif isinstance(item, (str, float, bool)):
@@ -176,6 +174,36 @@ def _check_json(value: Any) -> bool:
         has_container = True
         stack.extend((child, depth + 1) for child in children)
     return has_container
+
+
+def _key_text(key: Any) -> str:
+    """The string JSON makes of a dict key, as ``json.dumps`` would write it."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float) and math.isfinite(key):
+        return float.__repr__(key)
+    raise ValueError(f"not a JSON object key: {type(key).__name__} {key!r}")
+
+
+def _check_keys(mapping: dict[Any, Any]) -> None:
+    """Refuse keys JSON cannot write, and keys that would become the same string.
+
+    Raises:
+        ValueError: ``{1: "a", "1": "b"}`` (one value would silently be lost), or a key that
+            is not str, int, float, bool or None.
+    """
+    seen: dict[str, Any] = {}
+    for key in mapping:
+        text = _key_text(key)
+        if text in seen:
+            raise ValueError(
+                f"keys {seen[text]!r} and {key!r} are both {text!r} in JSON: one would be lost"
+            )
+        seen[text] = key
 
 
 def encode_json(value: Any) -> tuple[str, Any]:

@@ -370,7 +370,8 @@ def _out_of_rule_calls(sid: str) -> list[Callable[[SessionStore], Any]]:
         lambda s: s.save_checkpoint(sid, "deeper", _nested(1000)),
         lambda s: s.log_event(sid, "m", data=_nested(100_000)),
         lambda s: s.log_event(sid, "m", data={1: "a", "1": "b"}),
-        lambda s: s.log_event(sid, "m", data={1: "a"}),
+        lambda s: s.log_event(sid, "m", data={"k": {True: 1, "true": 2}}),
+        lambda s: s.log_event(sid, "m", data={(1, 2): "tuple key"}),
         lambda s: s.log_event(sid, "m", data=2**63),
         lambda s: s.log_event(sid, "m", data=[-(2**63) - 1]),
         lambda s: s.remove_child(sid, 4242, exit_code=2**64),
@@ -389,7 +390,7 @@ def _refused_everywhere(store: SessionStore, sid: str) -> None:
 def test_rules_are_the_same_in_every_state(db_path: str) -> None:
     """Out-of-rule values are a ValueError at the call, open, closing or closed alike.
 
-    Lone surrogates, depth past the bound (even 100,000 deep), colliding or non-str keys, ints
+    Lone surrogates, depth past the bound (even 100,000 deep), colliding or non-JSON keys, ints
     past 64 bits and oversize ops: nothing of them is applied, queued or journaled.
     """
     store = SessionStore.open(db_path)
@@ -426,3 +427,13 @@ def test_payload_is_copied_at_construction() -> None:
     line = op.line
     data["a"].append(2)
     assert op.data == {"a": [1]} and op.line == line
+
+
+def test_non_str_keys_become_their_json_text_at_construction(
+    store: SessionStore, session_id: str
+) -> None:
+    """{1: "a", None: "b"} is {"1": "a", "null": "b"} in the op, the returned model and the row."""
+    checkpoint = store.save_checkpoint(session_id, "c", {1: "a", None: "b", 2.5: {False: 0}})
+    expected = {"1": "a", "null": "b", "2.5": {"false": 0}}
+    assert checkpoint.data == expected
+    assert store.latest_checkpoint(session_id) == checkpoint
