@@ -40,6 +40,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from itertools import compress
+from operator import not_
 from typing import Annotated, Any, ClassVar, Literal
 
 import apsw
@@ -140,40 +142,53 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+_INT_TYPE = frozenset({int})
+_STR_ONLY = frozenset({str})
+
+
 def _check_json(value: Any) -> bool:
-    """Check ``value`` against the payload rules, iteratively; True if it holds a container.
+    """Check ``value`` against the payload rules, level by level; True if it holds a container.
 
     Raises:
         ValueError: too deep, colliding keys, an int outside 64 bits, or not a JSON type.
     """
-    # An explicit stack, not recursion: a 100,000-deep list is a ValueError, never a
-    # RecursionError, and the walk stops at the first level past the bound.
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    has_container = False
-    while stack:
-        item, depth = stack.pop()
-        kind = type(item)
-        if item is None or kind is str or kind is bool or kind is float:
-            continue  # non-finite floats are refused by the encoder (allow_nan=False)
-        if kind is int or (isinstance(item, int) and not isinstance(item, bool)):
-            if not INT64_MIN <= item <= INT64_MAX:
-                raise ValueError(f"integer {item} does not fit SQLite's signed 64 bits")
-            continue
-        if isinstance(item, dict):
-            children: Any = item.values()
-            if not all(type(key) is str for key in item):
-                _check_keys(item)
-        elif isinstance(item, (list, tuple)):
-            children = item
-        elif isinstance(item, (str, float, bool)):
-            continue
-        else:
-            raise ValueError(f"not JSON-serialisable: {type(item).__name__}")
-        if depth >= MAX_JSON_DEPTH:
-            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-        has_container = True
-        stack.extend((child, depth + 1) for child in children)
-    return has_container
+    # Level by level, not recursively: a 100,000-deep list is a ValueError, never a
+    # RecursionError, and the walk stops at the first level past the bound. Plain scalars are
+    # sorted out at C speed (map/compress, min/max for the int range), so Python code runs only
+    # for containers and oddities: a per-node Python loop cost more than the encoding itself.
+    level: list[Any] = [value]
+    depth = 0
+    while True:
+        ints = list(compress(level, map(_INT_TYPE.__contains__, map(type, level))))
+        if ints and (min(ints) < INT64_MIN or max(ints) > INT64_MAX):
+            raise ValueError(f"integer {max(ints, key=abs)} does not fit SQLite's signed 64 bits")
+        rest = list(compress(level, map(not_, map(_SCALAR_TYPES.__contains__, map(type, level)))))
+        if not rest:
+            return depth > 0
+        found_container = False
+        children: list[Any] = []
+        for item in rest:
+            if isinstance(item, dict):
+                if not _STR_ONLY.issuperset(map(type, item)):
+                    _check_keys(item)
+                children.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                children.extend(item)
+            elif isinstance(item, int) and not isinstance(item, bool):
+                if not INT64_MIN <= item <= INT64_MAX:  # an int subclass (IntEnum)
+                    raise ValueError(f"integer {item} does not fit SQLite's signed 64 bits")
+                continue
+            elif isinstance(item, (str, float, bool)):
+                continue  # subclasses (a str Enum): JSON writes their value
+            else:
+                raise ValueError(f"not JSON-serialisable: {type(item).__name__}")
+            found_container = True
+        if found_container:
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        level = children
 
 
 def _key_text(key: Any) -> str:
@@ -216,6 +231,8 @@ def encode_json(value: Any) -> tuple[str, Any]:
     Raises:
         ValueError: the value breaks a payload rule (see the module docstring).
     """
+    if value is None:
+        return "null", None  # the common case of an event without data
     has_container = _check_json(value)
     try:
         text = dump_json(value)
