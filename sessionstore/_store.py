@@ -768,10 +768,27 @@ class SessionStore:
 
         Returns:
             How many ops were journaled. Safe from any thread; never raises for a closed store.
+
+        Raises:
+            JournalFullError, StoreOpenError, OSError: the journal could not take them; each
+                op's JSON was logged at error level first.
         """
         ops = self._gate.drain_pending()
         if ops:
-            self._journal_ops(ops, "hard exit while closing")
+            try:
+                self._journal_ops(ops, "hard exit while closing")
+            except BaseException as err:
+                # The process is about to exit: the log is the last place these ops can go.
+                for op in ops:
+                    log.error(
+                        "op %s (%s) neither applied nor journaled (%s: %s): %s",
+                        op.op_id,
+                        op.kind,
+                        type(err).__name__,
+                        err,
+                        op.line.decode().rstrip("\n"),
+                    )
+                raise
         return len(ops)
 
     @property
@@ -840,12 +857,20 @@ class SessionStore:
         Guarantees: idempotent (a second call returns at once with ``already_closed``; a call
         racing the first waits for it); every connection is released even when an error is
         reported, so an error here means "grace was lost", never "a resource leaked"; no
-        acknowledged write is lost: each was applied, or is in the fsynced journal.
+        acknowledged write is lost: each was applied, kept aside with its reason (the database
+        refused it), or is in the fsynced journal. The drain never raises: an op that even the
+        journal cannot take (disk full, journal at its bound) is in ``CloseReport.unrecorded``
+        as JSON and in the log at error level.
         Not guaranteed: ops queued in memory are lost if the process is SIGKILLed before
         close applies or journals them.
 
         Returns:
             What happened, with durations; the store is CLOSED whatever it says.
+
+        Raises:
+            BaseException: only an interrupt (KeyboardInterrupt, SystemExit) raised during the
+                close, after queued ops were secured as above and every connection closed; the
+                store is CLOSED and a second call returns the report of this one.
         """
         with self._close_lock:
             if self._close_report is not None or not self._gate.begin_close():
@@ -985,13 +1010,13 @@ class SessionStore:
         try:
             while True:
                 if self._clock() >= drain_deadline:
-                    rest = self._gate.close_and_take_all()
-                    if rest:
+                    in_hand = self._gate.close_and_take_all()
+                    if in_hand:
                         out.errors.append(
-                            f"{len(rest)} queued op(s) journaled at the drain deadline"
+                            f"{len(in_hand)} queued op(s) journaled at the drain deadline"
                         )
                         self._secure(
-                            rest, "close: queue still refilling at the drain deadline", out
+                            in_hand, "close: queue still refilling at the drain deadline", out
                         )
                     return
                 in_hand = self._gate.take_pending_or_close(BATCH)
@@ -1001,7 +1026,9 @@ class SessionStore:
                 in_hand = []
         except BaseException as err:
             # _drain_batch does not raise Exception; this is an interrupt (or a bug): nothing
-            # taken off the queue may vanish with it.
+            # taken off the queue may vanish with it. Ops in hand are kept in `in_hand` until
+            # they are applied or recorded, so journaling them again here is at worst a
+            # duplicate, which replay makes harmless.
             out.errors.append(f"drain interrupted: {type(err).__name__}: {err}")
             self._secure(in_hand + self._gate.close_and_take_all(), "close interrupted", out)
             if not isinstance(err, Exception):

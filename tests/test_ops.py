@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -437,3 +438,57 @@ def test_non_str_keys_become_their_json_text_at_construction(
     expected = {"1": "a", "null": "b", "2.5": {"false": 0}}
     assert checkpoint.data == expected
     assert store.latest_checkpoint(session_id) == checkpoint
+
+
+def _oracle(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` breaks a payload rule (a plain recursive reading of the rules), or None."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return None
+    if isinstance(value, int):
+        return None if INT64_MIN <= value <= INT64_MAX else "int"
+    if depth + 1 > MAX_JSON_DEPTH:
+        return "depth"
+    if isinstance(value, dict):
+        texts = [json.dumps(k) if k is None or isinstance(k, bool) else str(k) for k in value]
+        if len(set(texts)) < len(texts):
+            return "keys"
+        children: Any = value.values()
+    else:
+        children = value
+    reasons = [_oracle(child, depth + 1) for child in children]
+    return next((r for r in reasons if r is not None), None)
+
+
+wild_keys = st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["1", "-1", "true"])
+wild_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(wild_keys, inner, max_size=3)
+        | st.builds(_nested, st.integers(MAX_JSON_DEPTH - 2, MAX_JSON_DEPTH + 1), inner)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300)
+@given(wild_values)
+def test_payload_accepted_exactly_when_the_rules_allow(value: Any) -> None:
+    """Construction fails exactly when a payload rule is broken, for any nesting, int and key mix.
+
+    What it accepts reads back from its own bytes unchanged.
+    """
+    reason = _oracle(value)
+    try:
+        op = SaveCheckpoint(session_id="s", name="c", data=value)
+    except ValueError:
+        assert reason is not None
+        return
+    assert reason is None, reason
+    assert op.data == json.loads(op.payload_json or "null")
+    again = op_from_line(op.line)
+    assert again == op and again.line == op.line
