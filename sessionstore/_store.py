@@ -873,11 +873,12 @@ class SessionStore:
                 store is CLOSED and a second call returns the report of this one.
         """
         with self._close_lock:
-            if self._close_report is not None or not self._gate.begin_close():
-                if self._close_report is not None:
-                    return self._close_report.model_copy(update={"already_closed": True})
-                return CloseReport(path=self.path, already_closed=True)
+            if self._close_report is not None:
+                return self._close_report.model_copy(update={"already_closed": True})
+            # begin_close inside the try: an interrupt right after it must not leave CLOSING.
             try:
+                if not self._gate.begin_close():
+                    return CloseReport(path=self.path, already_closed=True)
                 report = self._do_close(self.config.close_timeout_s if timeout is None else timeout)
             except BaseException as err:
                 # Whatever broke the close (an interrupt), the store ends CLOSED with its

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import signal
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from _procs import finish, release, start
@@ -411,3 +415,83 @@ def test_disk_that_cannot_grow_while_closing(db_path: str) -> None:
     with SessionStore.open(db_path) as store, store.lease() as lease:
         assert lease.execute("PRAGMA integrity_check") == [("ok",)]
         assert store.events(sid) == []
+
+
+@pytest.mark.slow
+def test_interrupt_anywhere_in_close_leaves_it_closed_and_loses_nothing(tmp_path: Path) -> None:
+    """A signal handler's KeyboardInterrupt landing anywhere in close() loses nothing.
+
+    40 rounds, the interrupt landing at a different point each time: the store ends CLOSED,
+    its connections closed, and every write acknowledged while it closed is in the database
+    after the next open.
+    """
+    armed = {"at": math.inf}  # perf_counter time from which the next delivery raises
+
+    def handler(signum: int, frame: object) -> None:
+        if time.perf_counter() >= armed["at"]:
+            armed["at"] = math.inf  # once per round
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    main = threading.main_thread().ident
+    assert main == threading.get_ident()
+    interrupted = 0
+    try:
+        for round_no in range(40):
+            path = str(tmp_path / f"r{round_no}.db")
+            store = SessionStore.open(path)
+            sid = store.create_session("s").id
+            holding, release_lease, done = threading.Event(), threading.Event(), threading.Event()
+            acked: list[str] = []
+
+            def hold(
+                store: SessionStore = store,
+                holding: threading.Event = holding,
+                release_lease: threading.Event = release_lease,
+            ) -> None:
+                with store.lease("holder"):
+                    holding.set()
+                    release_lease.wait(30)
+
+            def queue_then_pester(
+                store: SessionStore = store,
+                sid: str = sid,
+                acked: list[str] = acked,
+                done: threading.Event = done,
+                release_lease: threading.Event = release_lease,
+                delay: float = round_no * 0.0005,
+            ) -> None:
+                while store.state is StoreState.OPEN:
+                    pass
+                acked.extend(store.log_event(sid, f"q{i}").op_id for i in range(50))
+                armed["at"] = time.perf_counter() + delay  # 0 to 20 ms into the close
+                release_lease.set()
+                while not done.is_set():
+                    signal.pthread_kill(main, signal.SIGUSR1)  # type: ignore[arg-type]
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            assert holding.wait(30)
+            pester = threading.Thread(target=queue_then_pester)
+            pester.start()
+            try:
+                store.close(timeout=30)
+            except KeyboardInterrupt:
+                interrupted += 1
+            while True:  # stop the pester; a signal may still land in these lines
+                try:
+                    armed["at"] = math.inf
+                    done.set()
+                    pester.join(30)
+                    holder.join(30)
+                    break
+                except KeyboardInterrupt:
+                    interrupted += 1
+            assert store.state is StoreState.CLOSED, f"round {round_no}"
+            assert not store._writer.is_open
+            with SessionStore.open(path) as reopened:
+                present = set(all_event_ids(reopened, sid))
+            assert set(acked) <= present, f"round {round_no}: lost {set(acked) - present}"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert interrupted >= 20, f"only {interrupted} of 40 closes were interrupted"
