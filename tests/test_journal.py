@@ -17,7 +17,7 @@ import pytest
 from _procs import finish, release, start
 from _support import all_event_ids
 
-from sessionstore import JournalFullError, SessionStore
+from sessionstore import JournalFullError, SessionStore, StoreConfig
 from sessionstore._journal import Journal, apply_isolated
 from sessionstore._ops import LogEvent, RemoveChild, new_id, op_adapter
 from sessionstore._store import live_stores
@@ -363,3 +363,27 @@ def test_fork_during_replay_leaves_no_lock_in_the_child(
         assert _wait_child(child, timeout=30) == 0
     # The child stopped before touching the journal: the 5 lines appended since are all there.
     assert len(Path(journal.path).read_bytes().splitlines()) == 5
+
+
+def test_locked_database_defers_replay_without_failing_open(db_path: str) -> None:
+    """A peer holding the write lock at open: open succeeds and the journal waits, untouched.
+
+    The report says why (deferred), and the next open applies every line.
+    """
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    store.log_event(sid, "journaled")
+    saved = Path(store.journal_path).read_bytes()
+    holder = start("hold_write", db_path)
+    try:
+        config = StoreConfig(busy_timeout_ms=50, write_deadline_s=0.3)
+        with SessionStore.open(db_path, config=config) as opened:
+            assert opened.open_replay.applied == 0
+            assert opened.open_replay.deferred is not None
+            assert "StoreBusyError" in opened.open_replay.deferred
+            assert Path(opened.journal_path).read_bytes() == saved
+    finally:
+        holder.communicate("go\n", timeout=30)
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["journaled"]
