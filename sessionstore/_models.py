@@ -144,7 +144,7 @@ class OpFailure(_Frozen):
 
     op_id: str
     kind: str
-    disposition: Literal["journaled", "rejected"]
+    disposition: Literal["journaled", "rejected", "unrecorded"]
     reason: str
     at: float
 
@@ -155,8 +155,9 @@ class ReplayReport(_Frozen):
     applied: int = 0  # ops applied (already-applied ones count: replay is idempotent)
     rejected: int = 0  # valid lines that could not apply (e.g. unknown session): kept aside
     invalid: int = 0  # lines that failed validation: kept aside
-    torn: int = 0  # an incomplete last line (a crash mid-append): skipped
-    rejected_path: str | None = None
+    torn: int = 0  # an incomplete last line (a crash mid-append): kept aside
+    rejected_path: str | None = None  # where kept-aside lines went, each after its reason
+    deferred: str | None = None  # why the journal was left for a later open (busy, disk), if so
 
 
 class StoreStats(_Frozen):
@@ -194,3 +195,8 @@ class CloseReport(_Frozen):
     wal_bytes_after: int = 0
     checkpoint: CheckpointResult | None = None
     errors: list[str] = Field(default_factory=list)  # grace that was lost; nothing leaked
+    rejected: int = 0  # queued ops the database refused (unknown session...): kept aside
+    # Queued ops neither applied nor journaled because the journal itself could not be
+    # written (disk full, file too large, journal at its bound): each op's JSON line, also
+    # logged at error level, so an operator can recover it. Empty unless the disk failed.
+    unrecorded: list[str] = Field(default_factory=list)

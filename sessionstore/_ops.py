@@ -8,22 +8,44 @@ with the same result. Applying an op twice is harmless:
 * status changes are last-writer-wins on ``ts`` (a stale op replayed late changes nothing);
 * heartbeats keep the newest time; a child's end is recorded once.
 
+An op is canonical from the moment it exists. Its construction validates every field and
+encodes it once, with the same rules in every store state, into :attr:`_OpBase.line` (the
+journal line) and :attr:`_OpBase.payload_json` (the JSON column). The database, the pending
+queue, the journal and the rejected file all use those bytes; nothing re-encodes an op. The
+rules (a ``ValueError`` at construction otherwise):
+
+* JSON payloads (metadata, data, argv) nest at most :data:`MAX_JSON_DEPTH` containers deep;
+  the depth is checked iteratively before anything recurses, so no input raises
+  ``RecursionError``, and a journaled line (one level more) stays far inside the 200 levels
+  pydantic's JSON parser accepts when the op is read back;
+* object keys are unambiguous: an int, float, bool or None key becomes its JSON string at once
+  (``{1: "a"}`` is ``{"1": "a"}`` in the op, as in the database), and keys that would become
+  the same string (``{1: "a", "1": "b"}``, which would silently lose a value) are refused;
+* every integer, in a payload or a field, fits SQLite's signed 64 bits;
+* every string is valid UTF-8 (a lone surrogate, e.g. from a mis-decoded file name, is refused
+  wherever it is: names, messages, keys, argv);
+* the whole encoded op is at most :data:`MAX_OP_BYTES`.
+
 ``apply`` runs inside a write transaction the caller has opened (``BEGIN IMMEDIATE``).
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
+import math
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from itertools import compress
+from operator import not_
+from typing import Annotated, Any, ClassVar, Literal
 
 import apsw
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
 from ._identity import ProcessIdentity, hostname
 from ._models import (
@@ -38,8 +60,12 @@ from ._models import (
 from .errors import InvalidTransitionError, SessionNotFoundError
 
 __all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_JSON_DEPTH",
     "MAX_MESSAGE_CHARS",
     "MAX_NAME_CHARS",
+    "MAX_OP_BYTES",
     "AddChild",
     "CreateSession",
     "Heartbeat",
@@ -50,17 +76,36 @@ __all__ = [
     "SetStatus",
     "apply",
     "dump_json",
+    "encode_json",
     "new_id",
     "op_adapter",
+    "op_from_line",
 ]
 
 MAX_NAME_CHARS = 200
 MAX_MESSAGE_CHARS = 64 * 1024
+MAX_JSON_DEPTH = 100
+"""Containers a JSON payload may nest. Half of pydantic's parser limit (200), which the journal
+line (the op object around the payload) must stay under when it is read back at replay."""
+MAX_OP_BYTES = 16 * 1024 * 1024
+"""The encoded op, payload included: one journal line, one row."""
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 _SQLITE_CONSTRAINT_FOREIGNKEY = 787
 
 _id_lock = threading.Lock()
 _last_ms = 0
 _seq = 0
+
+
+def _reset_after_fork() -> None:
+    # A thread of the parent may have held the lock at the fork; it does not exist in the child,
+    # so the child's copy would stay locked forever and new_id() would hang.
+    global _id_lock
+    _id_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def new_id() -> str:
@@ -97,15 +142,103 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
-def _json_value(value: Any) -> Any:
-    """Validate that ``value`` is JSON-serialisable and return it as JSON would give it back."""
-    if value is None or type(value) in (str, int, bool):
-        return value  # already exactly what JSON gives back: skip the round trip
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+_INT_TYPE = frozenset({int})
+_STR_ONLY = frozenset({str})
+
+
+def _check_json(value: Any) -> bool:
+    """Check ``value`` against the payload rules, level by level; True if it holds a container.
+
+    Raises:
+        ValueError: too deep, colliding keys, an int outside 64 bits, or not a JSON type.
+    """
+    # Level by level, not recursively: a 100,000-deep list is a ValueError, never a
+    # RecursionError, and the walk stops at the first level past the bound. Plain scalars are
+    # sorted out at C speed (map/compress, min/max for the int range), so Python code runs only
+    # for containers and oddities: a per-node Python loop cost more than the encoding itself.
+    level: list[Any] = [value]
+    depth = 0
+    while True:
+        ints = list(compress(level, map(_INT_TYPE.__contains__, map(type, level))))
+        if ints and (min(ints) < INT64_MIN or max(ints) > INT64_MAX):
+            raise ValueError(f"integer {max(ints, key=abs)} does not fit SQLite's signed 64 bits")
+        rest = list(compress(level, map(not_, map(_SCALAR_TYPES.__contains__, map(type, level)))))
+        if not rest:
+            return depth > 0
+        found_container = False
+        children: list[Any] = []
+        for item in rest:
+            if isinstance(item, dict):
+                if not _STR_ONLY.issuperset(map(type, item)):
+                    _check_keys(item)
+                children.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                children.extend(item)
+            elif isinstance(item, int) and not isinstance(item, bool):
+                if not INT64_MIN <= item <= INT64_MAX:  # an int subclass (IntEnum)
+                    raise ValueError(f"integer {item} does not fit SQLite's signed 64 bits")
+                continue
+            elif isinstance(item, (str, float, bool)):
+                continue  # subclasses (a str Enum): JSON writes their value
+            else:
+                raise ValueError(f"not JSON-serialisable: {type(item).__name__}")
+            found_container = True
+        if found_container:
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        level = children
+
+
+def _key_text(key: Any) -> str:
+    """The string JSON makes of a dict key, as ``json.dumps`` would write it."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float) and math.isfinite(key):
+        return float.__repr__(key)
+    raise ValueError(f"not a JSON object key: {type(key).__name__} {key!r}")
+
+
+def _check_keys(mapping: dict[Any, Any]) -> None:
+    """Refuse keys JSON cannot write, and keys that would become the same string.
+
+    Raises:
+        ValueError: ``{1: "a", "1": "b"}`` (one value would silently be lost), or a key that
+            is not str, int, float, bool or None.
+    """
+    seen: dict[str, Any] = {}
+    for key in mapping:
+        text = _key_text(key)
+        if text in seen:
+            raise ValueError(
+                f"keys {seen[text]!r} and {key!r} are both {text!r} in JSON: one would be lost"
+            )
+        seen[text] = key
+
+
+def encode_json(value: Any) -> tuple[str, Any]:
+    """Validate a JSON payload and encode it once.
+
+    Returns:
+        ``(text, canonical)``: the compact JSON text, and the value as JSON gives it back
+        (a fresh copy for containers, so a caller mutating its object later changes nothing).
+
+    Raises:
+        ValueError: the value breaks a payload rule (see the module docstring).
+    """
+    if value is None:
+        return "null", None  # the common case of an event without data
+    has_container = _check_json(value)
     try:
         text = dump_json(value)
     except (TypeError, ValueError) as err:
         raise ValueError(f"not JSON-serialisable: {err}") from err
-    return json.loads(text)
+    return text, (json.loads(text) if has_container else value)
 
 
 def _new_op_id() -> str:
@@ -115,29 +248,80 @@ def _new_op_id() -> str:
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 SessionId = Annotated[str, Field(min_length=1, max_length=64)]
 Pid = Annotated[int, Field(gt=1, lt=2**31)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Text = Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
+Token = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class _OpBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # The field holding this kind's JSON payload (stored as JSON text), if any.
+    PAYLOAD_FIELD: ClassVar[str | None] = None
+
     op_id: str = Field(default_factory=_new_op_id, min_length=1, max_length=64)
     ts: float = Field(default_factory=time.time, allow_inf_nan=False)
+
+    _line: bytes = PrivateAttr(default=b"")
+    _payload_json: str | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Encode the op once (the journal line and the payload's JSON text).
+
+        Runs for every construction, validated or not (``model_construct``), so every op in
+        existence carries its bytes. A failure here is a ``ValidationError`` (a ``ValueError``).
+        """
+        fields = dict(self.__dict__)
+        name = self.PAYLOAD_FIELD
+        payload: str | None = None
+        if name is not None:
+            payload, canonical = encode_json(fields.pop(name))
+            self.__dict__[name] = canonical  # frozen: set once, here, before anyone sees it
+        for key, value in fields.items():
+            if isinstance(value, enum.Enum):
+                fields[key] = value.value
+        head = dump_json(fields)
+        # The payload's text is spliced in as-is: the journal carries the very bytes the
+        # database stores, rather than a second encoding of the same value.
+        text = head if payload is None else f'{head[:-1]},"{name}":{payload}}}'
+        try:
+            line = f"{text}\n".encode()
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"{self.kind} op holds a string that is not valid UTF-8 "
+                f"(a lone surrogate at {err.start} in its JSON)"
+            ) from err
+        if len(line) > MAX_OP_BYTES:
+            raise ValueError(f"{self.kind} op encodes to {len(line)} bytes, over {MAX_OP_BYTES}")
+        self._line = line
+        self._payload_json = payload
+
+    kind: str
+
+    @property
+    def line(self) -> bytes:
+        """The op as one journal line (JSON, newline-terminated): its canonical bytes."""
+        return self._line
+
+    @property
+    def payload_json(self) -> str | None:
+        """The JSON text of the op's payload, exactly as the database stores it."""
+        return self._payload_json
 
 
 class CreateSession(_OpBase):
     """Create a session (ACTIVE) with a client-generated id."""
 
+    PAYLOAD_FIELD: ClassVar[str | None] = "metadata"
     kind: Literal["create_session"] = "create_session"
     session_id: SessionId = Field(default_factory=new_id)
     name: Name
-    objective: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | None = None
+    objective: Text | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    owner_pid: int | None = None
-    owner_start_ticks: int | None = None
-    owner_boot_id: str | None = None
-    owner_host: str | None = None
-
-    _json_metadata = field_validator("metadata")(classmethod(lambda cls, v: _json_value(v)))
+    owner_pid: Int64 | None = None
+    owner_start_ticks: Int64 | None = None
+    owner_boot_id: Token | None = None
+    owner_host: Token | None = None
 
 
 class SetStatus(_OpBase):
@@ -158,36 +342,35 @@ class Heartbeat(_OpBase):
 class SaveCheckpoint(_OpBase):
     """Store a named JSON snapshot of a session."""
 
+    PAYLOAD_FIELD: ClassVar[str | None] = "data"
     kind: Literal["save_checkpoint"] = "save_checkpoint"
-    checkpoint_id: str = Field(default_factory=new_id)
+    checkpoint_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
     session_id: SessionId
     name: Name
     data: Any
-
-    _json_data = field_validator("data")(classmethod(lambda cls, v: _json_value(v)))
 
 
 class LogEvent(_OpBase):
     """Append an event to a session's log."""
 
+    PAYLOAD_FIELD: ClassVar[str | None] = "data"
     kind: Literal["log_event"] = "log_event"
     session_id: SessionId
     level: EventLevel = "info"
-    message: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
+    message: Text
     data: Any = None
-
-    _json_data = field_validator("data")(classmethod(lambda cls, v: _json_value(v)))
 
 
 class AddChild(_OpBase):
     """Record a child process of a session, with its identity."""
 
+    PAYLOAD_FIELD: ClassVar[str | None] = "argv"
     kind: Literal["add_child"] = "add_child"
     session_id: SessionId
     pid: Pid
-    start_ticks: int = Field(ge=0)
-    boot_id: str = Field(min_length=1)
-    pgid: int | None = None
+    start_ticks: Annotated[int, Field(ge=0, le=INT64_MAX)]
+    boot_id: Token
+    pgid: Int64 | None = None
     argv: list[str] = Field(default_factory=list)
 
 
@@ -197,8 +380,8 @@ class RemoveChild(_OpBase):
     kind: Literal["remove_child"] = "remove_child"
     session_id: SessionId
     pid: Pid
-    start_ticks: int | None = None  # None: the newest running row with that pid
-    exit_code: int | None = None
+    start_ticks: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None  # None: newest running
+    exit_code: Int64 | None = None
     state: Literal[ChildState.EXITED, ChildState.KILLED, ChildState.UNKILLABLE, ChildState.GONE] = (
         ChildState.EXITED
     )
@@ -209,6 +392,16 @@ Op = Annotated[
     Field(discriminator="kind"),
 ]
 op_adapter: TypeAdapter[Op] = TypeAdapter(Op)
+
+
+def op_from_line(line: bytes) -> Op:
+    """Read an op back from its journal line, under the rules it was made with.
+
+    Raises:
+        ValueError: not an op, or an op that breaks a rule (a ``ValidationError``).
+    """
+    return op_adapter.validate_json(line)
+
 
 # Which statuses each target status may be reached from. Resume is allowed from stopped and
 # crashed so an operator can pick a session up again; nothing leaves COMPLETED but a stop.
@@ -260,7 +453,7 @@ def _apply_create(conn: apsw.Connection, op: CreateSession) -> None:
             op.session_id,
             op.name,
             op.objective,
-            dump_json(op.metadata),
+            op.payload_json,
             op.owner_pid,
             op.owner_start_ticks,
             op.owner_boot_id,
@@ -331,7 +524,7 @@ def _apply_checkpoint(conn: apsw.Connection, op: SaveCheckpoint) -> None:
         op.session_id,
         "INSERT INTO checkpoints (id, session_id, name, data, created_at) "
         "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-        (op.checkpoint_id, op.session_id, op.name, dump_json(op.data), op.ts),
+        (op.checkpoint_id, op.session_id, op.name, op.payload_json, op.ts),
     )
 
 
@@ -353,7 +546,7 @@ def _apply_event(conn: apsw.Connection, op: LogEvent) -> int:
             op.session_id,
             op.level,
             op.message,
-            None if op.data is None else dump_json(op.data),
+            None if op.data is None else op.payload_json,
             op.ts,
         ),
     )
@@ -387,7 +580,7 @@ def _apply_add_child(conn: apsw.Connection, op: AddChild) -> None:
         "INSERT INTO child_processes (session_id, pid, start_ticks, boot_id, pgid, argv, "
         "registered_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'running') "
         "ON CONFLICT(session_id, pid, start_ticks, boot_id) DO NOTHING",
-        (op.session_id, op.pid, op.start_ticks, op.boot_id, op.pgid, dump_json(op.argv), op.ts),
+        (op.session_id, op.pid, op.start_ticks, op.boot_id, op.pgid, op.payload_json, op.ts),
     )
 
 

@@ -19,7 +19,7 @@ from ._config import StoreConfig
 from ._connection import RetryPolicy, open_connection
 from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
-from ._journal import Journal
+from ._journal import Journal, apply_isolated
 from ._leases import Gate, Lease
 from ._migrate import apply_migrations, identify
 from ._models import (
@@ -66,10 +66,10 @@ from ._rows import (
 from ._writer import BATCH, OP_ERRORS, Writer
 from .errors import (
     SessionNotFoundError,
-    SessionStoreError,
     StoreBusyError,
     StoreClosedError,
     StoreCorruptError,
+    StoreOpenError,
 )
 
 __all__ = ["ReadLease", "SessionStore", "live_stores"]
@@ -205,32 +205,57 @@ class SessionStore:
         path_str = os.fspath(path)
         if path_str == ":memory:" or path_str.startswith("file:"):
             raise ValueError("SessionStore needs a file path shared by processes, not a URI")
-        store = cls(os.path.abspath(path_str), config, clock=clock)
+        # Resolved once: every side file (-wal, -shm, the journal, the rejected file) is named
+        # from the real path, so opening through a symlink and through the file itself share
+        # one journal. Resolving again later could name another file if a link changed.
+        store = cls(os.path.realpath(path_str), config, clock=clock)
         identify(store.path, busy_timeout_ms=config.busy_timeout_ms)  # before anything writes
         warn_if_risky(store.path)
         store._open()
         return store
 
     def _open(self) -> None:
+        # A failed open leaves nothing behind: no live store, no checkpointer thread, no
+        # connection. Replay failures do not fail it (see _replay_at_open).
+        _live.add(self)
         try:
+            self._journal.check()  # before anything is touched: a planted link is refused
             with self._writer.lock:
                 apply_migrations(self._writer.connection_locked(), self.path, self._policy)
-        except BaseException:
-            self._gate.force_closed()
-            self._writer.close()
-            raise
-        _live.add(self)
-        if self.config.checkpointing:
-            self._writer.start_checkpointer(self._scheduled_checkpoint)
-        if self.config.replay_on_open:
-            try:
-                self.open_replay = self.replay()
-            except (StoreBusyError, apsw.Error) as err:
-                log.warning("journal of %s not replayed at open: %s", self.path, err)
-        if self.config.reap_on_open:
-            from .process import reap_orphans  # the process layer builds on the store
+            if self.config.checkpointing:
+                self._writer.start_checkpointer(self._scheduled_checkpoint)
+            if self.config.replay_on_open:
+                self.open_replay = self._replay_at_open()
+            if self.config.reap_on_open:
+                from .process import reap_orphans  # the process layer builds on the store
 
-            reap_orphans(self)
+                reap_orphans(self)
+        except BaseException:
+            self._abort_open()
+            raise
+
+    def _abort_open(self) -> None:
+        self._gate.force_closed()
+        self._writer.stop_checkpointer(timeout=5.0)
+        errors: list[str] = []
+        self._close_connections(errors)
+        _live.discard(self)
+        for error in errors:
+            log.warning("closing %s after a failed open: %s", self.path, error)
+
+    def _replay_at_open(self) -> ReplayReport:
+        """Replay the journal; no op, and no state of the database, ever makes open fail.
+
+        Raises:
+            StoreOpenError: the journal or rejected file is not safe to touch.
+        """
+        try:
+            return self.replay()
+        except StoreOpenError:
+            raise
+        except Exception as err:  # busy, disk, anything: the journal stays for the next open
+            log.warning("journal of %s not replayed at open: %s", self.path, err)
+            return ReplayReport(deferred=f"{type(err).__name__}: {err}")
 
     # ----------------------------------------------------------------------------- writing
 
@@ -294,26 +319,60 @@ class SessionStore:
                 reason,
             )
 
-    def _record_rejected(self, ops: Sequence[Op], errors: Sequence[Exception | None]) -> int:
-        rejected = [(op, err) for op, err in zip(ops, errors, strict=True) if err is not None]
-        if rejected:
-            # Kept aside in the rejected file: never silently dropped.
-            self._journal.keep_aside_ops([op for op, _ in rejected])
+    def _record_rejected(self, rejected: Sequence[tuple[Op, Exception]]) -> None:
+        """Keep queued ops the database refused in the rejected file, with their reasons.
+
+        Raises:
+            StoreOpenError, OSError: the rejected file could not be written.
+        """
+        reasons = [f"rejected at close: {type(err).__name__}: {err}" for _, err in rejected]
+        # Kept aside in the rejected file: never silently dropped.
+        self._journal.keep_aside_ops([op for op, _ in rejected], reasons)
+        now = time.time()
+        with self._counter_lock:
+            for (op, _), reason in zip(rejected, reasons, strict=True):
+                self._failures.append(
+                    OpFailure(
+                        op_id=op.op_id, kind=op.kind, disposition="rejected", reason=reason, at=now
+                    )
+                )
+        for op, err in rejected:
+            log.warning("queued op %s (%s) rejected: %s", op.op_id, op.kind, err)
+
+    def _secure(self, ops: Sequence[Op], reason: str, out: _DrainOutcome) -> None:
+        """Journal ops the drain could not apply; if even that fails, report them unrecorded.
+
+        Never raises: this is the last place an op can go, and close must finish.
+        """
+        if not ops:
+            return
+        try:
+            self._journal_ops(ops, reason)
+        except Exception as err:  # the journal cannot take them: say so, loudly, with the data
+            why = f"{reason}; the journal could not be written: {type(err).__name__}: {err}"
+            out.errors.append(f"{len(ops)} queued op(s) neither applied nor journaled: {why}")
             now = time.time()
+            for op in ops:
+                text = op.line.decode().rstrip("\n")
+                out.unrecorded.append(text)
+                log.error(
+                    "op %s (%s) neither applied nor journaled (%s): %s",
+                    op.op_id,
+                    op.kind,
+                    why,
+                    text,
+                )
             with self._counter_lock:
-                for op, err in rejected:
+                for op in ops:
                     self._failures.append(
                         OpFailure(
                             op_id=op.op_id,
                             kind=op.kind,
-                            disposition="rejected",
-                            reason=str(err),
+                            disposition="unrecorded",
+                            reason=why,
                             at=now,
                         )
                     )
-            for op, err in rejected:
-                log.warning("queued op %s (%s) rejected: %s", op.op_id, op.kind, err)
-        return len(ops) - len(rejected)
 
     # ----------------------------------------------------------------------------- reading
 
@@ -713,10 +772,27 @@ class SessionStore:
 
         Returns:
             How many ops were journaled. Safe from any thread; never raises for a closed store.
+
+        Raises:
+            JournalFullError, StoreOpenError, OSError: the journal could not take them; each
+                op's JSON was logged at error level first.
         """
         ops = self._gate.drain_pending()
         if ops:
-            self._journal_ops(ops, "hard exit while closing")
+            try:
+                self._journal_ops(ops, "hard exit while closing")
+            except BaseException as err:
+                # The process is about to exit: the log is the last place these ops can go.
+                for op in ops:
+                    log.error(
+                        "op %s (%s) neither applied nor journaled (%s: %s): %s",
+                        op.op_id,
+                        op.kind,
+                        type(err).__name__,
+                        err,
+                        op.line.decode().rstrip("\n"),
+                    )
+                raise
         return len(ops)
 
     @property
@@ -785,23 +861,45 @@ class SessionStore:
         Guarantees: idempotent (a second call returns at once with ``already_closed``; a call
         racing the first waits for it); every connection is released even when an error is
         reported, so an error here means "grace was lost", never "a resource leaked"; no
-        acknowledged write is lost: each was applied, or is in the fsynced journal.
+        acknowledged write is lost: each was applied, kept aside with its reason (the database
+        refused it), or is in the fsynced journal. The drain never raises: an op that even the
+        journal cannot take (disk full, journal at its bound) is in ``CloseReport.unrecorded``
+        as JSON and in the log at error level.
         Not guaranteed: ops queued in memory are lost if the process is SIGKILLed before
         close applies or journals them.
 
         Returns:
             What happened, with durations; the store is CLOSED whatever it says.
+
+        Raises:
+            BaseException: only an interrupt (KeyboardInterrupt, SystemExit) raised during the
+                close, after queued ops were secured as above and every connection closed; the
+                store is CLOSED and a second call returns the report of this one.
         """
         with self._close_lock:
-            if self._close_report is not None or not self._gate.begin_close():
-                if self._close_report is not None:
-                    return self._close_report.model_copy(update={"already_closed": True})
-                return CloseReport(path=self.path, already_closed=True)
-            self._close_report = report = self._do_close(
-                self.config.close_timeout_s if timeout is None else timeout
-            )
+            if self._close_report is not None:
+                return self._close_report.model_copy(update={"already_closed": True})
+            # begin_close inside the try: an interrupt right after it must not leave CLOSING.
+            try:
+                if not self._gate.begin_close():
+                    return CloseReport(path=self.path, already_closed=True)
+                report = self._do_close(self.config.close_timeout_s if timeout is None else timeout)
+            except BaseException as err:
+                # Whatever broke the close (an interrupt), the store ends CLOSED with its
+                # connections closed, and a second close() returns this report.
+                self._close_report = self._close_after_failure(err)
+                _live.discard(self)
+                raise
+            self._close_report = report
             _live.discard(self)
             return report
+
+    def _close_after_failure(self, err: BaseException) -> CloseReport:
+        out = _DrainOutcome([f"close failed: {type(err).__name__}: {err}"])
+        self._secure(self._gate.close_and_take_all(), "close failed", out)
+        self._writer.stop_checkpointer(timeout=0.1)
+        self._close_connections(out.errors)
+        return CloseReport(path=self.path, errors=out.errors, unrecorded=out.unrecorded)
 
     def _do_close(self, timeout: float) -> CloseReport:
         errors: list[str] = []
@@ -823,22 +921,9 @@ class SessionStore:
                 self._writer.lock.release()
         drain_s = time.monotonic() - t0
 
-        applied_from_queue = 0
-        # Bounded: a thread that keeps writing refills the queue faster than batches apply
-        # (an append costs a microsecond, an applied op tens), so draining "until empty" could
-        # run forever. Past the deadline the rest goes to the journal and the store closes.
-        drain_deadline = self._clock() + max(timeout, 0.5)
-        while True:
-            if self._clock() >= drain_deadline:
-                rest = self._gate.close_and_take_all()
-                if rest:
-                    self._journal_ops(rest, "close: queue still refilling at the drain deadline")
-                    errors.append(f"{len(rest)} queued op(s) journaled at the drain deadline")
-                break
-            ops = self._gate.take_pending_or_close(BATCH)
-            if not ops:
-                break  # CLOSED: later writes are journaled
-            applied_from_queue += self._drain_batch(ops, errors)
+        out = _DrainOutcome(errors)
+        self._drain_queue(timeout, out)
+        applied_from_queue = out.applied
         with self._counter_lock:
             self._n_from_queue += applied_from_queue
 
@@ -850,8 +935,8 @@ class SessionStore:
                 replayed = rep.applied
                 with self._counter_lock:
                     self._n_replayed += rep.applied
-            except (SessionStoreError, apsw.Error, OSError) as err:
-                errors.append(f"journal replay at close: {err}")
+            except Exception as err:  # the journal stays for the next open
+                errors.append(f"journal replay at close: {type(err).__name__}: {err}")
         t2 = time.monotonic()
 
         wal_before = self._wal_size()
@@ -884,22 +969,75 @@ class SessionStore:
             wal_bytes_after=self._wal_size(),
             checkpoint=checkpoint,
             errors=errors,
+            rejected=out.rejected,
+            unrecorded=out.unrecorded,
         )
 
-    def _drain_batch(self, ops: list[Op], errors: list[str]) -> int:
+    def _drain_batch(self, ops: list[Op], out: _DrainOutcome) -> None:
+        """Apply queued ops; each ends applied, kept aside, journaled or reported. Never raises."""
         if not self._writer.is_open:
-            self._journal_ops(ops, "no connection to apply queued ops")
-            return 0
+            self._secure(ops, "no connection to apply queued ops", out)
+            return
         try:
-            results = self._writer.apply_batch(ops, lock_timeout=1.0)
+            results = apply_isolated(
+                lambda batch: self._writer.apply_batch(batch, lock_timeout=1.0), ops
+            )
         except TimeoutError:
-            self._journal_ops(ops, "writer held by an abandoned lease")
-            return 0
-        except (SessionStoreError, apsw.Error, OSError) as err:
-            errors.append(f"queued ops journaled: {err}")
-            self._journal_ops(ops, f"could not apply queued ops at close: {err}")
-            return 0
-        return self._record_rejected(ops, results)
+            self._secure(ops, "writer held by an abandoned lease", out)
+            return
+        except Exception as err:  # ENVIRONMENT_ERRORS: the database cannot take them now
+            out.errors.append(f"queued ops not applied: {type(err).__name__}: {err}")
+            # Some may have committed before the error; journaling them again is harmless.
+            self._secure(ops, f"could not apply queued ops at close: {err}", out)
+            return
+        rejected = [(op, err) for op, err in zip(ops, results, strict=True) if err is not None]
+        out.applied += len(ops) - len(rejected)
+        out.rejected += len(rejected)
+        if rejected:
+            try:
+                self._record_rejected(rejected)
+            except Exception as err:  # the rejected file failed: the journal keeps them
+                out.errors.append(f"rejected file: {type(err).__name__}: {err}")
+                self._secure([op for op, _ in rejected], "rejected at close", out)
+
+    def _drain_queue(self, timeout: float, out: _DrainOutcome) -> None:
+        """Apply the pending queue in batches and move the store to CLOSED.
+
+        Never raises ``Exception``: every op taken off the queue ends applied, kept aside,
+        journaled or in ``out.unrecorded``. A ``BaseException`` (KeyboardInterrupt) secures
+        them the same way, then propagates, with the store CLOSED.
+        """
+        in_hand: list[Op] = []
+        # Bounded: a thread that keeps writing refills the queue faster than batches apply
+        # (an append costs a microsecond, an applied op tens), so draining "until empty" could
+        # run forever. Past the deadline the rest goes to the journal and the store closes.
+        drain_deadline = self._clock() + max(timeout, 0.5)
+        try:
+            while True:
+                if self._clock() >= drain_deadline:
+                    in_hand = self._gate.close_and_take_all()
+                    if in_hand:
+                        out.errors.append(
+                            f"{len(in_hand)} queued op(s) journaled at the drain deadline"
+                        )
+                        self._secure(
+                            in_hand, "close: queue still refilling at the drain deadline", out
+                        )
+                    return
+                in_hand = self._gate.take_pending_or_close(BATCH)
+                if not in_hand:
+                    return  # CLOSED: later writes are journaled
+                self._drain_batch(in_hand, out)
+                in_hand = []
+        except BaseException as err:
+            # _drain_batch does not raise Exception; this is an interrupt (or a bug): nothing
+            # taken off the queue may vanish with it. Ops in hand are kept in `in_hand` until
+            # they are applied or recorded, so journaling them again here is at worst a
+            # duplicate, which replay makes harmless.
+            out.errors.append(f"drain interrupted: {type(err).__name__}: {err}")
+            self._secure(in_hand + self._gate.close_and_take_all(), "close interrupted", out)
+            if not isinstance(err, Exception):
+                raise
 
     def _wal_size(self) -> int:
         try:
@@ -934,6 +1072,16 @@ class SessionStore:
         if state is not StoreState.OPEN:
             self._gate.force_closed()
         self._pid = os.getpid()
+
+
+class _DrainOutcome:
+    """What draining the queue at close did, filled in as it goes."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        self.applied = 0
+        self.rejected = 0
+        self.unrecorded: list[str] = []
 
 
 def _after_fork_in_child() -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
+import signal
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from _procs import finish, release, start
@@ -319,3 +324,174 @@ def test_writer_stuck_on_another_process_lock_does_not_hang_close(db_path: str) 
         holder.communicate("go\n", timeout=30)
     with SessionStore.open(db_path) as reopened:
         assert [e.message for e in reopened.events(sid)] == ["stuck"]
+
+
+# ------------------------------------------------------------------ the drain never raises
+
+
+def test_bad_values_while_closing_raise_at_the_call_and_close_completes(db_path: str) -> None:
+    """While closing, out-of-rule values raise ValueError at the call; close() is unaffected.
+
+    The good queued writes around them are applied and close() reports no error.
+    """
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    with ClosingInBackground(store) as closing:
+        store.log_event(sid, "before")
+        with pytest.raises(ValueError):
+            store.log_event(sid, "m", data={"name": "mis-decoded \udcff"})
+        with pytest.raises(ValueError):
+            store.remove_child(sid, 4242, exit_code=2**64)
+        with pytest.raises(ValueError):
+            store.save_checkpoint(sid, "deep", _deep(1000))
+        store.log_event(sid, "after")
+        report = closing.finish()
+    assert store.state is StoreState.CLOSED and report.errors == []
+    assert report.applied_from_queue == 2 and report.unrecorded == []
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["before", "after"]
+
+
+def _deep(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_full_journal_while_closing_reports_unrecorded(
+    db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Queued writes that can be neither applied nor journaled are reported, never raised.
+
+    A peer holds the write lock and the journal is at max_journal_bytes: close() ends CLOSED
+    with its connections closed and reports each op's JSON as unrecorded, logged at error level.
+    """
+    config = StoreConfig(busy_timeout_ms=50, write_deadline_s=0.3, max_journal_bytes=300)
+    store = SessionStore.open(db_path, config=config)
+    sid = store.create_session("s").id
+    holder = start("hold_write", db_path)
+    try:
+        with (
+            caplog.at_level(logging.ERROR, logger="sessionstore"),
+            ClosingInBackground(store) as closing,
+        ):
+            queued = [store.log_event(sid, f"q{i}", data="x" * 100) for i in range(3)]
+            report = closing.finish()
+    finally:
+        holder.communicate("go\n", timeout=30)
+    assert store.state is StoreState.CLOSED and not store._writer.is_open
+    assert [json.loads(line)["op_id"] for line in report.unrecorded] == [e.op_id for e in queued]
+    assert any("neither applied nor journaled" in e for e in report.errors)
+    for event in queued:
+        assert any(
+            r.levelno == logging.ERROR and event.op_id in r.getMessage() and '"q' in r.getMessage()
+            for r in caplog.records
+        )
+    again = store.close()
+    assert again.already_closed and again.unrecorded == report.unrecorded
+    assert [f.disposition for f in store.stats().failures][-3:] == ["unrecorded"] * 3
+
+
+@pytest.mark.slow
+def test_disk_that_cannot_grow_while_closing(db_path: str) -> None:
+    """A disk that cannot grow (RLIMIT_FSIZE) under close(): it returns, nothing is hidden.
+
+    Neither the WAL nor the journal can grow: close() ends CLOSED with its connections closed,
+    every queued op is reported unrecorded, and the database stays intact.
+    """
+    with SessionStore.open(db_path) as store:
+        sid = store.create_session("s").id
+    proc = start("close_on_full_disk", db_path, sid, "3")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    outcome = json.loads(out.strip().splitlines()[-1])
+    assert outcome["state"] == "closed" and outcome["writer_open"] is False
+    assert outcome["unrecorded"] == outcome["acked"] and len(outcome["acked"]) == 3
+    assert outcome["again"] is True
+    assert err.count("neither applied nor journaled") >= 3
+    journal = db_path + "-ops.jsonl"
+    assert not os.path.exists(journal) or os.path.getsize(journal) == 0  # no partial line
+    with SessionStore.open(db_path) as store, store.lease() as lease:
+        assert lease.execute("PRAGMA integrity_check") == [("ok",)]
+        assert store.events(sid) == []
+
+
+@pytest.mark.slow
+def test_interrupt_anywhere_in_close_leaves_it_closed_and_loses_nothing(tmp_path: Path) -> None:
+    """A signal handler's KeyboardInterrupt landing anywhere in close() loses nothing.
+
+    40 rounds, the interrupt landing at a different point each time: the store ends CLOSED,
+    its connections closed, and every write acknowledged while it closed is in the database
+    after the next open.
+    """
+    armed = {"at": math.inf}  # perf_counter time from which the next delivery raises
+
+    def handler(signum: int, frame: object) -> None:
+        if time.perf_counter() >= armed["at"]:
+            armed["at"] = math.inf  # once per round
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    main = threading.main_thread().ident
+    assert main == threading.get_ident()
+    interrupted = 0
+    try:
+        for round_no in range(40):
+            path = str(tmp_path / f"r{round_no}.db")
+            store = SessionStore.open(path)
+            sid = store.create_session("s").id
+            holding, release_lease, done = threading.Event(), threading.Event(), threading.Event()
+            acked: list[str] = []
+
+            def hold(
+                store: SessionStore = store,
+                holding: threading.Event = holding,
+                release_lease: threading.Event = release_lease,
+            ) -> None:
+                with store.lease("holder"):
+                    holding.set()
+                    release_lease.wait(30)
+
+            def queue_then_pester(
+                store: SessionStore = store,
+                sid: str = sid,
+                acked: list[str] = acked,
+                done: threading.Event = done,
+                release_lease: threading.Event = release_lease,
+                delay: float = round_no * 0.0005,
+            ) -> None:
+                while store.state is StoreState.OPEN:
+                    pass
+                acked.extend(store.log_event(sid, f"q{i}").op_id for i in range(50))
+                armed["at"] = time.perf_counter() + delay  # 0 to 20 ms into the close
+                release_lease.set()
+                while not done.is_set():
+                    signal.pthread_kill(main, signal.SIGUSR1)  # type: ignore[arg-type]
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            assert holding.wait(30)
+            pester = threading.Thread(target=queue_then_pester)
+            pester.start()
+            try:
+                store.close(timeout=30)
+            except KeyboardInterrupt:
+                interrupted += 1
+            while True:  # stop the pester; a signal may still land in these lines
+                try:
+                    armed["at"] = math.inf
+                    done.set()
+                    pester.join(30)
+                    holder.join(30)
+                    break
+                except KeyboardInterrupt:
+                    interrupted += 1
+            assert store.state is StoreState.CLOSED, f"round {round_no}"
+            assert not store._writer.is_open
+            with SessionStore.open(path) as reopened:
+                present = set(all_event_ids(reopened, sid))
+            assert set(acked) <= present, f"round {round_no}: lost {set(acked) - present}"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert interrupted >= 20, f"only {interrupted} of 40 closes were interrupted"

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import select
 import signal
 import stat
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from _procs import release, start
+from _procs import finish, release, start
 from _support import all_event_ids
 
-from sessionstore import JournalFullError, SessionStore
-from sessionstore._journal import Journal
-from sessionstore._ops import LogEvent, op_adapter
+from sessionstore import JournalFullError, SessionStore, StoreConfig
+from sessionstore._journal import Journal, apply_isolated
+from sessionstore._ops import LogEvent, RemoveChild, new_id, op_adapter
+from sessionstore._store import live_stores
+from sessionstore.errors import StoreOpenError
 
 
 def test_append_is_durable_line_per_op_mode_0600(db_path: str) -> None:
@@ -54,8 +61,13 @@ def test_torn_and_invalid_lines_are_kept_aside(store: SessionStore, session_id: 
     assert os.path.getsize(store.journal_path) == 0
     assert report.rejected_path is not None
     kept = Path(report.rejected_path).read_bytes().splitlines()
-    assert len(kept) == 3
-    assert json.loads(kept[1])["op_id"] == orphan.op_id
+    assert len(kept) == 6  # per kept-aside line: its reason, then the line byte-exact
+    reasons = [json.loads(line)["kept_aside"] for line in kept[0::2]]
+    assert reasons[0].startswith("invalid:") and "session_id" in reasons[0]
+    assert reasons[1].startswith("rejected: SessionNotFoundError")
+    assert reasons[2].startswith("torn:")
+    assert kept[1] == b'{"kind": "log_event", "oops": true}'
+    assert kept[3] == orphan.line.rstrip(b"\n")
 
 
 def test_replay_twice_is_harmless(store: SessionStore, session_id: str) -> None:
@@ -112,3 +124,266 @@ def test_sigkill_mid_append_loses_no_complete_line(db_path: str, tmp_path: objec
     assert len(acked) > 20
     assert set(acked) <= applied  # every acknowledged op is there
     assert replay.invalid == 0 and replay.torn <= 1
+
+
+# ------------------------------------------------------------------ replay never blocks an open
+
+
+def _threads() -> set[int]:
+    return {t.ident for t in threading.enumerate() if t.ident is not None}
+
+
+def test_bad_line_between_good_ones_does_not_block_open(db_path: str) -> None:
+    """A bad journal line between good ones never blocks the next open.
+
+    The line (an exit code past 64 bits, refused by every rule) is kept aside with its reason;
+    the good ops around it are applied and nothing is left running after the close.
+    """
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    store.log_event(sid, "before")
+    bad = (
+        f'{{"op_id":"bad-op","ts":{time.time()},"kind":"remove_child","session_id":"{sid}",'
+        f'"pid":4242,"exit_code":{2**64},"state":"exited"}}'
+    ).encode()
+    with open(store.journal_path, "ab") as f:
+        f.write(bad + b"\n")
+    store.log_event(sid, "after")
+    threads = _threads()
+    with SessionStore.open(db_path) as reopened:
+        report = reopened.open_replay
+        assert (report.applied, report.invalid, report.deferred) == (2, 1, None)
+        assert [e.message for e in reopened.events(sid)] == ["before", "after"]
+        assert os.path.getsize(reopened.journal_path) == 0
+        assert report.rejected_path is not None
+        reason, kept = Path(report.rejected_path).read_bytes().splitlines()
+    assert kept == bad
+    assert "exit_code" in json.loads(reason)["kept_aside"]
+    assert _threads() <= threads  # nothing left running after the close
+
+
+def test_op_that_fails_to_bind_is_isolated(store: SessionStore, session_id: str) -> None:
+    """A batch failing on one op's bind (OverflowError) is redone op by op: only it is rejected."""
+    good = [LogEvent(session_id=session_id, message=f"m{i}") for i in range(3)]
+    # Bypasses validation, as an op from an older version or a crafted import could.
+    unbindable = RemoveChild.model_construct(session_id=session_id, pid=5, exit_code=2**64)
+    results = apply_isolated(store._writer.apply_batch, [good[0], unbindable, *good[1:]])
+    assert [r is None for r in results] == [True, False, True, True]
+    assert isinstance(results[1], OverflowError)
+    assert [e.message for e in store.events(session_id)] == ["m0", "m1", "m2"]
+
+
+# ------------------------------------------------------------------ files are never followed
+
+
+def _refused_open(db_path: str, planted: str) -> StoreOpenError:
+    threads = _threads()
+    with pytest.raises(StoreOpenError) as info:
+        SessionStore.open(db_path)
+    assert info.value.path == planted
+    assert live_stores() == [] and _threads() <= threads  # a failed open leaves nothing
+    return info.value
+
+
+@pytest.mark.parametrize("which", ["-ops.jsonl", "-ops.rejected.jsonl"])
+def test_symlinked_side_file_is_refused_and_untouched(
+    db_path: str, tmp_path: Path, which: str
+) -> None:
+    """A symlink at the journal or rejected file is refused, and link and target stay as they were.
+
+    Open raises StoreOpenError (leaving nothing running) and a write after close raises
+    instead of following the link.
+    """
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    target = tmp_path / "victim"
+    content = LogEvent(session_id=sid, message="not ours").line + b"garbage\n"
+    target.write_bytes(content)
+    link = db_path + which
+    os.symlink(target, link)
+    err = _refused_open(db_path, link)
+    assert "symbolic link" in str(err)
+    if which == "-ops.jsonl":
+        with pytest.raises(StoreOpenError):
+            store.log_event(sid, "after close")
+    assert target.read_bytes() == content
+    assert os.readlink(link) == str(target)
+
+
+def test_fifo_at_the_journal_is_refused_without_blocking(db_path: str) -> None:
+    """A FIFO at the journal path: open fails at once with a clear error, it never waits."""
+    SessionStore.open(db_path).close()
+    journal = db_path + "-ops.jsonl"
+    os.mkfifo(journal, 0o600)
+    err = _refused_open(db_path, journal)
+    assert "not a regular file" in str(err)
+    assert stat.S_ISFIFO(os.lstat(journal).st_mode)
+    with pytest.raises(StoreOpenError):
+        Journal(db_path, max_bytes=1 << 20).append([LogEvent(session_id="s", message="m")])
+
+
+def test_another_users_journal_is_refused_and_untouched(db_path: str) -> None:
+    """A journal owned by another uid is refused at open and by a write after close."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    store.log_event(sid, "journaled")
+    content = Path(store.journal_path).read_bytes()
+    os.chown(store.journal_path, 65534, 65534)
+    err = _refused_open(db_path, store.journal_path)
+    assert "uid 65534" in str(err)
+    with pytest.raises(StoreOpenError):
+        store.log_event(sid, "second")
+    assert Path(store.journal_path).read_bytes() == content
+    assert os.stat(store.journal_path).st_uid == 65534
+
+
+def test_db_opened_through_a_symlink_shares_the_real_journal(tmp_path: Path) -> None:
+    """Side files are named from the resolved path, whichever name the database was opened by.
+
+    A write journaled by a store opened through a symlink is replayed by an open of the real
+    path, and stats() reads the real WAL.
+    """
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    real = str(real_dir / "sessions.db")
+    link = str(tmp_path / "link.db")
+    SessionStore.open(real).close()
+    os.symlink(real, link)
+    via_link = SessionStore.open(link)
+    assert via_link.path == real and via_link.journal_path == real + "-ops.jsonl"
+    sid = via_link.create_session("s").id
+    assert via_link.stats().wal_bytes == os.path.getsize(real + "-wal") > 0
+    via_link.close()
+    via_link.log_event(sid, "journaled via the link")
+    assert not os.path.exists(link + "-ops.jsonl")
+    with SessionStore.open(real) as store:
+        assert store.open_replay.applied == 1
+        assert [e.message for e in store.events(sid)] == ["journaled via the link"]
+
+
+# ------------------------------------------------------------------ fork
+
+
+def _wait_child(pid: int, timeout: float) -> int | None:
+    """The child's exit code, or None (killed) if it did not exit within ``timeout``."""
+    fd = os.pidfd_open(pid)
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads is the point
+def test_fork_while_threads_make_ops_never_hangs() -> None:
+    """200 forks while 3 threads make ops nonstop: every child makes ids and ops and exits."""
+    stop = threading.Event()
+
+    def make_ops() -> None:
+        while not stop.is_set():
+            LogEvent(session_id="s", message="m", data={"id": new_id()})
+
+    makers = [threading.Thread(target=make_ops) for _ in range(3)]
+    for t in makers:
+        t.start()
+    try:
+        for round_no in range(200):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    new_id()
+                    LogEvent(session_id="s", message="in the child", data=[new_id()])
+                    os._exit(0)
+                except BaseException:
+                    os._exit(3)
+            code = _wait_child(pid, timeout=5)
+            assert code is not None, f"fork {round_no + 1}: the child hung (killed after 5 s)"
+            assert code == 0, code
+    finally:
+        stop.set()
+        for t in makers:
+            t.join(30)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fork_during_replay_leaves_no_lock_in_the_child(
+    store: SessionStore, session_id: str, tmp_path: Path
+) -> None:
+    """A child forked while replay holds the journal's flock does not keep that lock.
+
+    Once the parent is done, other processes append at once while the child still lives, and
+    the child itself cannot go on with the parent's replay.
+    """
+    journal = store._journal
+    journal.append([LogEvent(session_id=session_id, message=f"m{i}") for i in range(3)])
+    go_r, go_w = os.pipe()
+    children: list[int] = []
+
+    def apply_then_fork(ops: Any) -> list[Exception | None]:
+        pid = os.fork()
+        if pid == 0:  # the child: wait until told, then try to carry on the parent's replay
+            os.close(go_w)
+            os.read(go_r, 1)
+            return [None] * len(ops)
+        children.append(pid)
+        return store._writer.apply_batch(ops)
+
+    try:
+        report = journal.replay(apply_then_fork)
+    except RuntimeError:  # the child, told to go on: it must stop here
+        os._exit(0)
+    except BaseException:
+        if not children:
+            os._exit(6)
+        raise
+    assert report.applied == 3
+    os.close(go_r)
+    try:
+        fd = os.open(journal.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child has it
+        finally:
+            os.close(fd)
+        ack = str(tmp_path / "ack")
+        writer = start("journal_append", store.path, session_id, "5", ack)
+        release([writer])
+        finish(writer, timeout=30)
+        assert len(Path(ack).read_text().split()) == 5
+    finally:
+        os.write(go_w, b"x")
+        os.close(go_w)
+        [child] = children
+        assert _wait_child(child, timeout=30) == 0
+    # The child stopped before touching the journal: the 5 lines appended since are all there.
+    assert len(Path(journal.path).read_bytes().splitlines()) == 5
+
+
+def test_locked_database_defers_replay_without_failing_open(db_path: str) -> None:
+    """A peer holding the write lock at open: open succeeds and the journal waits, untouched.
+
+    The report says why (deferred), and the next open applies every line.
+    """
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    store.log_event(sid, "journaled")
+    saved = Path(store.journal_path).read_bytes()
+    holder = start("hold_write", db_path)
+    try:
+        config = StoreConfig(busy_timeout_ms=50, write_deadline_s=0.3)
+        with SessionStore.open(db_path, config=config) as opened:
+            assert opened.open_replay.applied == 0
+            assert opened.open_replay.deferred is not None
+            assert "StoreBusyError" in opened.open_replay.deferred
+            assert Path(opened.journal_path).read_bytes() == saved
+    finally:
+        holder.communicate("go\n", timeout=30)
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["journaled"]

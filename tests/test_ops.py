@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from collections.abc import Callable
 from typing import Any
 
 import apsw
 import pytest
+from _support import ClosingInBackground
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sessionstore import SessionStore
 from sessionstore._ops import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_JSON_DEPTH,
+    MAX_MESSAGE_CHARS,
     MAX_NAME_CHARS,
+    MAX_OP_BYTES,
     AddChild,
     CreateSession,
     Heartbeat,
@@ -22,6 +31,7 @@ from sessionstore._ops import (
     SetStatus,
     new_id,
     op_adapter,
+    op_from_line,
 )
 
 json_scalars = (
@@ -215,3 +225,270 @@ def test_apply_outside_transaction_is_rejected_by_sqlite(store: SessionStore) ->
                 data=None,
             )
         )
+
+
+# ------------------------------------------------------------------ canonical from construction
+
+
+def _nested(depth: int, leaf: Any = 0) -> Any:
+    value = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+int64_edges = st.sampled_from([INT64_MIN, INT64_MIN + 1, -1, 0, 1, INT64_MAX - 1, INT64_MAX])
+_small_values = st.recursive(
+    json_scalars | int64_edges | st.text(max_size=5),  # any code point but lone surrogates
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+def _up_to_depth(depth: int) -> st.SearchStrategy[Any]:
+    """Small JSON values, or one nested exactly ``depth`` (or one less) levels deep."""
+    return _small_values | st.builds(_nested, st.sampled_from([depth - 1, depth]), json_scalars)
+
+
+edge_values = _up_to_depth(MAX_JSON_DEPTH)
+long_names = st.sampled_from(["n", "\x00", "é" * MAX_NAME_CHARS, "\U0001f600" * MAX_NAME_CHARS])
+
+
+def _session_rows(store: SessionStore, sid: str) -> list[Any]:
+    with store.lease() as lease:
+        return [
+            lease.execute("SELECT * FROM sessions WHERE id = ?", (sid,)),
+            lease.execute("SELECT * FROM checkpoints WHERE session_id = ? ORDER BY id", (sid,)),
+            lease.execute(
+                "SELECT op_id, session_id, level, message, data, created_at FROM events "
+                "WHERE session_id = ? ORDER BY id",
+                (sid,),
+            ),
+            lease.execute(
+                "SELECT * FROM child_processes WHERE session_id = ? ORDER BY pid, start_ticks",
+                (sid,),
+            ),
+        ]
+
+
+@pytest.fixture
+def two_stores(tmp_path: Any) -> Any:
+    """One store written directly, one written only through its journal."""
+    direct = SessionStore.open(f"{tmp_path}/direct.db")
+    journaled = SessionStore.open(f"{tmp_path}/journaled.db")
+    yield direct, journaled
+    direct.close()
+    journaled.close()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_construct_apply_journal_replay_gives_the_same_row(
+    two_stores: Any, data: st.DataObject
+) -> None:
+    """Construct => apply => journal => replay gives the same rows, for every kind and bound.
+
+    Each op is read back from its own bytes unchanged, and the store that only saw the journal
+    ends with exactly the rows of the store the ops were applied to directly.
+    """
+    direct, journaled = two_stores
+    create = CreateSession(
+        name=data.draw(long_names),
+        objective=data.draw(st.none() | st.just("o" * MAX_MESSAGE_CHARS) | st.text(max_size=9)),
+        metadata=data.draw(
+            st.dictionaries(st.text(max_size=4), _up_to_depth(MAX_JSON_DEPTH - 1), max_size=3)
+        ),
+        owner_pid=data.draw(st.none() | int64_edges),
+        owner_start_ticks=data.draw(st.none() | int64_edges),
+    )
+    sid = create.session_id
+    per_session = st.one_of(
+        st.builds(SetStatus, session_id=st.just(sid), status=st.sampled_from(["paused", "active"])),
+        st.builds(Heartbeat, session_id=st.just(sid)),
+        st.builds(SaveCheckpoint, session_id=st.just(sid), name=long_names, data=edge_values),
+        st.builds(
+            LogEvent,
+            session_id=st.just(sid),
+            message=st.text(max_size=30) | st.just("m" * MAX_MESSAGE_CHARS),
+            data=edge_values,
+        ),
+        st.builds(
+            AddChild,
+            session_id=st.just(sid),
+            pid=st.sampled_from([2, 2**31 - 1]),
+            start_ticks=st.sampled_from([0, INT64_MAX]),
+            boot_id=st.text(min_size=1, max_size=8),
+            pgid=st.none() | int64_edges,
+            argv=st.lists(st.text(max_size=6), max_size=3),
+        ),
+        st.builds(
+            RemoveChild,
+            session_id=st.just(sid),
+            pid=st.sampled_from([2, 2**31 - 1]),
+            exit_code=st.none() | int64_edges,
+        ),
+    )
+    sequence = [create, *data.draw(st.lists(per_session, max_size=6))]
+    for op in sequence:
+        again = op_from_line(op.line)
+        assert again == op and again.line == op.line  # the bytes read back are the bytes made
+    direct_results = direct.apply_ops(sequence)
+    journaled._journal.append(sequence)
+    report = journaled.replay()
+    assert report.invalid == 0 and report.torn == 0
+    assert report.applied + report.rejected == len(sequence)
+    assert report.rejected == sum(r is not None for r in direct_results)
+    assert _session_rows(journaled, sid) == _session_rows(direct, sid)
+
+
+def test_payload_bytes_are_what_the_database_stores(store: SessionStore, session_id: str) -> None:
+    """The JSON column holds the op's payload text and the journal line embeds the same text."""
+    op = LogEvent(session_id=session_id, message="m", data={"é": [1, 2.5, None, "\U0001f600"]})
+    store.apply_ops([op])
+    with store.lease() as lease:
+        [(stored,)] = lease.execute("SELECT data FROM events WHERE op_id = ?", (op.op_id,))
+    assert stored == op.payload_json
+    assert op.payload_json is not None and op.payload_json.encode() in op.line
+
+
+def _lone_surrogate_calls(sid: str) -> list[Callable[[SessionStore], Any]]:
+    bad = "file-\udcff.txt"  # what os.fsdecode gives for a Latin-1 file name byte
+    return [
+        lambda s: s.log_event(sid, bad),
+        lambda s: s.log_event(sid, "m", data={"name": bad}),
+        lambda s: s.log_event(sid, "m", data={bad: 1}),
+        lambda s: s.save_checkpoint(sid, bad, None),
+        lambda s: s.create_session(bad),
+        lambda s: s.create_session("n", metadata={"argv": [bad]}),
+    ]
+
+
+def _out_of_rule_calls(sid: str) -> list[Callable[[SessionStore], Any]]:
+    return [
+        lambda s: s.save_checkpoint(sid, "deep", _nested(MAX_JSON_DEPTH + 1)),
+        lambda s: s.save_checkpoint(sid, "deeper", _nested(1000)),
+        lambda s: s.log_event(sid, "m", data=_nested(100_000)),
+        lambda s: s.log_event(sid, "m", data={1: "a", "1": "b"}),
+        lambda s: s.log_event(sid, "m", data={"k": {True: 1, "true": 2}}),
+        lambda s: s.log_event(sid, "m", data={(1, 2): "tuple key"}),
+        lambda s: s.log_event(sid, "m", data=2**63),
+        lambda s: s.log_event(sid, "m", data=[-(2**63) - 1]),
+        lambda s: s.remove_child(sid, 4242, exit_code=2**64),
+        lambda s: s.remove_child(sid, 4242, exit_code=-(2**63) - 1),
+        lambda s: s.save_checkpoint(sid, "big", "x" * (MAX_OP_BYTES + 1)),
+    ]
+
+
+def _refused_everywhere(store: SessionStore, sid: str) -> None:
+    for call in _lone_surrogate_calls(sid) + _out_of_rule_calls(sid):
+        with pytest.raises(ValueError) as info:
+            call(store)
+        assert not isinstance(info.value, RecursionError)
+
+
+def test_rules_are_the_same_in_every_state(db_path: str) -> None:
+    """Out-of-rule values are a ValueError at the call, open, closing or closed alike.
+
+    Lone surrogates, depth past the bound (even 100,000 deep), colliding or non-JSON keys, ints
+    past 64 bits and oversize ops: nothing of them is applied, queued or journaled.
+    """
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    _refused_everywhere(store, sid)
+    with ClosingInBackground(store) as closing:
+        _refused_everywhere(store, sid)
+        assert store.stats().pending == 0
+        report = closing.finish()
+    assert report.errors == [] and report.unrecorded == []
+    _refused_everywhere(store, sid)
+    assert store.stats().journaled == 0 and not os.path.exists(store.journal_path)
+    with SessionStore.open(db_path) as reopened:
+        assert reopened.events(sid) == [] and reopened.list_checkpoints(sid) == []
+
+
+def test_depth_at_the_bound_is_accepted_and_replays(db_path: str) -> None:
+    """Data exactly MAX_JSON_DEPTH deep is accepted after close and the next open applies it."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    deep = _nested(MAX_JSON_DEPTH, "leaf")
+    store.save_checkpoint(sid, "deep", deep)
+    with SessionStore.open(db_path) as reopened:
+        assert reopened.open_replay.applied == 1 and reopened.open_replay.invalid == 0
+        latest = reopened.latest_checkpoint(sid)
+        assert latest is not None and latest.data == deep
+
+
+def test_payload_is_copied_at_construction() -> None:
+    """Mutating the caller's dict after the call changes neither the op nor its bytes."""
+    data = {"a": [1]}
+    op = SaveCheckpoint(session_id="s", name="c", data=data)
+    line = op.line
+    data["a"].append(2)
+    assert op.data == {"a": [1]} and op.line == line
+
+
+def test_non_str_keys_become_their_json_text_at_construction(
+    store: SessionStore, session_id: str
+) -> None:
+    """{1: "a", None: "b"} is {"1": "a", "null": "b"} in the op, the returned model and the row."""
+    checkpoint = store.save_checkpoint(session_id, "c", {1: "a", None: "b", 2.5: {False: 0}})
+    expected = {"1": "a", "null": "b", "2.5": {"false": 0}}
+    assert checkpoint.data == expected
+    assert store.latest_checkpoint(session_id) == checkpoint
+
+
+def _oracle(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` breaks a payload rule (a plain recursive reading of the rules), or None."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return None
+    if isinstance(value, int):
+        return None if INT64_MIN <= value <= INT64_MAX else "int"
+    if depth + 1 > MAX_JSON_DEPTH:
+        return "depth"
+    if isinstance(value, dict):
+        texts = [json.dumps(k) if k is None or isinstance(k, bool) else str(k) for k in value]
+        if len(set(texts)) < len(texts):
+            return "keys"
+        children: Any = value.values()
+    else:
+        children = value
+    reasons = [_oracle(child, depth + 1) for child in children]
+    return next((r for r in reasons if r is not None), None)
+
+
+wild_keys = st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["1", "-1", "true"])
+wild_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(wild_keys, inner, max_size=3)
+        | st.builds(_nested, st.integers(MAX_JSON_DEPTH - 2, MAX_JSON_DEPTH + 1), inner)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300)
+@given(wild_values)
+def test_payload_accepted_exactly_when_the_rules_allow(value: Any) -> None:
+    """Construction fails exactly when a payload rule is broken, for any nesting, int and key mix.
+
+    What it accepts reads back from its own bytes unchanged.
+    """
+    reason = _oracle(value)
+    try:
+        op = SaveCheckpoint(session_id="s", name="c", data=value)
+    except ValueError:
+        assert reason is not None
+        return
+    assert reason is None, reason
+    assert op.data == json.loads(op.payload_json or "null")
+    again = op_from_line(op.line)
+    assert again == op and again.line == op.line

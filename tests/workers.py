@@ -145,6 +145,42 @@ def leave_open(db: str, session_id: str) -> None:
     print("ready", flush=True)
 
 
+def close_on_full_disk(db: str, session_id: str, n: str) -> None:
+    """Close with ``n`` queued writes on a disk that cannot grow (RLIMIT_FSIZE); print the outcome.
+
+    Neither the WAL nor the journal can take a queued op, so close() must report each one as
+    unrecorded, end CLOSED and close its connections, without raising.
+    """
+    import resource
+    import signal
+
+    from _support import ClosingInBackground
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    store = SessionStore.open(db, config=StoreConfig(checkpointing=False))
+    store.checkpoint("TRUNCATE")  # the WAL is empty: any op below needs the file to grow
+    limit = max(os.path.getsize(db), 64 * 1024)
+    print("ready", flush=True)
+    with ClosingInBackground(store) as closing:
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        blob = "x" * (4 * limit)
+        acked = [
+            store.log_event(session_id, f"queued {i}", data={"blob": blob}).op_id
+            for i in range(int(n))
+        ]
+        report = closing.finish()
+    outcome = {
+        "state": store.state.value,
+        "writer_open": store._writer.is_open,
+        "acked": acked,
+        "unrecorded": [json.loads(line)["op_id"] for line in report.unrecorded],
+        "errors": report.errors,
+        "again": store.close().already_closed,
+    }
+    print(json.dumps(outcome), flush=True)
+
+
 COMMANDS = {
     "write": write,
     "open": open_only,
@@ -156,6 +192,7 @@ COMMANDS = {
     "poll_reader": poll_reader,
     "load": load,
     "leave_open": leave_open,
+    "close_on_full_disk": close_on_full_disk,
 }
 
 if __name__ == "__main__":
