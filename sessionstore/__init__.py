@@ -31,6 +31,7 @@ from .errors import (
     StoreBusyError,
     StoreClosedError,
     StoreCorruptError,
+    StoreIOError,
     StoreOpenError,
     UnsafeSignalError,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "StoreClosedError",
     "StoreConfig",
     "StoreCorruptError",
+    "StoreIOError",
     "StoreOpenError",
     "StoreState",
     "StoreStats",

@@ -20,7 +20,7 @@ import apsw
 import tenacity
 
 from ._config import StoreConfig
-from .errors import StoreBusyError, StoreCorruptError, StoreOpenError
+from .errors import StoreBusyError, StoreCorruptError, StoreIOError, StoreOpenError
 
 __all__ = ["Clock", "RetryPolicy", "is_transient_busy", "open_connection", "translate_open_error"]
 
@@ -147,12 +147,14 @@ def set_busy(conn: apsw.Connection, config: StoreConfig) -> None:
         conn.set_busy_timeout(ms)
 
 
-def translate_open_error(path: str, err: apsw.Error) -> Exception:
-    """Map an apsw error raised while opening or first reading ``path`` to ours."""
+def translate_open_error(path: str, err: apsw.Error, operation: str = "open") -> Exception:
+    """Map an apsw error raised while opening, reading or checkpointing ``path`` to ours."""
     if isinstance(err, (apsw.NotADBError, apsw.CorruptError)):
         return StoreCorruptError(path, f"{type(err).__name__}: {err}")
     if isinstance(err, apsw.BusyError):
-        return StoreBusyError(path, "open", 0.0)
+        return StoreBusyError(path, operation, 0.0)
+    if isinstance(err, (apsw.IOError, apsw.FullError)):
+        return StoreIOError(path, operation, f"{type(err).__name__}: {err}")
     return StoreOpenError(path, f"{type(err).__name__}: {err}")
 
 

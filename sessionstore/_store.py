@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import apsw
 
 from ._config import StoreConfig
-from ._connection import RetryPolicy, open_connection
+from ._connection import RetryPolicy, open_connection, translate_open_error
 from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
 from ._journal import Journal, apply_isolated
@@ -199,6 +199,7 @@ class SessionStore:
                 ``application_id``, or tables that are not sessionstore's); left byte-identical,
                 with no ``-wal``/``-shm`` beside it.
             StoreOpenError: cannot be opened (missing directory, permissions).
+            StoreIOError: the disk failed while opening (I/O error, no room to grow).
             StoreBusyError: locked by other processes past the retry deadline.
         """
         config = config or StoreConfig()
@@ -221,7 +222,10 @@ class SessionStore:
         try:
             self._journal.check()  # before anything is touched: a planted link is refused
             with self._writer.lock:
-                apply_migrations(self._writer.connection_locked(), self.path, self._policy)
+                try:
+                    apply_migrations(self._writer.connection_locked(), self.path, self._policy)
+                except apsw.Error as err:
+                    raise translate_open_error(self.path, err) from err
             if self.config.checkpointing:
                 self._writer.start_checkpointer(self._scheduled_checkpoint)
             if self.config.replay_on_open:
@@ -721,6 +725,9 @@ class SessionStore:
 
         Raises:
             StoreClosedError: the store is closing or closed.
+            StoreIOError: the disk failed (I/O error, no room); the database is as before the
+                call or checkpointed in part, which SQLite makes safe either way.
+            StoreCorruptError: SQLite found the file corrupt.
             ValueError: unknown mode.
         """
         if mode not in ("TRUNCATE", "PASSIVE"):
@@ -730,6 +737,8 @@ class SessionStore:
             raise StoreClosedError(self.path)
         try:
             return self._writer.checkpoint(mode)
+        except apsw.Error as err:
+            raise translate_open_error(self.path, err, "checkpoint") from err
         finally:
             self._gate.release(lease)
 

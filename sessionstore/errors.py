@@ -20,6 +20,7 @@ __all__ = [
     "StoreBusyError",
     "StoreClosedError",
     "StoreCorruptError",
+    "StoreIOError",
     "StoreOpenError",
     "UnsafeSignalError",
 ]
@@ -95,6 +96,21 @@ class ForeignDatabaseError(StoreOpenError):
         self.args = (
             f"{path!r} is a SQLite database but not a sessionstore one: {detail} (left untouched)",
         )
+
+
+class StoreIOError(SessionStoreError, OSError):
+    """The disk failed under SQLite: an I/O error, or no room to grow (``SQLITE_FULL``).
+
+    An ``OSError`` too, so ``except OSError`` keeps working. Writes never raise it: a write that
+    cannot land for a storage reason is journaled instead (see the README's table); ``open()``,
+    ``checkpoint()`` and reads do.
+    """
+
+    def __init__(self, path: str, operation: str, detail: str) -> None:
+        super().__init__(f"{operation} on {path!r} failed: {detail}")
+        self.path = path
+        self.operation = operation
+        self.detail = detail
 
 
 class SchemaVersionError(SessionStoreError):
