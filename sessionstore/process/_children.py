@@ -25,8 +25,9 @@ from typing import Any, Protocol
 from .._identity import ProcessIdentity, check_signal_target
 from .._models import ChildProcess, ChildState
 from ._errors import ShutdownInProgressError
+from ._os import is_child_subreaper
 from ._pin import Pin
-from ._tree import MARKER_NAME
+from ._tree import MARKER_NAME, descends_from_me
 
 __all__ = ["ChildRegistry", "ExitWatcher", "StoreLike", "row_state"]
 
@@ -165,6 +166,26 @@ class ChildRegistry:
         self._pins: dict[tuple[int, int], Pin] = {}
         self._recorded: set[tuple[int, int]] = set()
         self._watcher = ExitWatcher(self._record_exit)
+        self._gaps: list[str] = []  # why shutdown cannot see every descendant of some child
+
+    def enumeration_gaps(self) -> list[str]:
+        """Why some child's tree cannot be enumerated completely (empty when all can).
+
+        A child's tree is complete by construction when it started below this process while
+        this process was a child subreaper: every orphan of its tree is then re-parented to us.
+        """
+        with self._cond:
+            return list(self._gaps)
+
+    def _note_gap(self, pin: Pin) -> None:
+        why = None
+        if not is_child_subreaper():
+            why = "started while this process was not a child subreaper"
+        elif pin.popen is None and not descends_from_me(pin.pid):
+            why = "tracked, but not a descendant of this process (its orphans go elsewhere)"
+        if why is not None:
+            with self._cond:
+                self._gaps.append(f"child {pin.pid} {why}")
 
     @property
     def accepting(self) -> bool:
@@ -203,12 +224,15 @@ class ChildRegistry:
             # Pinned at once: it is our child and nobody else reaps it, so its PID cannot be
             # recycled before this (trio's pattern).
             try:
-                pin = Pin.pin(proc.pid, source="spawned", popen=proc, argv=_argv_of(args))
+                # argv from the spawn itself: /proc shows none until execve has filled it in,
+                # and Popen returns before that (a read here recorded [] about one time in six).
+                pin = Pin.pin(proc.pid, source="spawned", popen=proc, argv=_argv_of(args, kwargs))
             except ProcessLookupError:  # pragma: no cover - our unreaped child always has a pid
                 proc.kill()
                 proc.wait()
                 raise
             self._register(pin)
+            self._note_gap(pin)
         return proc
 
     def track(self, target: int | AnyPopen) -> ChildProcess:
@@ -239,7 +263,9 @@ class ChildRegistry:
                 return self._store.add_child(
                     self._session_id, pid, identity=identity, pgid=pin.pgid, argv=pin.argv
                 )
-            return self._register(pin)
+            child = self._register(pin)
+            self._note_gap(pin)
+            return child
 
     def adopt_recorded(self, pin: Pin) -> None:
         """Watch a pin made from a store row of this session (already recorded)."""
@@ -319,7 +345,13 @@ class ChildRegistry:
             pin.close()
 
 
-def _argv_of(args: Any) -> list[str]:
+def _argv_of(args: Any, kwargs: dict[str, Any]) -> list[str]:
+    """The argv ``Popen`` executes for ``args`` (what ``/proc/<pid>/cmdline`` will show)."""
     if isinstance(args, (str, bytes, os.PathLike)):
-        return [os.fsdecode(args)]
-    return [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in args]
+        argv = [os.fsdecode(args)]
+    else:
+        argv = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in args]
+    if kwargs.get("shell"):
+        shell = kwargs.get("executable") or "/bin/sh"
+        return [os.fsdecode(shell), "-c", *argv]
+    return argv

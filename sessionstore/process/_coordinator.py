@@ -37,7 +37,7 @@ from ._recorded import gather_roots
 from ._reports import CallbackError, ChildOutcome, ShutdownPhase, ShutdownReport
 from ._signals import SignalRelay
 from ._terminate import TerminationResult, terminate_trees, wait_exited
-from ._tree import marker_entry, marker_value
+from ._tree import Scope, descends_from_me, marker_value
 
 if TYPE_CHECKING:
     from .._store import SessionStore
@@ -120,7 +120,7 @@ class ProcessLayer:
         self._set_subreaper = False
         owner = ProcessIdentity.current()
         self._owner_pid = owner.pid
-        self._marker = marker_entry(session_id, owner)
+        self._owner = owner
         self._children = ChildRegistry(store, session_id, marker_value(session_id, owner))
         self._relay = SignalRelay(self._on_signal)
         self._callbacks = ExitCallbacks(self.callback_timeout_s)
@@ -448,8 +448,7 @@ class ProcessLayer:
                 descendants=self._descendant_outcomes(result),
                 escalated_to_sigkill=bool(result and result.escalated_to_sigkill),
                 escalated_by_signal=bool(result and result.escalated_by_request),
-                verified_no_orphans=bool(result and result.verified_no_orphans)
-                and not any(o.outcome == "left" for o in outcomes),
+                **self._verification(result, outcomes),
                 session_status=status,
                 close_report=close_report,
                 callback_errors=callback_errors,
@@ -488,7 +487,8 @@ class ProcessLayer:
                 roots,
                 grace_s=self.grace_s,
                 kill_verify_s=self.kill_verify_s,
-                marker=self._marker,
+                scope=Scope(self._session_id, owner=self._owner, own_descendants=True),
+                incomplete=self._enumeration_gap(roots),
                 wake_fd=self._escalate_r,
                 escalated=self._escalated,
             )
@@ -498,6 +498,44 @@ class ProcessLayer:
             result = _kill_pinned(roots, self.kill_verify_s)
         self._active_pins = list(result.pins)
         return roots, outcomes, result
+
+    def _enumeration_gap(self, roots: list[Pin]) -> str | None:
+        """Why the trees of ``roots`` cannot be enumerated completely; None when they can."""
+        if not is_child_subreaper():
+            return (
+                "this process is not a child subreaper (subreaper=False, or not Linux): an "
+                "escapee that leaves its tree and clears its environment is re-parented "
+                "elsewhere, out of sight"
+            )
+        gaps = self._children.enumeration_gaps()
+        outside = [p.pid for p in roots if p.source == "recorded" and not descends_from_me(p.pid)]
+        if outside:
+            gaps.append(
+                f"recorded children {outside[:10]} were started by an earlier owner: their "
+                "orphans were not re-parented to this process"
+            )
+        return "; ".join(gaps) if gaps else None
+
+    def _verification(
+        self, result: TerminationResult | None, outcomes: list[ChildOutcome]
+    ) -> dict[str, Any]:
+        """The report's verification fields: verified only when complete and nothing left."""
+        reason: str | None
+        if result is None:
+            verification, reason, tier = "unverified", "the children were not ended", ""
+        else:
+            verification = result.verification
+            reason, tier = result.verification_reason, result.enumeration
+        left = [o.pid for o in outcomes if o.outcome == "left"]
+        if left and verification == "verified":
+            verification = "unverified"
+            reason = f"recorded children {left[:10]} could not be read and were left alone"
+        return {
+            "verified_no_orphans": verification == "verified",
+            "verification": verification,
+            "verification_reason": reason,
+            "enumeration": tier,
+        }
 
     def _record_roots(self, roots: list[Pin], errors: list[str]) -> list[ChildOutcome]:
         """Make sure every root's row says how it ended, then describe each."""
@@ -582,6 +620,9 @@ def _kill_pinned(pins: list[Pin], verify_s: float) -> TerminationResult:
         escalated_to_sigkill=True,
         unkillable=unkillable,
         durations={"kill": time.monotonic() - t},
+        verification="orphans_left" if unkillable else "unverified",
+        verification_reason="tree termination failed: only the pinned roots were killed",
+        enumeration="pinned roots only",
     )
 
 
