@@ -591,7 +591,7 @@ class ProcessLayer:
                     "reason": self._reason,
                     "children": [o.model_dump(mode="json") for o in outcomes],
                     "escalated_to_sigkill": result.escalated_to_sigkill,
-                    "verified_no_orphans": result.verified_no_orphans,
+                    **self._verification(result, outcomes),
                 },
             )
         except SessionStoreError as err:

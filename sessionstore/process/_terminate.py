@@ -141,6 +141,7 @@ def _settle_after_kill(
     previous: frozenset[tuple[int, int]] | None = None
     while True:
         wait_exited(order, deadline)
+        _chase(finder, order, deadline, signal.SIGKILL)
         found = finder.find(full=True, stop=True)
         order.extend(found.new)
         for pin in found.new:
@@ -170,13 +171,21 @@ def _freeze(finder: TreeFinder, order: list[Pin], deadline: float) -> None:
         if not pin.has_exited():
             pin.send(signal.SIGSTOP)
     while time.monotonic() < deadline:
-        while time.monotonic() < deadline:
-            new = finder.find(full=False, stop=True).new
-            order.extend(new)
-            if not new:
-                break
+        _chase(finder, order, deadline, None)
         new = finder.find(full=True, stop=True).new
         order.extend(new)
+        if not new:
+            return
+
+
+def _chase(finder: TreeFinder, order: list[Pin], deadline: float, sig: int | None) -> None:
+    """Incremental scans (stopping each find, then sending ``sig``) until one finds nothing."""
+    while time.monotonic() < deadline:
+        new = finder.find(full=False, stop=True).new
+        order.extend(new)
+        if sig is not None:
+            for pin in new:
+                pin.send(sig)
         if not new:
             return
 

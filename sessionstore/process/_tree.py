@@ -27,6 +27,7 @@ scans, which read only processes not seen before, so a process that forks and ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections import defaultdict
@@ -57,6 +58,8 @@ __all__ = [
 
 MARKER_NAME = "SESSIONSTORE_TREE"
 _MARKER = MARKER_NAME.encode()
+_PROBE_SPAN = 64  # pids read above the newest member in an incremental scan
+_PROBE_ROUNDS = 1000  # bound on one chase up the pid numbers
 _DEAD = (IdentityStatus.GONE, IdentityStatus.REUSED, IdentityStatus.ZOMBIE)
 
 
@@ -160,33 +163,65 @@ class TreeFinder:
         return verdict
 
     def find(self, *, full: bool = True, stop: bool = False) -> Found:
-        """Scan once and pin the members not pinned yet.
+        """Scan once, pin the members not pinned yet, reap the zombies that are ours to reap.
 
         Args:
-            full: read every process; False reads only processes not seen in earlier scans
-                (fast, for the freeze loop; a full scan must confirm before anything is
-                claimed).
+            full: read every process; False reads only processes not seen in earlier scans,
+                plus the pids just above the newest member (a fork chain's next process is
+                usually there, and listing ``/proc`` takes longer than a fork): fast, for the
+                freeze loop; a full scan must confirm before anything is claimed.
             stop: SIGSTOP each new member the moment it is pinned, so it cannot fork or exec
                 while the scan goes on.
 
         Returns:
-            New pins (source ``"descendant"``), verified after their pidfd was opened. Zombies
-            are left out unless they are our own children (then someone must reap them: us).
+            New pins (source ``"descendant"``, newest first), verified after their pidfd was
+            opened, and the members seen. A member that is a zombie child of ours is reaped
+            here (nobody else will: we are the subreaper), unless a ``Popen`` owns its status;
+            it is reported in ``zombies`` (evidence that a member died since the last scan).
         """
         table = scan() if full else self._scan_new()
-        procs = table.procs
+        procs = dict(table.procs)
+        members, environ_unreadable = self._members(procs)
+        for _ in range(0 if full else _PROBE_ROUNDS):
+            if not self._probe(procs, members):
+                break
+            grown, environ_unreadable = self._members(procs)
+            moved = max(grown, default=0) > max(members, default=0)
+            members = grown
+            if not moved:
+                break
+        for info in procs.values():
+            if info.pid not in members:
+                self._outside.add(info.pid)
+        zombies = frozenset((pid, procs[pid].start_ticks) for pid in members if procs[pid].finished)
+        for pid in members:
+            if procs[pid].finished and procs[pid].ppid == self._me:
+                self._reap(pid)
+        # Newest first: in a fork chain the newest is the one still running.
+        fresh = sorted(
+            (pid for pid in members.difference(self.known) if not procs[pid].finished),
+            reverse=True,
+        )
+        new = list(self._pin_new(procs, fresh, stop))
+        return Found(
+            new=new,
+            alive=frozenset(pid for pid in members if not procs[pid].finished),
+            zombies=zombies,
+            unreadable=len(table.unreadable),
+            environ_unreadable=environ_unreadable,
+        )
+
+    def _members(self, procs: Mapping[int, StatInfo]) -> tuple[set[int], int]:
+        """The members among ``procs`` (pids), and how many environments could not be read."""
         known = self.known
         led_groups = {p.pgid for p in known.values() if p.pgid == p.pid and p.pid > 1}
         led_groups.discard(self._my_pgrp)
         led_sessions = {p.sid for p in known.values() if p.sid == p.pid and p.pid > 1}
         led_sessions.discard(self._my_sid)
-
         children: defaultdict[int, list[int]] = defaultdict(list)
         for info in procs.values():
             children[info.ppid].append(info.pid)
-        seeds: list[int] = [
-            pid for pid, pin in known.items() if pid in procs and _same(procs[pid], pin)
-        ]
+        seeds = [pid for pid, pin in known.items() if pid in procs and _same(procs[pid], pin)]
         environ_unreadable = 0
         for info in procs.values():
             if info.pid == self._me:
@@ -217,20 +252,38 @@ class TreeFinder:
                 continue
             members.add(pid)
             stack.extend(children.get(pid, ()))
-        for info in procs.values():
-            if info.pid not in members:
-                self._outside.add(info.pid)
-        # Newest first: in a fork chain the newest is the one still running.
-        new = list(self._pin_new(procs, sorted(members.difference(known), reverse=True), stop))
-        return Found(
-            new=new,
-            alive=frozenset(pid for pid in members if not procs[pid].finished),
-            zombies=frozenset(
-                (pid, procs[pid].start_ticks) for pid in members if procs[pid].finished
-            ),
-            unreadable=len(table.unreadable),
-            environ_unreadable=environ_unreadable,
-        )
+        return members, environ_unreadable
+
+    def _probe(self, procs: dict[int, StatInfo], members: set[int]) -> bool:
+        """Read the pids just above the newest member; True when that found a new process."""
+        if not members:
+            return False
+        top = max(members)
+        added = False
+        for pid in range(top + 1, top + _PROBE_SPAN):
+            if pid in procs or pid in self._outside:
+                continue
+            try:
+                info = read_stat(pid)
+            except ProcessUnreadableError:
+                continue
+            if info is None or info.ppid == 2:
+                continue
+            procs[pid] = info
+            added = True
+        return added
+
+    def _reap(self, pid: int) -> None:
+        """Reap our zombie child ``pid`` unless a Popen (a root's) owns its exit status."""
+        pin = self.known.get(pid)
+        if pin is not None:
+            if pin.popen is None:
+                pin.collect(reap_adopted=True)
+            return
+        # Our own unreaped child: its pid cannot be recycled before this wait, so the plain
+        # pid is safe here (a pidfd would be needed for anyone else's).
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
 
     def _scan_new(self) -> ProcessTable:
         """Only processes not judged before, plus the pinned ones (their children's parents)."""
