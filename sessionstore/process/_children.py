@@ -242,6 +242,8 @@ class ChildRegistry:
             UnsafeSignalError: pid <= 1 or this process.
             TypeError: ``target`` is neither an int nor a Popen.
             ProcessLookupError: no such process (or it changed identity while being pinned).
+            PermissionError: it cannot be read (``ProcessUnreadableError``), so it cannot be
+                verified; nothing was recorded.
             ShutdownInProgressError: shutdown has begun.
         """
         popen: AnyPopen | None

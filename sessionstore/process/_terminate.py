@@ -129,11 +129,12 @@ def _settle_after_kill(
     """Kill what a full scan still finds until two consecutive scans prove nothing is left.
 
     A member that dies leaves a zombie that only its parent reaps, and every member's parent is
-    a member or this process (the subreaper), so nothing reaps it while we scan. Hence: two
-    full scans with no live member, the second showing no zombie the first did not, mean no
-    member ran in between; a process forked after the first scan listed ``/proc`` would have a
-    live or newly dead parent in the second. One clean scan alone is not enough: a PID hopper
-    forks its next self after ``/proc`` was listed and dies before it is read.
+    a member or this process (the subreaper), which reaps only inside a scan, after seeing the
+    zombie. Hence: two full scans with no live member, the second showing no zombie the first
+    did not, mean no member ran in between; a process forked after the first scan listed
+    ``/proc`` would have a live or newly dead parent in the second. One clean scan alone is not
+    enough: a PID hopper forks its next self after ``/proc`` was listed and dies before it is
+    read. Before each full scan an incremental chase stops and kills what it can reach fast.
 
     Returns:
         (clean, why not) where ``why not`` describes what was left when the deadline passed.
@@ -148,6 +149,7 @@ def _settle_after_kill(
             pin.send(signal.SIGKILL)
         if found.unreadable:
             return False, f"{found.unreadable} processes could not be read (/proc)"
+        finder.environ_unreadable = found.environ_unreadable
         if not found.new and not found.alive:
             if previous is not None and found.zombies <= previous:
                 return True, None
@@ -262,6 +264,11 @@ def terminate_trees(
         result.verification = "orphans_left"
         result.verification_reason = why or f"{len(result.unkillable)} processes survived SIGKILL"
     elif incomplete is not None:
+        if finder.environ_unreadable and scope.session_id is not None:
+            incomplete += (
+                f"; the environments of {finder.environ_unreadable} processes could not be "
+                "read, so their tree markers are unknown"
+            )
         result.verification, result.verification_reason = "unverified", incomplete
     else:
         result.verification, result.verification_reason = "verified", None

@@ -145,6 +145,7 @@ class TreeFinder:
         # recycled pid missed here is caught by the full scans that verification uses.
         self._outside: set[int] = set()
         self._verdicts: dict[tuple[int, int], str] = {}
+        self.environ_unreadable = 0  # in the last clean full scan (set by the caller)
 
     def _marker(self, info: StatInfo) -> str | None:
         """The marker verdict for a process; None when its environment cannot be read."""
@@ -274,10 +275,14 @@ class TreeFinder:
         return added
 
     def _reap(self, pid: int) -> None:
-        """Reap our zombie child ``pid`` unless a Popen (a root's) owns its exit status."""
+        """Reap our zombie child ``pid`` unless it is a root: its status is its owner's.
+
+        A root (spawned, tracked, recorded) is collected by the exit watcher, through its Popen
+        or with ``WNOWAIT``, so whoever holds a Popen for it still reads the true status.
+        """
         pin = self.known.get(pid)
         if pin is not None:
-            if pin.popen is None:
+            if pin.source == "descendant":
                 pin.collect(reap_adopted=True)
             return
         # Our own unreaped child: its pid cannot be recycled before this wait, so the plain
