@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ._pin import Pin
 from ._reports import Verification
@@ -125,7 +126,7 @@ def _signal_trees(roots: list[Pin], pins: Iterable[Pin], sig: int) -> None:
 
 def _settle_after_kill(
     finder: TreeFinder, order: list[Pin], deadline: float
-) -> tuple[bool, str | None]:
+) -> tuple[Literal["clean", "unknown", "left"], str | None]:
     """Kill what a full scan still finds until two consecutive scans prove nothing is left.
 
     A member that dies leaves a zombie that only its parent reaps, and every member's parent is
@@ -137,7 +138,9 @@ def _settle_after_kill(
     read. Before each full scan an incremental chase stops and kills what it can reach fast.
 
     Returns:
-        (clean, why not) where ``why not`` describes what was left when the deadline passed.
+        ``("clean", None)``; ``("unknown", why)`` when processes could not be read (they may or
+        may not be members: unknown is never taken for gone); ``("left", why)`` when members
+        were still alive at the deadline.
     """
     previous: frozenset[tuple[int, int]] | None = None
     while True:
@@ -148,17 +151,17 @@ def _settle_after_kill(
         for pin in found.new:
             pin.send(signal.SIGKILL)
         if found.unreadable:
-            return False, f"{found.unreadable} processes could not be read (/proc)"
+            return "unknown", f"{found.unreadable} processes could not be read (/proc)"
         finder.environ_unreadable = found.environ_unreadable
         if not found.new and not found.alive:
             if previous is not None and found.zombies <= previous:
-                return True, None
+                return "clean", None
             previous = found.zombies
         else:
             previous = None
         if time.monotonic() >= deadline:
             alive = sorted(found.alive)
-            return False, f"still alive after SIGKILL at the deadline: pids {alive[:20]}"
+            return "left", f"still alive after SIGKILL at the deadline: pids {alive[:20]}"
 
 
 def _freeze(finder: TreeFinder, order: list[Pin], deadline: float) -> None:
@@ -253,16 +256,18 @@ def terminate_trees(
     t2 = time.monotonic()
     result.durations["kill"] = t2 - t1
 
-    clean, why = _settle_after_kill(finder, order, verify_deadline)
+    settled, why = _settle_after_kill(finder, order, verify_deadline)
     if any(p.kill_sent for p in order):
         result.escalated_to_sigkill = True
     result.unkillable = [p for p in order if not p.has_exited()]
     for pin in order:
         if pin.source == "descendant" and pin.has_exited():
             pin.collect(reap_adopted=True)  # an adopted orphan: nobody else will reap it
-    if result.unkillable or not clean:
+    if result.unkillable or settled == "left":
         result.verification = "orphans_left"
         result.verification_reason = why or f"{len(result.unkillable)} processes survived SIGKILL"
+    elif settled == "unknown":
+        result.verification, result.verification_reason = "unverified", why
     elif incomplete is not None:
         if finder.environ_unreadable and scope.session_id is not None:
             incomplete += (
