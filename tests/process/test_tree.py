@@ -100,6 +100,10 @@ def test_explicit_shutdown_report_names_the_tier(
         ended = {d["pid"] for d in report["descendants"]}
         assert set(esc.pids) <= ended
         assert not bystander_problems(esc)
+        with SessionStore.open(db_path) as store:
+            assert store.get_session(esc.session_id).status is SessionStatus.STOPPED
+            checkpoint = store.latest_checkpoint(esc.session_id, name="shutdown")
+        assert checkpoint is not None and checkpoint.data["verification"] == "verified"
     finally:
         esc.close()
 
