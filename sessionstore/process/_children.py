@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from .._identity import ProcessIdentity, check_signal_target
 from .._models import ChildProcess, ChildState
+from ._cgroup import CgroupMoveError, SessionCgroup
 from ._errors import ShutdownInProgressError
 from ._os import is_child_subreaper
 from ._pin import Pin
@@ -156,7 +157,9 @@ class ChildRegistry:
     never started.
     """
 
-    def __init__(self, store: StoreLike, session_id: str, marker: str) -> None:
+    def __init__(
+        self, store: StoreLike, session_id: str, marker: str, *, cgroup: bool = False
+    ) -> None:
         self._store = store
         self._session_id = session_id
         self._marker = marker
@@ -167,6 +170,37 @@ class ChildRegistry:
         self._recorded: set[tuple[int, int]] = set()
         self._watcher = ExitWatcher(self._record_exit)
         self._gaps: list[str] = []  # why shutdown cannot see every descendant of some child
+        self._want_cgroup = cgroup
+        self._cgroup: SessionCgroup | None = None
+        self._cgroup_note = "not asked for (cgroup=False)" if not cgroup else "no child spawned"
+        self._outside_cgroup = 0  # children (spawned or adopted) not started inside it
+
+    @property
+    def cgroup(self) -> SessionCgroup | None:
+        """The cgroup the spawned children live in, when the cgroup tier is in use."""
+        return self._cgroup
+
+    @property
+    def cgroup_note(self) -> str:
+        """Why the cgroup tier is not in use (or ``"in use"``)."""
+        return self._cgroup_note
+
+    def all_in_cgroup(self) -> bool:
+        """True when the cgroup tier is in use and every child was started inside it."""
+        with self._cond:
+            return self._cgroup is not None and self._outside_cgroup == 0
+
+    def _session_cgroup(self) -> SessionCgroup | None:
+        """The cgroup, created at the first spawn; None (with the reason noted) when unusable."""
+        if self._cgroup is None and self._want_cgroup:
+            self._want_cgroup = False  # one attempt: the reason stays as the note
+            try:
+                name = "sessionstore-" + self._marker.replace(":", "-")
+                self._cgroup = SessionCgroup.create(name)
+                self._cgroup_note = "in use"
+            except OSError as err:
+                self._cgroup_note = str(err)
+        return self._cgroup
 
     def enumeration_gaps(self) -> list[str]:
         """Why some child's tree cannot be enumerated completely (empty when all can).
@@ -177,14 +211,19 @@ class ChildRegistry:
         with self._cond:
             return list(self._gaps)
 
-    def _note_gap(self, pin: Pin) -> None:
+    def _note_gap(self, pin: Pin, *, in_cgroup: bool = False) -> None:
+        """Remember why this child's tree could not be enumerated completely, if it cannot."""
         why = None
-        if not is_child_subreaper():
+        if in_cgroup:
+            pass  # forked inside the session cgroup: its tree is complete by construction
+        elif not is_child_subreaper():
             why = "started while this process was not a child subreaper"
         elif pin.popen is None and not descends_from_me(pin.pid):
             why = "tracked, but not a descendant of this process (its orphans go elsewhere)"
-        if why is not None:
-            with self._cond:
+        with self._cond:
+            if not in_cgroup:
+                self._outside_cgroup += 1
+            if why is not None:
                 self._gaps.append(f"child {pin.pid} {why}")
 
     @property
@@ -220,7 +259,7 @@ class ChildRegistry:
         with self._gate:
             if not self._accepting:
                 raise ShutdownInProgressError(self._session_id)
-            proc: AnyPopen = subprocess.Popen(args, **kwargs)
+            proc, in_cgroup = self._popen(args, kwargs)
             # Pinned at once: it is our child and nobody else reaps it, so its PID cannot be
             # recycled before this (trio's pattern).
             try:
@@ -232,8 +271,19 @@ class ChildRegistry:
                 proc.wait()
                 raise
             self._register(pin)
-            self._note_gap(pin)
+            self._note_gap(pin, in_cgroup=in_cgroup)
         return proc
+
+    def _popen(self, args: Any, kwargs: dict[str, Any]) -> tuple[AnyPopen, bool]:
+        """Start the child, inside the session cgroup when the tier is in use (then True)."""
+        cg = self._session_cgroup()
+        if cg is not None:
+            try:
+                proc: AnyPopen = cg.spawn(lambda: subprocess.Popen(args, **kwargs))
+                return proc, True
+            except CgroupMoveError as err:
+                log.warning("starting a child outside the session cgroup: %s", err)
+        return subprocess.Popen(args, **kwargs), False
 
     def track(self, target: int | AnyPopen) -> ChildProcess:
         """Adopt a process started elsewhere: verify, pin, record and watch it.
@@ -273,6 +323,7 @@ class ChildRegistry:
         """Watch a pin made from a store row of this session (already recorded)."""
         with self._cond:
             self._pins[(pin.pid, pin.start_ticks)] = pin
+            self._outside_cgroup += 1
         self._watcher.add(pin)
 
     def _register(self, pin: Pin) -> ChildProcess:
@@ -339,8 +390,10 @@ class ChildRegistry:
             return (pin.pid, pin.start_ticks) in self._recorded
 
     def close(self) -> None:
-        """Stop the watcher and close every pidfd (idempotent)."""
+        """Stop the watcher, close every pidfd, remove the cgroup once empty (idempotent)."""
         self._watcher.stop()
+        if self._cgroup is not None and not self._cgroup.remove():
+            log.warning("cgroup %s still holds processes; left in place", self._cgroup.path)
         with self._cond:
             pins = list(self._pins.values())
         for pin in pins:

@@ -81,6 +81,11 @@ class ProcessLayer:
         subreaper: on Linux, make this process a child subreaper at the first ``install``,
             ``spawn`` or ``track``, so descendants that ``setsid`` or double-fork are
             re-parented to us and stay findable; undone after shutdown if we set it.
+        cgroup: where this process can create a cgroup v2 child of its own cgroup (root, or
+            a delegated subtree; checked at the first ``spawn``), start the children inside it
+            and end them through it (freeze, ``cgroup.kill``, ``populated 0``): complete by
+            construction. Elsewhere, or False, the subreaper + marker + freeze tier alone.
+            ``ShutdownReport.enumeration`` says which was used.
         close_store: close the store as the last step (the contract); False for hosts that
             close it themselves.
         checkpoint_name: name of the final checkpoint written at shutdown.
@@ -100,6 +105,7 @@ class ProcessLayer:
         close_timeout_s: float | None = None,
         exit_on_signal: bool = True,
         subreaper: bool = True,
+        cgroup: bool = True,
         close_store: bool = True,
         checkpoint_name: str = "shutdown",
     ) -> None:
@@ -121,7 +127,9 @@ class ProcessLayer:
         owner = ProcessIdentity.current()
         self._owner_pid = owner.pid
         self._owner = owner
-        self._children = ChildRegistry(store, session_id, marker_value(session_id, owner))
+        self._children = ChildRegistry(
+            store, session_id, marker_value(session_id, owner), cgroup=cgroup
+        )
         self._relay = SignalRelay(self._on_signal)
         self._callbacks = ExitCallbacks(self.callback_timeout_s)
         self._lock = threading.Lock()
@@ -489,6 +497,7 @@ class ProcessLayer:
                 kill_verify_s=self.kill_verify_s,
                 scope=Scope(self._session_id, owner=self._owner, own_descendants=True),
                 incomplete=self._enumeration_gap(roots),
+                cgroup=self._children.cgroup,
                 wake_fd=self._escalate_r,
                 escalated=self._escalated,
             )
@@ -501,7 +510,7 @@ class ProcessLayer:
 
     def _enumeration_gap(self, roots: list[Pin]) -> str | None:
         """Why the trees of ``roots`` cannot be enumerated completely; None when they can."""
-        if not is_child_subreaper():
+        if not is_child_subreaper() and not self._children.all_in_cgroup():
             return (
                 "this process is not a child subreaper (subreaper=False, or not Linux): an "
                 "escapee that leaves its tree and clears its environment is re-parented "
@@ -530,6 +539,8 @@ class ProcessLayer:
         if left and verification == "verified":
             verification = "unverified"
             reason = f"recorded children {left[:10]} could not be read and were left alone"
+        if self._children.cgroup is None:
+            tier += f" (cgroup tier not used: {self._children.cgroup_note})"
         return {
             "verified_no_orphans": verification == "verified",
             "verification": verification,

@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .._proc import ProcessUnreadableError
+from ..errors import UnsafeSignalError
+from ._cgroup import SessionCgroup
 from ._pin import Pin
 from ._reports import Verification
 from ._tree import Scope, TreeFinder
@@ -202,6 +205,7 @@ def terminate_trees(
     kill_verify_s: float,
     scope: Scope,
     incomplete: str | None = None,
+    cgroup: SessionCgroup | None = None,
     wake_fd: int | None = None,
     escalated: Callable[[], bool] = lambda: False,
 ) -> TerminationResult:
@@ -213,7 +217,11 @@ def terminate_trees(
         kill_verify_s: how long SIGKILL may take to be verified; what is left is unkillable.
         scope: where else members are looked for (tree markers, this process's descendants).
         incomplete: why the enumeration cannot be complete by construction, or None when it is
-            (``scope.own_descendants`` with the subreaper held since the first child started).
+            (``scope.own_descendants`` with the subreaper held since the first child started,
+            or every child started inside ``cgroup``).
+        cgroup: the session cgroup the children were started in (the cgroup tier), or None.
+            Its members are pinned while it is frozen, it is frozen again before the SIGKILL
+            wave, killed as a whole, and must be empty (``populated 0``) to verify.
         wake_fd: wakes the grace wait (a second Ctrl-C); ``escalated()`` then says whether to
             skip the rest of the grace period.
         escalated: True when the grace period is to be cut short.
@@ -227,7 +235,12 @@ def terminate_trees(
     known: dict[int, Pin] = {p.pid: p for p in roots}
     order: list[Pin] = list(roots)
     finder = TreeFinder(known, scope)
-    result = TerminationResult(pins=order, enumeration=_tier(scope))
+    result = TerminationResult(pins=order, enumeration=_tier(scope, cgroup))
+    if cgroup is not None:
+        # Pinned while frozen: a frozen process cannot exit, so its pid cannot be recycled
+        # between reading cgroup.procs and opening the pidfd.
+        _pin_cgroup(cgroup, known, order, t0 + max(kill_verify_s, 0.5))
+        cgroup.thaw()
     order.extend(finder.find().new)
 
     if not escalated():
@@ -248,15 +261,24 @@ def terminate_trees(
     result.durations["terminate"] = t1 - t0
 
     verify_deadline = t1 + kill_verify_s
+    if cgroup is not None:
+        _pin_cgroup(cgroup, known, order, verify_deadline)  # and it stays frozen
     order.extend(finder.find(stop=True).new)
-    if any(not p.has_exited() for p in order):
+    if any(not p.has_exited() for p in order) or (cgroup is not None and cgroup.populated()):
         result.escalated_to_sigkill = True
         _freeze(finder, order, verify_deadline)
         _signal_trees(roots, order, signal.SIGKILL)
+        if cgroup is not None and cgroup.kill():
+            for pin in order:
+                if not pin.has_exited() and cgroup.contains(pin.pid):
+                    pin.note_signal(signal.SIGKILL)
     t2 = time.monotonic()
     result.durations["kill"] = t2 - t1
 
+    cgroup_empty = cgroup is None or cgroup.wait_empty(verify_deadline)
     settled, why = _settle_after_kill(finder, order, verify_deadline)
+    if not cgroup_empty and settled != "left":
+        settled, why = "left", f"cgroup {cgroup.path if cgroup else ''} still holds processes"
     if any(p.kill_sent for p in order):
         result.escalated_to_sigkill = True
     result.unkillable = [p for p in order if not p.has_exited()]
@@ -287,8 +309,29 @@ def _term(roots: list[Pin], pins: list[Pin]) -> None:
     _signal_trees(roots, [p for p in pins if p.term_sent], signal.SIGCONT)
 
 
-def _tier(scope: Scope) -> str:
+def _pin_cgroup(
+    cgroup: SessionCgroup, known: dict[int, Pin], order: list[Pin], deadline: float
+) -> None:
+    """Freeze the cgroup and pin each member not pinned yet (checked to be inside after)."""
+    cgroup.freeze(deadline)
+    for pid in cgroup.pids():
+        if pid in known:
+            continue
+        try:
+            pin = Pin.pin(pid, source="descendant", argv=[])
+        except (ProcessLookupError, UnsafeSignalError, ProcessUnreadableError):
+            continue
+        if not cgroup.contains(pid):  # the pid was recycled before the pidfd was open
+            pin.close()
+            continue
+        known[pid] = pin
+        order.append(pin)
+
+
+def _tier(scope: Scope, cgroup: SessionCgroup | None = None) -> str:
     parts = ["pinned roots and their groups"]
+    if cgroup is not None:
+        parts.insert(0, "cgroup (frozen, cgroup.kill, populated 0)")
     if scope.session_id is not None:
         parts.append("tree marker")
     if scope.own_descendants:

@@ -20,6 +20,7 @@ from escapee_helpers import Escapees, bystander_problems, reap_adopted, subreape
 
 from sessionstore import SessionStatus, SessionStore
 from sessionstore.process import ProcessLayer
+from sessionstore.process._cgroup import cgroup_unavailable
 
 pytestmark = pytest.mark.slow  # real process trees
 
@@ -38,12 +39,19 @@ def _row(name: str, **fields: object) -> None:
     print(f"\nMEASURE {name} " + json.dumps(fields, sort_keys=True))
 
 
-@pytest.mark.parametrize("stubborn", [False, True], ids=["cooperative", "stubborn"])
+@pytest.mark.parametrize(
+    ("tier", "stubborn"),
+    [("subreaper", False), ("subreaper", True), ("cgroup", True)],
+    ids=["subreaper-cooperative", "subreaper-stubborn", "cgroup-stubborn"],
+)
 def test_sigterm_ends_every_escapee_and_says_verified(
-    db_path: str, tmp_path: Path, subreaper: None, stubborn: bool
+    db_path: str, tmp_path: Path, subreaper: None, tier: str, stubborn: bool
 ) -> None:
     """SIGTERM: setsid, nohup, env -i, double fork, node detached and a hopper all end; verified."""
-    esc = Escapees(db_path, ALL_KINDS, *(["--stubborn"] if stubborn else []), tmp=tmp_path)
+    if tier == "cgroup" and cgroup_unavailable() is not None:
+        pytest.skip(f"cgroup tier unavailable here: {cgroup_unavailable()}")
+    args = [*(["--stubborn"] if stubborn else []), *(["--cgroup"] if tier == "cgroup" else [])]
+    esc = Escapees(db_path, ALL_KINDS, *args, tmp=tmp_path)
     try:
         before = esc.descendants()
         assert len(before) >= len(ALL_KINDS) - 1  # the hopper may be between two selves
@@ -61,7 +69,7 @@ def test_sigterm_ends_every_escapee_and_says_verified(
         assert checkpoint is not None
         claim = checkpoint.data["verified_no_orphans"]
         _row(
-            f"shutdown-sigterm-{'stubborn' if stubborn else 'cooperative'}",
+            f"shutdown-sigterm-{tier}-{'stubborn' if stubborn else 'cooperative'}",
             kinds=ALL_KINDS,
             before=len(before),
             after=len(after),
@@ -75,6 +83,7 @@ def test_sigterm_ends_every_escapee_and_says_verified(
         assert gone and after == [], f"left alive: {after}"
         assert not problems, problems
         assert claim is True and checkpoint.data["verification"] == "verified"
+        assert ("cgroup tier not used" in checkpoint.data["enumeration"]) is (tier != "cgroup")
         assert status is SessionStatus.PAUSED
         assert {r.state.value for r in rows} == {"exited"}  # every launcher exited on its own
     finally:
@@ -113,7 +122,9 @@ def test_without_subreaper_escapees_are_reported_unverified(
 ) -> None:
     """subreaper=False: an env-cleared escapee goes to init; the report says unverified, and why."""
     read_fd, write_fd = os.pipe()
-    layer = ProcessLayer(store, session_id, grace_s=0.5, subreaper=False, close_store=False)
+    layer = ProcessLayer(
+        store, session_id, grace_s=0.5, subreaper=False, cgroup=False, close_store=False
+    )
     pid = 0
     try:
         layer.spawn(
@@ -154,7 +165,9 @@ def test_pid_hopper_is_caught_every_round(store: SessionStore, subreaper: None) 
     for n in range(20):
         sid = store.create_session(f"hopper-{n}").id
         read_fd, write_fd = os.pipe()
-        layer = ProcessLayer(store, sid, grace_s=0.05, kill_verify_s=3.0, close_store=False)
+        layer = ProcessLayer(
+            store, sid, grace_s=0.05, kill_verify_s=3.0, cgroup=False, close_store=False
+        )
         try:
             layer.spawn(
                 [
@@ -214,7 +227,7 @@ def test_application_children_in_our_group_are_left_alone(
     """A child the application started itself, in our own group, is not ended by shutdown."""
     own = subprocess.Popen(["sleep", "600"])
     try:
-        layer = ProcessLayer(store, session_id, close_store=False)
+        layer = ProcessLayer(store, session_id, cgroup=False, close_store=False)
         spawned = layer.spawn(["sleep", "600"])
         report = layer.shutdown()
         assert spawned.wait(5) == -signal.SIGTERM
@@ -223,3 +236,31 @@ def test_application_children_in_our_group_are_left_alone(
     finally:
         own.kill()
         own.wait()
+
+
+def test_cgroup_tier_ends_escapees_without_the_subreaper(
+    store: SessionStore, session_id: str
+) -> None:
+    """Cgroup tier, subreaper off: an env-cleared escapee is in the cgroup; ended, verified."""
+    if cgroup_unavailable() is not None:
+        pytest.skip(f"cgroup tier unavailable here: {cgroup_unavailable()}")
+    read_fd, write_fd = os.pipe()
+    layer = ProcessLayer(store, session_id, grace_s=0.5, subreaper=False, close_store=False)
+    try:
+        layer.spawn(
+            ["env", "-i", "setsid", "-f", sys.executable, str(HERE / "linger.py"), str(write_fd)],
+            pass_fds=[write_fd],
+        ).wait(10)
+        os.close(write_fd)
+        int(os.read(read_fd, 64))
+        cgroup = layer._children.cgroup
+        assert cgroup is not None and cgroup.populated()
+        report = layer.shutdown()
+        assert report.verification == "verified", report.verification_reason
+        assert report.enumeration.startswith("cgroup")
+        assert _eof(read_fd, 2)  # reality: the escapee (re-parented to init) is gone
+        assert not os.path.exists(cgroup.path)  # removed once empty
+        _row("shutdown-cgroup-no-subreaper", before=1, after=0, claim=True, reality_all_gone=True)
+    finally:
+        layer.shutdown()
+        os.close(read_fd)

@@ -110,11 +110,12 @@ def main() -> None:
     p.add_argument("kinds")
     p.add_argument("--grace", type=float, default=1.0)
     p.add_argument("--stubborn", action="store_true")
+    p.add_argument("--cgroup", action="store_true", help="the cgroup tier (off: subreaper tier)")
     args = p.parse_args()
 
     store = SessionStore.open(args.db)
     sid = store.create_session("escapees").id
-    layer = ProcessLayer(store, sid, grace_s=args.grace, kill_verify_s=3.0)
+    layer = ProcessLayer(store, sid, grace_s=args.grace, kill_verify_s=3.0, cgroup=args.cgroup)
     layer.install()
     launchers = [
         layer.spawn(
