@@ -32,7 +32,9 @@ from typing import TypeVar
 
 from .._proc import LINUX
 
-__all__ = ["CgroupMoveError", "SessionCgroup", "cgroup_unavailable"]
+__all__ = ["CgroupMoveError", "SessionCgroup", "cgroup_name", "cgroup_unavailable", "left_behind"]
+
+_PREFIX = "sessionstore-"
 
 T = TypeVar("T")
 
@@ -77,6 +79,35 @@ def _write(path: str, text: str) -> None:
 def _read(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def cgroup_name(session_id: str, owner_pid: int, owner_start_ticks: int) -> str:
+    """The cgroup directory name for one owner process's children of one session."""
+    return f"{_PREFIX}{session_id}-{owner_pid}-{owner_start_ticks}"
+
+
+def left_behind() -> dict[str, list[tuple[SessionCgroup, int, int]]]:
+    """Session cgroups anywhere in the hierarchy: ``{session id: [(cgroup, owner pid, ticks)]}``.
+
+    For the reaper: an owner that died without shutting down leaves its cgroup (and whatever is
+    still in it) behind, wherever its own cgroup was.
+    """
+    found: dict[str, list[tuple[SessionCgroup, int, int]]] = {}
+    mount = _cgroup2_mount() if LINUX else None
+    if mount is None:
+        return found
+    for root, dirs, _files in os.walk(mount):
+        for name in list(dirs):
+            if not name.startswith(_PREFIX):
+                continue
+            dirs.remove(name)  # a session cgroup's own children belong to it
+            try:
+                sid, pid_s, ticks_s = name[len(_PREFIX) :].rsplit("-", 2)
+                owner = (int(pid_s), int(ticks_s))
+            except ValueError:
+                continue
+            found.setdefault(sid, []).append((SessionCgroup(os.path.join(root, name)), *owner))
+    return found
 
 
 def cgroup_unavailable() -> str | None:

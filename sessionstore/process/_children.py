@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from .._identity import ProcessIdentity, check_signal_target
 from .._models import ChildProcess, ChildState
-from ._cgroup import CgroupMoveError, SessionCgroup
+from ._cgroup import CgroupMoveError, SessionCgroup, cgroup_name
 from ._errors import ShutdownInProgressError
 from ._os import is_child_subreaper
 from ._pin import Pin
@@ -195,8 +195,8 @@ class ChildRegistry:
         if self._cgroup is None and self._want_cgroup:
             self._want_cgroup = False  # one attempt: the reason stays as the note
             try:
-                name = "sessionstore-" + self._marker.replace(":", "-")
-                self._cgroup = SessionCgroup.create(name)
+                sid, pid, ticks = self._marker.rsplit(":", 2)
+                self._cgroup = SessionCgroup.create(cgroup_name(sid, int(pid), int(ticks)))
                 self._cgroup_note = "in use"
             except OSError as err:
                 self._cgroup_note = str(err)

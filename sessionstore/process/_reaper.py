@@ -9,7 +9,10 @@ longer names a running process), the trees are found from two sides, always both
 * one scan of every process's environment for the session's tree marker, *whatever the rows
   say*: children that exited long ago may have left daemons behind (``setsid -f``, ``nohup``,
   a double fork, a tmux server), and those still carry the marker. Markers count only for
-  owners that are verifiably dead.
+  owners that are verifiably dead;
+* the session cgroups dead owners left behind (the cgroup tier, see :mod:`._cgroup`): all
+  their processes, found whatever they did to their environment; each cgroup is removed once
+  empty.
 
 Everything found is ended like shutdown does (SIGTERM → grace → freeze, SIGKILL → verify). These
 are not our children: we wait on their pidfds and never ``waitpid`` them. Then an ACTIVE session
@@ -17,9 +20,11 @@ are not our children: we wait on their pidfds and never ``waitpid`` them. Then a
 
 What a reap can claim: the dead owner's orphans were re-parented to init or to its own
 subreaper, not to this process, so an escapee that also cleared its environment is invisible
-here. A reap therefore never reports ``verified``; it reports ``unverified`` with that reason
-when it saw nothing left, ``orphans_left`` when something survived. Every reap scans again, so
-a session whose reap could not verify is looked at by the next one too.
+here unless it is in a cgroup (and the reaper cannot tell whether every child of the dead owner
+started in one: tracked and adopted ones did not). A reap therefore never reports
+``verified``; it reports ``unverified`` with that reason when it saw nothing left,
+``orphans_left`` when something survived. Every reap scans again, so a session whose reap
+could not verify is looked at by the next one too.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from .._identity import IdentityStatus, hostname
+from .._identity import IdentityStatus, ProcessIdentity, boot_id, hostname
 from .._models import ChildProcess, Session, SessionStatus
 from .._proc import ProcessUnreadableError, environ_value, scan
 from ..errors import SessionStoreError
+from ._cgroup import SessionCgroup, left_behind
 from ._children import row_state
 from ._pin import Pin
 from ._recorded import OPEN_STATES, triage
@@ -99,6 +105,7 @@ def reap_orphans(
     sessions: list[ReapedSession] = []
     skipped: dict[str, str] = {}
     marked: Counter[str] | None = None  # session id -> live processes carrying its marker
+    cgroups: dict[str, list[tuple[SessionCgroup, int, int]]] = {}
     for session in store.list_sessions():
         rows = store.children(session.id)
         running = [r for r in rows if r.state in OPEN_STATES]
@@ -108,14 +115,21 @@ def reap_orphans(
                 skipped[session.id] = why
             continue
         if marked is None:
-            marked = _marked_sessions()
-        if session.status is not SessionStatus.ACTIVE and not running and not marked[session.id]:
+            marked, cgroups = _marked_sessions(), left_behind()
+        left = _dead_owners_cgroups(cgroups.get(session.id, []))
+        if (
+            session.status is not SessionStatus.ACTIVE
+            and not running
+            and not marked[session.id]
+            and not left
+        ):
             continue  # ended, and nothing of its trees is alive that we can see
         sessions.append(
             _reap_session(
                 store,
                 session,
                 running,
+                left,
                 dry_run=dry_run,
                 grace_s=grace_s,
                 kill_verify_s=kill_verify_s,
@@ -124,6 +138,18 @@ def reap_orphans(
     return ReapReport(
         dry_run=dry_run, sessions=sessions, skipped=skipped, duration_s=time.monotonic() - t0
     )
+
+
+def _dead_owners_cgroups(found: list[tuple[SessionCgroup, int, int]]) -> list[SessionCgroup]:
+    """The cgroups whose owner process is verifiably dead (a live owner's are its own)."""
+    dead = []
+    for cg, pid, ticks in found:
+        if pid <= 0 or ticks < 0:
+            continue
+        status = ProcessIdentity(pid=pid, start_ticks=ticks, boot_id=boot_id()).check()
+        if status in _DEAD_OWNER:
+            dead.append(cg)
+    return dead
 
 
 def _marked_sessions() -> Counter[str]:
@@ -160,6 +186,7 @@ def _reap_session(
     store: SessionStore,
     session: Session,
     running: list[ChildProcess],
+    cgroups: list[SessionCgroup],
     *,
     dry_run: bool,
     grace_s: float,
@@ -189,21 +216,29 @@ def _reap_session(
     pins = [pin for _, pin in roots]
     if dry_run:
         finder = TreeFinder({p.pid: p for p in pins}, scope)
-        found = finder.find().new
-        for pin in [*pins, *found]:
+        found = {p.pid for p in finder.find().new}
+        found.update(pid for cg in cgroups for pid in cg.pids())
+        for pin in [*pins, *finder.known.values()]:
             pin.close()
         return _session_report(
             session,
             reports,
-            descendants=len(found),
+            descendants=len(found.difference(p.pid for p in pins)),
             verification="unverified",
             reason=_NOT_OURS,
             new_status=SessionStatus.CRASHED if _crashes(session, running) else session.status,
         )
 
     result = terminate_trees(
-        pins, grace_s=grace_s, kill_verify_s=kill_verify_s, scope=scope, incomplete=_NOT_OURS
+        pins,
+        grace_s=grace_s,
+        kill_verify_s=kill_verify_s,
+        scope=scope,
+        incomplete=_NOT_OURS,
+        extra_cgroups=cgroups,
     )
+    for cg in cgroups:
+        cg.remove()  # once empty; a cgroup still holding a survivor stays for the next reap
     descendants = sum(1 for p in result.pins if p.source == "descendant" and p.has_exited())
     for row, pin in roots:
         store.remove_child(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import selectors
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -206,6 +206,7 @@ def terminate_trees(
     scope: Scope,
     incomplete: str | None = None,
     cgroup: SessionCgroup | None = None,
+    extra_cgroups: Sequence[SessionCgroup] = (),
     wake_fd: int | None = None,
     escalated: Callable[[], bool] = lambda: False,
 ) -> TerminationResult:
@@ -222,6 +223,8 @@ def terminate_trees(
         cgroup: the session cgroup the children were started in (the cgroup tier), or None.
             Its members are pinned while it is frozen, it is frozen again before the SIGKILL
             wave, killed as a whole, and must be empty (``populated 0``) to verify.
+        extra_cgroups: more cgroups to end the same way (the reaper: every cgroup the
+            session's dead owners left behind).
         wake_fd: wakes the grace wait (a second Ctrl-C); ``escalated()`` then says whether to
             skip the rest of the grace period.
         escalated: True when the grace period is to be cut short.
@@ -235,12 +238,13 @@ def terminate_trees(
     known: dict[int, Pin] = {p.pid: p for p in roots}
     order: list[Pin] = list(roots)
     finder = TreeFinder(known, scope)
-    result = TerminationResult(pins=order, enumeration=_tier(scope, cgroup))
-    if cgroup is not None:
+    cgroups = [*([cgroup] if cgroup is not None else []), *extra_cgroups]
+    result = TerminationResult(pins=order, enumeration=_tier(scope, cgroups))
+    for cg in cgroups:
         # Pinned while frozen: a frozen process cannot exit, so its pid cannot be recycled
         # between reading cgroup.procs and opening the pidfd.
-        _pin_cgroup(cgroup, known, order, t0 + max(kill_verify_s, 0.5))
-        cgroup.thaw()
+        _pin_cgroup(cg, known, order, t0 + max(kill_verify_s, 0.5))
+        cg.thaw()
     order.extend(finder.find().new)
 
     if not escalated():
@@ -261,24 +265,25 @@ def terminate_trees(
     result.durations["terminate"] = t1 - t0
 
     verify_deadline = t1 + kill_verify_s
-    if cgroup is not None:
-        _pin_cgroup(cgroup, known, order, verify_deadline)  # and it stays frozen
+    for cg in cgroups:
+        _pin_cgroup(cg, known, order, verify_deadline)  # and it stays frozen
     order.extend(finder.find(stop=True).new)
-    if any(not p.has_exited() for p in order) or (cgroup is not None and cgroup.populated()):
+    if any(not p.has_exited() for p in order) or any(cg.populated() for cg in cgroups):
         result.escalated_to_sigkill = True
         _freeze(finder, order, verify_deadline)
         _signal_trees(roots, order, signal.SIGKILL)
-        if cgroup is not None and cgroup.kill():
-            for pin in order:
-                if not pin.has_exited() and cgroup.contains(pin.pid):
-                    pin.note_signal(signal.SIGKILL)
+        for cg in cgroups:
+            if cg.kill():
+                for pin in order:
+                    if not pin.has_exited() and cg.contains(pin.pid):
+                        pin.note_signal(signal.SIGKILL)
     t2 = time.monotonic()
     result.durations["kill"] = t2 - t1
 
-    cgroup_empty = cgroup is None or cgroup.wait_empty(verify_deadline)
+    full = [cg.path for cg in cgroups if not cg.wait_empty(verify_deadline)]
     settled, why = _settle_after_kill(finder, order, verify_deadline)
-    if not cgroup_empty and settled != "left":
-        settled, why = "left", f"cgroup {cgroup.path if cgroup else ''} still holds processes"
+    if full and settled != "left":
+        settled, why = "left", f"cgroups still hold processes: {full}"
     if any(p.kill_sent for p in order):
         result.escalated_to_sigkill = True
     result.unkillable = [p for p in order if not p.has_exited()]
@@ -328,9 +333,9 @@ def _pin_cgroup(
         order.append(pin)
 
 
-def _tier(scope: Scope, cgroup: SessionCgroup | None = None) -> str:
+def _tier(scope: Scope, cgroups: Sequence[SessionCgroup] = ()) -> str:
     parts = ["pinned roots and their groups"]
-    if cgroup is not None:
+    if cgroups:
         parts.insert(0, "cgroup (frozen, cgroup.kill, populated 0)")
     if scope.session_id is not None:
         parts.append("tree marker")

@@ -18,6 +18,7 @@ from process_helpers import Orchestrator, is_running
 
 from sessionstore import ChildState, SessionStatus, SessionStore
 from sessionstore.process import ReapReport, reap_orphans
+from sessionstore.process._cgroup import cgroup_unavailable, left_behind
 
 
 @pytest.fixture
@@ -178,6 +179,55 @@ def test_reap_ends_daemons_of_children_that_already_exited(
 
         again = _reap_elsewhere(db_path)
         assert again.sessions == []  # nothing with its marker is left to find
+        for fd in pidfds.values():
+            os.close(fd)
+    finally:
+        esc.close()
+
+
+@pytest.mark.slow
+def test_reap_empties_the_cgroup_a_dead_owner_left(
+    db_path: str, tmp_path: Path, subreaper: None
+) -> None:
+    """Cgroup tier: reap ends even env-cleared escapees (they are in the cgroup), removes it."""
+    if cgroup_unavailable() is not None:
+        pytest.skip(f"cgroup tier unavailable here: {cgroup_unavailable()}")
+    kinds = ["setsid", "envi", "doublefork", "node"]
+    esc = Escapees(db_path, kinds, "--cgroup", "--stubborn", tmp=tmp_path)
+    try:
+        pidfds = {pid: os.pidfd_open(pid) for pid in esc.pids}
+        left = left_behind()[esc.session_id]
+        esc.proc.kill()
+        assert esc.proc.wait(10) == -signal.SIGKILL
+        before = esc.descendants()
+        t = time.monotonic()
+        report = _reap_elsewhere(db_path)
+        took = time.monotonic() - t
+        (session,) = report.sessions
+        gone = esc.all_gone(2)
+        problems = bystander_problems(esc)
+        print(
+            "\nMEASURE reap-after-sigkill-cgroup "
+            + json.dumps(
+                {
+                    "before": len(before),
+                    "after": len(esc.descendants()),
+                    "reap_s": round(took, 3),
+                    "bystanders_signalled": len(problems),
+                    "claim": session.verification,
+                    "reality_all_gone": gone,
+                }
+            )
+        )
+        assert len(before) == len(kinds) and gone
+        assert not any(is_running(fd) for fd in pidfds.values())
+        assert session.descendants_ended >= len(kinds)
+        assert session.verification == "unverified" and "cgroup" in session.enumeration
+        assert not problems, problems
+        assert [os.path.exists(cg.path) for cg, _, _ in left] == [False]
+        with SessionStore.open(db_path) as store:
+            assert store.get_session(esc.session_id).status is SessionStatus.CRASHED
+        assert _reap_elsewhere(db_path).sessions == []
         for fd in pidfds.values():
             os.close(fd)
     finally:
