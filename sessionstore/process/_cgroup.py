@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from .._identity import IdentityStatus, ProcessIdentity, boot_id
 from .._proc import LINUX
 
 __all__ = ["CgroupMoveError", "SessionCgroup", "cgroup_name", "cgroup_unavailable", "left_behind"]
@@ -110,6 +111,27 @@ def left_behind() -> dict[str, list[tuple[SessionCgroup, int, int]]]:
     return found
 
 
+def _collect_empty(home: str) -> None:
+    """Remove empty session cgroups beside ours whose owner is dead (SIGKILLed, never reaped).
+
+    ``rmdir`` succeeds only on an empty cgroup, so nothing that still holds a process is
+    touched; those stay for ``reap``.
+    """
+    try:
+        names = [n for n in os.listdir(home) if n.startswith(_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            _sid, pid_s, ticks_s = name[len(_PREFIX) :].rsplit("-", 2)
+            owner = ProcessIdentity(pid=int(pid_s), start_ticks=int(ticks_s), boot_id=boot_id())
+        except ValueError:
+            continue
+        if owner.check() in (IdentityStatus.GONE, IdentityStatus.REUSED, IdentityStatus.ZOMBIE):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(home, name))
+
+
 def cgroup_unavailable() -> str | None:
     """Why the cgroup tier cannot be used here; None when it can (checked, not assumed)."""
     if not LINUX:
@@ -154,6 +176,7 @@ class SessionCgroup:
         assert mount is not None
         home = _own_cgroup(mount)
         assert home is not None
+        _collect_empty(home)
         path = os.path.join(home, name)
         os.mkdir(path)
         cg = cls(path)
