@@ -27,6 +27,8 @@ __all__ = ["Pin", "PinSource"]
 
 PinSource = Literal["spawned", "tracked", "recorded", "descendant"]
 
+_OWNER_REAP_WAIT_S = 1.0  # another thread's Popen.wait() stores a reaped status in microseconds
+
 
 class Pin:
     """One process we may signal, pinned by a pidfd (or a psutil handle off Linux).
@@ -268,8 +270,13 @@ class Pin:
                 # Another thread is inside popen.wait() and holds its lock: peek, don't reap.
                 fd = self._pidfd
                 code = waitid_pidfd(fd, reap=False) if fd is not None else None
-            else:
-                self.reaped = True
+            if code is None and (fd is None or fd_readable(fd)):
+                # Too late to peek: that thread reaped it between our poll and our peek. Its
+                # returncode lands in the Popen within moments; read it there rather than
+                # recording the exit with no code (the alternative, and a flaky test).
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    code = self.popen.wait(timeout=_OWNER_REAP_WAIT_S)
+            self.reaped = self.popen.returncode is not None
             self.exit_code = code
             return
         fd = self._pidfd

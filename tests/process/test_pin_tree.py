@@ -117,3 +117,24 @@ def test_terminate_trees_is_quick_for_cooperative_trees(
     assert leader.wait(5) == -signal.SIGTERM
     for p in result.pins:
         p.close()
+
+
+def test_collect_reads_the_code_while_another_thread_reaps() -> None:
+    """The exit code is recorded even when the Popen's owner reaps it at the same moment, 50/50."""
+    import threading
+
+    bad = []
+    for n in range(50):
+        proc = subprocess.Popen(["sleep", "600"])
+        pin = Pin.pin(proc.pid, source="spawned", popen=proc)
+        proc.kill()
+        fd = pin.fileno()
+        assert fd is not None and wait_pidfds_readable([fd], 5)
+        owner = threading.Thread(target=proc.wait)
+        owner.start()
+        pin.collect(reap_adopted=False)
+        owner.join(5)
+        if pin.exit_code != -signal.SIGKILL or proc.returncode != -signal.SIGKILL:
+            bad.append((n, pin.exit_code, proc.returncode))
+        pin.close()
+    assert not bad, bad
