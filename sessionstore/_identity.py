@@ -22,6 +22,7 @@ from functools import lru_cache
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._proc import ProcessUnreadableError, read_stat, settled_argv
 from .errors import UnsafeSignalError
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
     "read_process_info",
 ]
 
-_LINUX = sys.platform.startswith("linux")
+_LINUX = sys.platform.startswith("linux")  # boot_id is Linux's; elsewhere the boot time
 
 
 class IdentityStatus(str, enum.Enum):
@@ -79,30 +80,12 @@ class ProcessInfo(BaseModel):
     argv: list[str] = Field(default_factory=list)
 
 
-def _read_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """Return ``(state, ppid, pgid, start_ticks)`` from ``/proc/<pid>/stat``, or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = raw[raw.rindex(b")") + 2 :].split()
-    state = rest[0].decode("ascii", "replace")
-    return state, int(rest[1]), int(rest[2]), int(rest[19])
-
-
-def _read_argv(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return []
-    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-
-
 def read_process_info(pid: int) -> ProcessInfo | None:
     """Read a process's identity, parent, group, state and argv.
+
+    The command line is read after any ``execve`` in progress has filled it in (see
+    :func:`~sessionstore._proc.settled_argv`); it is ``[]`` only when it cannot be known (a
+    zombie, an unreadable process, an exec that did not settle in time).
 
     Args:
         pid: the process to read.
@@ -111,39 +94,20 @@ def read_process_info(pid: int) -> ProcessInfo | None:
         The info, or None when no process has that pid.
 
     Raises:
-        PermissionError: the process exists but cannot be read.
+        PermissionError: the process exists but cannot be read (``ProcessUnreadableError``).
     """
-    if _LINUX:
-        stat = _read_stat(pid)
-        if stat is None:
-            return None
-        state, ppid, pgid, start_ticks = stat
-        return ProcessInfo(
-            pid=pid,
-            start_ticks=start_ticks,
-            ppid=ppid,
-            pgid=pgid,
-            state=state,
-            argv=_read_argv(pid),
-        )
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            # Microseconds of create time: stable for the life of the process on these platforms.
-            start = int(proc.create_time() * 1_000_000)
-            status = proc.status()
-            ppid = proc.ppid()
-            try:
-                argv = proc.cmdline()
-            except (psutil.AccessDenied, psutil.ZombieProcess):
-                argv = []
-        pgid = os.getpgid(pid)
-    except (psutil.NoSuchProcess, ProcessLookupError):
+    stat = read_stat(pid)
+    if stat is None:
         return None
-    except psutil.AccessDenied as err:
-        raise PermissionError(f"cannot read process {pid}") from err
-    state = "Z" if status == psutil.STATUS_ZOMBIE else "S"
-    return ProcessInfo(pid=pid, start_ticks=start, ppid=ppid, pgid=pgid, state=state, argv=argv)
+    argv = [] if stat.finished else settled_argv(pid)
+    return ProcessInfo(
+        pid=pid,
+        start_ticks=stat.start_ticks,
+        ppid=stat.ppid,
+        pgid=stat.pgid,
+        state=stat.state,
+        argv=argv or [],
+    )
 
 
 class ProcessIdentity(BaseModel):
@@ -163,7 +127,7 @@ class ProcessIdentity(BaseModel):
             ProcessLookupError: no process has that pid.
             PermissionError: the process cannot be read.
         """
-        info = read_process_info(pid)
+        info = read_stat(pid)
         if info is None:
             raise ProcessLookupError(pid, f"no process with pid {pid}")
         return cls(pid=pid, start_ticks=info.start_ticks, boot_id=boot_id())
@@ -178,10 +142,8 @@ class ProcessIdentity(BaseModel):
         if self.boot_id != boot_id():
             return IdentityStatus.OTHER_BOOT
         try:
-            info = read_process_info(self.pid)
-        except PermissionError:
-            return IdentityStatus.UNKNOWN
-        except OSError:
+            info = read_stat(self.pid)
+        except ProcessUnreadableError:
             return IdentityStatus.UNKNOWN
         if info is None:
             return IdentityStatus.GONE

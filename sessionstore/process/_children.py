@@ -24,9 +24,11 @@ from typing import Any, Protocol
 
 from .._identity import ProcessIdentity, check_signal_target
 from .._models import ChildProcess, ChildState
+from ._cgroup import CgroupMoveError, SessionCgroup, cgroup_name
 from ._errors import ShutdownInProgressError
+from ._os import is_child_subreaper
 from ._pin import Pin
-from ._tree import MARKER_NAME
+from ._tree import MARKER_NAME, descends_from_me
 
 __all__ = ["ChildRegistry", "ExitWatcher", "StoreLike", "row_state"]
 
@@ -155,7 +157,9 @@ class ChildRegistry:
     never started.
     """
 
-    def __init__(self, store: StoreLike, session_id: str, marker: str) -> None:
+    def __init__(
+        self, store: StoreLike, session_id: str, marker: str, *, cgroup: bool = False
+    ) -> None:
         self._store = store
         self._session_id = session_id
         self._marker = marker
@@ -165,6 +169,62 @@ class ChildRegistry:
         self._pins: dict[tuple[int, int], Pin] = {}
         self._recorded: set[tuple[int, int]] = set()
         self._watcher = ExitWatcher(self._record_exit)
+        self._gaps: list[str] = []  # why shutdown cannot see every descendant of some child
+        self._want_cgroup = cgroup
+        self._cgroup: SessionCgroup | None = None
+        self._cgroup_note = "not asked for (cgroup=False)" if not cgroup else "no child spawned"
+        self._outside_cgroup = 0  # children (spawned or adopted) not started inside it
+
+    @property
+    def cgroup(self) -> SessionCgroup | None:
+        """The cgroup the spawned children live in, when the cgroup tier is in use."""
+        return self._cgroup
+
+    @property
+    def cgroup_note(self) -> str:
+        """Why the cgroup tier is not in use (or ``"in use"``)."""
+        return self._cgroup_note
+
+    def all_in_cgroup(self) -> bool:
+        """True when the cgroup tier is in use and every child was started inside it."""
+        with self._cond:
+            return self._cgroup is not None and self._outside_cgroup == 0
+
+    def _session_cgroup(self) -> SessionCgroup | None:
+        """The cgroup, created at the first spawn; None (with the reason noted) when unusable."""
+        if self._cgroup is None and self._want_cgroup:
+            self._want_cgroup = False  # one attempt: the reason stays as the note
+            try:
+                sid, pid, ticks = self._marker.rsplit(":", 2)
+                self._cgroup = SessionCgroup.create(cgroup_name(sid, int(pid), int(ticks)))
+                self._cgroup_note = "in use"
+            except OSError as err:
+                self._cgroup_note = str(err)
+        return self._cgroup
+
+    def enumeration_gaps(self) -> list[str]:
+        """Why some child's tree cannot be enumerated completely (empty when all can).
+
+        A child's tree is complete by construction when it started below this process while
+        this process was a child subreaper: every orphan of its tree is then re-parented to us.
+        """
+        with self._cond:
+            return list(self._gaps)
+
+    def _note_gap(self, pin: Pin, *, in_cgroup: bool = False) -> None:
+        """Remember why this child's tree could not be enumerated completely, if it cannot."""
+        why = None
+        if in_cgroup:
+            pass  # forked inside the session cgroup: its tree is complete by construction
+        elif not is_child_subreaper():
+            why = "started while this process was not a child subreaper"
+        elif pin.popen is None and not descends_from_me(pin.pid):
+            why = "tracked, but not a descendant of this process (its orphans go elsewhere)"
+        with self._cond:
+            if not in_cgroup:
+                self._outside_cgroup += 1
+            if why is not None:
+                self._gaps.append(f"child {pin.pid} {why}")
 
     @property
     def accepting(self) -> bool:
@@ -199,17 +259,31 @@ class ChildRegistry:
         with self._gate:
             if not self._accepting:
                 raise ShutdownInProgressError(self._session_id)
-            proc: AnyPopen = subprocess.Popen(args, **kwargs)
+            proc, in_cgroup = self._popen(args, kwargs)
             # Pinned at once: it is our child and nobody else reaps it, so its PID cannot be
             # recycled before this (trio's pattern).
             try:
-                pin = Pin.pin(proc.pid, source="spawned", popen=proc, argv=_argv_of(args))
+                # argv from the spawn itself: /proc shows none until execve has filled it in,
+                # and Popen returns before that (a read here recorded [] about one time in six).
+                pin = Pin.pin(proc.pid, source="spawned", popen=proc, argv=_argv_of(args, kwargs))
             except ProcessLookupError:  # pragma: no cover - our unreaped child always has a pid
                 proc.kill()
                 proc.wait()
                 raise
             self._register(pin)
+            self._note_gap(pin, in_cgroup=in_cgroup)
         return proc
+
+    def _popen(self, args: Any, kwargs: dict[str, Any]) -> tuple[AnyPopen, bool]:
+        """Start the child, inside the session cgroup when the tier is in use (then True)."""
+        cg = self._session_cgroup()
+        if cg is not None:
+            try:
+                proc: AnyPopen = cg.spawn(lambda: subprocess.Popen(args, **kwargs))
+                return proc, True
+            except CgroupMoveError as err:
+                log.warning("starting a child outside the session cgroup: %s", err)
+        return subprocess.Popen(args, **kwargs), False
 
     def track(self, target: int | AnyPopen) -> ChildProcess:
         """Adopt a process started elsewhere: verify, pin, record and watch it.
@@ -218,6 +292,8 @@ class ChildRegistry:
             UnsafeSignalError: pid <= 1 or this process.
             TypeError: ``target`` is neither an int nor a Popen.
             ProcessLookupError: no such process (or it changed identity while being pinned).
+            PermissionError: it cannot be read (``ProcessUnreadableError``), so it cannot be
+                verified; nothing was recorded.
             ShutdownInProgressError: shutdown has begun.
         """
         popen: AnyPopen | None
@@ -239,12 +315,15 @@ class ChildRegistry:
                 return self._store.add_child(
                     self._session_id, pid, identity=identity, pgid=pin.pgid, argv=pin.argv
                 )
-            return self._register(pin)
+            child = self._register(pin)
+            self._note_gap(pin)
+            return child
 
     def adopt_recorded(self, pin: Pin) -> None:
         """Watch a pin made from a store row of this session (already recorded)."""
         with self._cond:
             self._pins[(pin.pid, pin.start_ticks)] = pin
+            self._outside_cgroup += 1
         self._watcher.add(pin)
 
     def _register(self, pin: Pin) -> ChildProcess:
@@ -311,15 +390,23 @@ class ChildRegistry:
             return (pin.pid, pin.start_ticks) in self._recorded
 
     def close(self) -> None:
-        """Stop the watcher and close every pidfd (idempotent)."""
+        """Stop the watcher, close every pidfd, remove the cgroup once empty (idempotent)."""
         self._watcher.stop()
+        if self._cgroup is not None and not self._cgroup.remove():
+            log.warning("cgroup %s still holds processes; left in place", self._cgroup.path)
         with self._cond:
             pins = list(self._pins.values())
         for pin in pins:
             pin.close()
 
 
-def _argv_of(args: Any) -> list[str]:
+def _argv_of(args: Any, kwargs: dict[str, Any]) -> list[str]:
+    """The argv ``Popen`` executes for ``args`` (what ``/proc/<pid>/cmdline`` will show)."""
     if isinstance(args, (str, bytes, os.PathLike)):
-        return [os.fsdecode(args)]
-    return [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in args]
+        argv = [os.fsdecode(args)]
+    else:
+        argv = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in args]
+    if kwargs.get("shell"):
+        shell = kwargs.get("executable") or "/bin/sh"
+        return [os.fsdecode(shell), "-c", *argv]
+    return argv

@@ -37,7 +37,7 @@ from ._recorded import gather_roots
 from ._reports import CallbackError, ChildOutcome, ShutdownPhase, ShutdownReport
 from ._signals import SignalRelay
 from ._terminate import TerminationResult, terminate_trees, wait_exited
-from ._tree import marker_entry, marker_value
+from ._tree import Scope, descends_from_me, marker_value
 
 if TYPE_CHECKING:
     from .._store import SessionStore
@@ -81,6 +81,11 @@ class ProcessLayer:
         subreaper: on Linux, make this process a child subreaper at the first ``install``,
             ``spawn`` or ``track``, so descendants that ``setsid`` or double-fork are
             re-parented to us and stay findable; undone after shutdown if we set it.
+        cgroup: where this process can create a cgroup v2 child of its own cgroup (root, or
+            a delegated subtree; checked at the first ``spawn``), start the children inside it
+            and end them through it (freeze, ``cgroup.kill``, ``populated 0``): complete by
+            construction. Elsewhere, or False, the subreaper + marker + freeze tier alone.
+            ``ShutdownReport.enumeration`` says which was used.
         close_store: close the store as the last step (the contract); False for hosts that
             close it themselves.
         checkpoint_name: name of the final checkpoint written at shutdown.
@@ -100,6 +105,7 @@ class ProcessLayer:
         close_timeout_s: float | None = None,
         exit_on_signal: bool = True,
         subreaper: bool = True,
+        cgroup: bool = True,
         close_store: bool = True,
         checkpoint_name: str = "shutdown",
     ) -> None:
@@ -120,8 +126,10 @@ class ProcessLayer:
         self._set_subreaper = False
         owner = ProcessIdentity.current()
         self._owner_pid = owner.pid
-        self._marker = marker_entry(session_id, owner)
-        self._children = ChildRegistry(store, session_id, marker_value(session_id, owner))
+        self._owner = owner
+        self._children = ChildRegistry(
+            store, session_id, marker_value(session_id, owner), cgroup=cgroup
+        )
         self._relay = SignalRelay(self._on_signal)
         self._callbacks = ExitCallbacks(self.callback_timeout_s)
         self._lock = threading.Lock()
@@ -448,8 +456,7 @@ class ProcessLayer:
                 descendants=self._descendant_outcomes(result),
                 escalated_to_sigkill=bool(result and result.escalated_to_sigkill),
                 escalated_by_signal=bool(result and result.escalated_by_request),
-                verified_no_orphans=bool(result and result.verified_no_orphans)
-                and not any(o.outcome == "left" for o in outcomes),
+                **self._verification(result, outcomes),
                 session_status=status,
                 close_report=close_report,
                 callback_errors=callback_errors,
@@ -488,7 +495,9 @@ class ProcessLayer:
                 roots,
                 grace_s=self.grace_s,
                 kill_verify_s=self.kill_verify_s,
-                marker=self._marker,
+                scope=Scope(self._session_id, owner=self._owner, own_descendants=True),
+                incomplete=self._enumeration_gap(roots),
+                cgroup=self._children.cgroup,
                 wake_fd=self._escalate_r,
                 escalated=self._escalated,
             )
@@ -498,6 +507,46 @@ class ProcessLayer:
             result = _kill_pinned(roots, self.kill_verify_s)
         self._active_pins = list(result.pins)
         return roots, outcomes, result
+
+    def _enumeration_gap(self, roots: list[Pin]) -> str | None:
+        """Why the trees of ``roots`` cannot be enumerated completely; None when they can."""
+        if not is_child_subreaper() and not self._children.all_in_cgroup():
+            return (
+                "this process is not a child subreaper (subreaper=False, or not Linux): an "
+                "escapee that leaves its tree and clears its environment is re-parented "
+                "elsewhere, out of sight"
+            )
+        gaps = self._children.enumeration_gaps()
+        outside = [p.pid for p in roots if p.source == "recorded" and not descends_from_me(p.pid)]
+        if outside:
+            gaps.append(
+                f"recorded children {outside[:10]} were started by an earlier owner: their "
+                "orphans were not re-parented to this process"
+            )
+        return "; ".join(gaps) if gaps else None
+
+    def _verification(
+        self, result: TerminationResult | None, outcomes: list[ChildOutcome]
+    ) -> dict[str, Any]:
+        """The report's verification fields: verified only when complete and nothing left."""
+        reason: str | None
+        if result is None:
+            verification, reason, tier = "unverified", "the children were not ended", ""
+        else:
+            verification = result.verification
+            reason, tier = result.verification_reason, result.enumeration
+        left = [o.pid for o in outcomes if o.outcome == "left"]
+        if left and verification == "verified":
+            verification = "unverified"
+            reason = f"recorded children {left[:10]} could not be read and were left alone"
+        if self._children.cgroup is None:
+            tier += f" (cgroup tier not used: {self._children.cgroup_note})"
+        return {
+            "verified_no_orphans": verification == "verified",
+            "verification": verification,
+            "verification_reason": reason,
+            "enumeration": tier,
+        }
 
     def _record_roots(self, roots: list[Pin], errors: list[str]) -> list[ChildOutcome]:
         """Make sure every root's row says how it ended, then describe each."""
@@ -553,7 +602,7 @@ class ProcessLayer:
                     "reason": self._reason,
                     "children": [o.model_dump(mode="json") for o in outcomes],
                     "escalated_to_sigkill": result.escalated_to_sigkill,
-                    "verified_no_orphans": result.verified_no_orphans,
+                    **self._verification(result, outcomes),
                 },
             )
         except SessionStoreError as err:
@@ -582,6 +631,9 @@ def _kill_pinned(pins: list[Pin], verify_s: float) -> TerminationResult:
         escalated_to_sigkill=True,
         unkillable=unkillable,
         durations={"kill": time.monotonic() - t},
+        verification="orphans_left" if unkillable else "unverified",
+        verification_reason="tree termination failed: only the pinned roots were killed",
+        enumeration="pinned roots only",
     )
 
 

@@ -1,8 +1,9 @@
-"""The operating-system calls the process layer needs, with their fallbacks, in one place.
+"""The operating-system calls the process layer makes, with their fallbacks, in one place.
 
 Linux first: pidfds (``os.pidfd_open``, ``signal.pidfd_send_signal``, ``os.waitid(P_PIDFD)``),
-``/proc`` for one-pass process scans, ``prctl`` (through ctypes) for the child subreaper.
-Elsewhere psutil stands in, and callers are told (``HAVE_PIDFD``) that waits must poll.
+``prctl`` (through ctypes) for the child subreaper. Elsewhere callers are told (``HAVE_PIDFD``)
+that waits must poll. What the OS *says* about a process (``/proc``) is read in
+:mod:`sessionstore._proc`, the one reader with the one error policy.
 """
 
 from __future__ import annotations
@@ -16,29 +17,23 @@ import select
 import signal
 import sys
 import threading
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import NoReturn
-
-import psutil
 
 __all__ = [
     "HAVE_PIDFD",
     "LINUX",
-    "StatInfo",
-    "environ_has",
     "exit_by_signal",
     "fd_readable",
     "is_child_subreaper",
     "open_pidfd",
     "pidfd_group_signal",
-    "read_stat",
-    "scan_processes",
     "set_child_subreaper",
     "waitid_pidfd",
 ]
 
-LINUX = sys.platform.startswith("linux")
+from .._proc import LINUX
+
 HAVE_PIDFD = LINUX and hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -46,119 +41,6 @@ _PR_GET_CHILD_SUBREAPER = 37
 # include/uapi/linux/pidfd.h: signal the whole process group of the pidfd's process (Linux 6.9).
 _PIDFD_SIGNAL_PROCESS_GROUP = 1 << 2
 _group_signal_supported = True
-
-
-@dataclass(frozen=True)
-class StatInfo:
-    """One read of ``/proc/<pid>/stat``: the fields tree discovery and identity need."""
-
-    pid: int
-    ppid: int
-    pgid: int
-    sid: int
-    state: str
-    start_ticks: int
-
-    @property
-    def finished(self) -> bool:
-        """True for a zombie or dead process: it can never run again."""
-        return self.state in ("Z", "X")
-
-
-def read_stat(pid: int) -> StatInfo | None:
-    """Read one process's stat line; None when there is no such process (or it cannot be read).
-
-    Off Linux the same fields come from psutil (start time in microseconds).
-    """
-    if not LINUX:
-        return _psutil_stat(pid)
-    raw = _read_proc(f"/proc/{pid}/stat")
-    if raw is None:
-        return None
-    # The command name may hold spaces and parentheses: split after the last ')'.
-    try:
-        rest = raw[raw.rindex(b")") + 2 :].split()
-        return StatInfo(
-            pid=pid,
-            ppid=int(rest[1]),
-            pgid=int(rest[2]),
-            sid=int(rest[3]),
-            state=rest[0].decode("ascii", "replace"),
-            start_ticks=int(rest[19]),
-        )
-    except (ValueError, IndexError):
-        return None
-
-
-def _psutil_stat(pid: int) -> StatInfo | None:
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            status = proc.status()
-            ppid = proc.ppid()
-            start = int(proc.create_time() * 1_000_000)
-        pgid = os.getpgid(pid)
-        sid = os.getsid(pid)
-    except (psutil.Error, OSError):
-        return None
-    state = "Z" if status == psutil.STATUS_ZOMBIE else "S"
-    return StatInfo(pid=pid, ppid=ppid, pgid=pgid, sid=sid, state=state, start_ticks=start)
-
-
-def _read_proc(path: str) -> bytes | None:
-    # Raw os.open/os.read: a shutdown scans every process a few times, and the buffered file
-    # object costs more than the read itself.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def scan_processes() -> dict[int, StatInfo]:
-    """Read every visible process once: ``{pid: StatInfo}`` (kernel threads left out)."""
-    if not LINUX:
-        found = {}
-        for pid in psutil.pids():
-            info = _psutil_stat(pid)
-            if info is not None:
-                found[pid] = info
-        return found
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        info = read_stat(int(name))
-        # Kernel threads (children of kthreadd, pid 2) are never part of a user's tree.
-        if info is not None and info.pid != 2 and info.ppid != 2:
-            found[info.pid] = info
-    return found
-
-
-def environ_has(pid: int, entry: bytes) -> bool:
-    """True when process ``pid`` has exactly ``entry`` (``b"NAME=value"``) in its environment.
-
-    False when it cannot be read (another user's process, gone, a zombie).
-    """
-    if not LINUX:
-        name, _, value = entry.decode("utf-8", "replace").partition("=")
-        try:
-            return psutil.Process(pid).environ().get(name) == value
-        except (psutil.Error, OSError):
-            return False
-    raw = _read_proc(f"/proc/{pid}/environ")
-    return raw is not None and entry in raw.split(b"\0")
 
 
 def open_pidfd(pid: int) -> int | None:

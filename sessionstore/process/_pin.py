@@ -18,13 +18,16 @@ from typing import Literal
 import psutil
 
 from .._identity import boot_id, check_signal_target
+from .._proc import ProcessUnreadableError, StatInfo, read_stat, settled_argv
 from ..errors import UnsafeSignalError
-from ._os import HAVE_PIDFD, fd_readable, open_pidfd, pidfd_group_signal, read_stat, waitid_pidfd
+from ._os import HAVE_PIDFD, fd_readable, open_pidfd, pidfd_group_signal, waitid_pidfd
 from ._reports import Outcome
 
 __all__ = ["Pin", "PinSource"]
 
 PinSource = Literal["spawned", "tracked", "recorded", "descendant"]
+
+_OWNER_REAP_WAIT_S = 1.0  # another thread's Popen.wait() stores a reaped status in microseconds
 
 
 class Pin:
@@ -93,13 +96,22 @@ class Pin:
         The order matters (systemd's ``pidref_verify``): open the pidfd, *then* read ``/proc``;
         if the start ticks match what we expect, the pidfd refers to that very process.
 
+        ``argv`` is what the caller knows (the spawn's own arguments); without it the command
+        line is read once the process is past any ``execve`` in progress.
+
         Raises:
             UnsafeSignalError: ``pid`` is <= 1 or this process.
             ProcessLookupError: no such process, or its identity is not the expected one.
+            ProcessUnreadableError: it cannot be read, so it cannot be verified (nothing is pinned).
         """
         check_signal_target(pid)
         pidfd = open_pidfd(pid)
-        info = read_stat(pid)
+        try:
+            info = read_stat(pid)
+        except ProcessUnreadableError:
+            if pidfd is not None:
+                os.close(pidfd)
+            raise
         if info is None or (
             expected_start_ticks is not None and info.start_ticks != expected_start_ticks
         ):
@@ -108,7 +120,7 @@ class Pin:
             what = "no such process" if info is None else "pid now belongs to another process"
             raise ProcessLookupError(pid, what)
         if argv is None:
-            argv = _read_argv(pid)
+            argv = settled_argv(pid) or []
         return cls(
             pid,
             info.start_ticks,
@@ -124,9 +136,20 @@ class Pin:
         """The pidfd (readable once the process exits), or None when there is none."""
         return self._pidfd
 
+    def _stat(self) -> StatInfo | None:
+        """This pid's stat now; raises ProcessUnreadableError when it cannot be read."""
+        return read_stat(self.pid)
+
     def identity_matches(self) -> bool:
-        """True while the PID still names the pinned process (alive or a zombie)."""
-        info = read_stat(self.pid)
+        """True while the PID still names the pinned process (alive or a zombie).
+
+        Unreadable: True only with a pidfd, which names the pinned process whatever its PID
+        holds; without one we cannot tell, and a signal could reach a stranger (False).
+        """
+        try:
+            info = self._stat()
+        except ProcessUnreadableError:
+            return self._pidfd is not None
         return info is not None and info.start_ticks == self.start_ticks
 
     def has_exited(self) -> bool:
@@ -141,7 +164,10 @@ class Pin:
                 pass  # closed under us: fall back to /proc
         if self.popen is not None and self.popen.returncode is not None:
             return True
-        info = read_stat(self.pid)
+        try:
+            info = self._stat()
+        except ProcessUnreadableError:
+            return False  # unknown is not gone: it stays to be verified
         return info is None or info.start_ticks != self.start_ticks or info.finished
 
     def send(self, sig: int) -> bool:
@@ -193,7 +219,10 @@ class Pin:
                 delivered = pidfd_group_signal(fd, sig)
                 if delivered is not None:
                     return delivered
-            info = read_stat(self.pid)
+            try:
+                info = self._stat()
+            except ProcessUnreadableError:
+                return False
             if info is None or info.start_ticks != self.start_ticks or info.pgid != pgid:
                 return False
             if info.finished:
@@ -241,12 +270,20 @@ class Pin:
                 # Another thread is inside popen.wait() and holds its lock: peek, don't reap.
                 fd = self._pidfd
                 code = waitid_pidfd(fd, reap=False) if fd is not None else None
-            else:
-                self.reaped = True
+            if code is None and (fd is None or fd_readable(fd)):
+                # Too late to peek: that thread reaped it between our poll and our peek. Its
+                # returncode lands in the Popen within moments; read it there rather than
+                # recording the exit with no code (the alternative, and a flaky test).
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    code = self.popen.wait(timeout=_OWNER_REAP_WAIT_S)
+            self.reaped = self.popen.returncode is not None
             self.exit_code = code
             return
         fd = self._pidfd
-        info = read_stat(self.pid)
+        try:
+            info = self._stat()
+        except ProcessUnreadableError:
+            info = None  # cannot tell it is our child: read nothing, reap nothing
         ours = (
             info is not None and info.ppid == os.getpid() and info.start_ticks == self.start_ticks
         )
@@ -275,15 +312,3 @@ class Pin:
     def __repr__(self) -> str:
         state = "ended" if self.ended else "live"
         return f"<Pin pid={self.pid} source={self.source} pgid={self.pgid} {state}>"
-
-
-def _read_argv(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        try:
-            return list(psutil.Process(pid).cmdline())
-        except psutil.Error:
-            return []
-    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]

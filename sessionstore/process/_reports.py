@@ -18,7 +18,17 @@ __all__ = [
     "ReapedSession",
     "ShutdownPhase",
     "ShutdownReport",
+    "Verification",
 ]
+
+Verification = Literal["verified", "unverified", "orphans_left"]
+"""Whether a report may say no process of the trees is left.
+
+``verified``: the enumeration was complete by construction (this process was the child
+subreaper of every tree, so every descendant stayed below it) and two full scans after the last
+SIGKILL found none alive; ``unverified``: none was seen, but some could not have been (the
+reason says why: no subreaper, roots started elsewhere, a reap from another process);
+``orphans_left``: processes of the trees were still alive at the deadline."""
 
 Outcome = Literal["exited", "terminated", "killed", "unkillable", "gone", "left"]
 """How a process ended: on its own (``exited``), on our SIGTERM (``terminated``), on SIGKILL
@@ -74,7 +84,10 @@ class ShutdownReport(_Frozen):
     descendants: list[ChildOutcome] = Field(default_factory=list)  # found in their trees
     escalated_to_sigkill: bool = False
     escalated_by_signal: bool = False  # a second SIGINT (or SIGQUIT) cut the grace period
-    verified_no_orphans: bool = False
+    verified_no_orphans: bool = False  # verification == "verified", never true otherwise
+    verification: Verification = "unverified"
+    verification_reason: str | None = None  # why not verified; None when verified
+    enumeration: str = ""  # how the trees' members were found (the tier used)
     session_status: SessionStatus | None = None
     close_report: CloseReport | None = None
     callback_errors: list[CallbackError] = Field(default_factory=list)
@@ -113,8 +126,11 @@ class ReapedSession(_Frozen):
     previous_status: SessionStatus
     new_status: SessionStatus
     children: list[ReapedChild] = Field(default_factory=list)
-    descendants_ended: int = 0  # processes found in the children's trees and ended with them
-    verified_no_orphans: bool = True
+    descendants_ended: int = 0  # found in the trees and ended (a dry run: would be ended)
+    verified_no_orphans: bool = False  # verification == "verified", never true otherwise
+    verification: Verification = "unverified"
+    verification_reason: str | None = None  # why not verified; None when verified
+    enumeration: str = ""  # how the trees' members were found (the tier used)
 
 
 class ReapReport(_Frozen):

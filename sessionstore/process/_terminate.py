@@ -14,15 +14,21 @@ from __future__ import annotations
 import selectors
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+from .._proc import ProcessUnreadableError
+from ..errors import UnsafeSignalError
+from ._cgroup import SessionCgroup
 from ._pin import Pin
-from ._tree import discover
+from ._reports import Verification
+from ._tree import Scope, TreeFinder
 
-__all__ = ["TerminationResult", "terminate_trees", "wait_exited"]
+__all__ = ["TerminationResult", "Verification", "terminate_trees", "wait_exited"]
 
 _POLL_S = 0.02  # only for pins without a pidfd
+_TERM_ROUNDS = 20  # grace rounds that SIGTERM newly found members; a hopper meets SIGKILL
 _MAX_SELECT_S = 3600.0  # clamp: huge select timeouts misbehave (python/cpython#154836)
 
 
@@ -33,9 +39,16 @@ class TerminationResult:
     pins: list[Pin]
     escalated_to_sigkill: bool = False
     escalated_by_request: bool = False
-    verified_no_orphans: bool = False
     unkillable: list[Pin] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
+    verification: Verification = "unverified"
+    verification_reason: str | None = "tree termination did not run"
+    enumeration: str = "none"  # how members were found: the tier named in reports
+
+    @property
+    def verified_no_orphans(self) -> bool:
+        """True only when the enumeration was complete by construction and found nothing."""
+        return self.verification == "verified"
 
 
 def wait_exited(
@@ -114,16 +127,75 @@ def _signal_trees(roots: list[Pin], pins: Iterable[Pin], sig: int) -> None:
             pin.send(sig)
 
 
-def _add_new(
-    known: dict[int, Pin], order: list[Pin], marker: bytes | None, sig: int | None
-) -> list[Pin]:
-    new = discover(known, marker=marker)
-    for pin in new:
-        known[pin.pid] = pin
-        order.append(pin)
+def _settle_after_kill(
+    finder: TreeFinder, order: list[Pin], deadline: float
+) -> tuple[Literal["clean", "unknown", "left"], str | None]:
+    """Kill what a full scan still finds until two consecutive scans prove nothing is left.
+
+    A member that dies leaves a zombie that only its parent reaps, and every member's parent is
+    a member or this process (the subreaper), which reaps only inside a scan, after seeing the
+    zombie. Hence: two full scans with no live member, the second showing no zombie the first
+    did not, mean no member ran in between; a process forked after the first scan listed
+    ``/proc`` would have a live or newly dead parent in the second. One clean scan alone is not
+    enough: a PID hopper forks its next self after ``/proc`` was listed and dies before it is
+    read. Before each full scan an incremental chase stops and kills what it can reach fast.
+
+    Returns:
+        ``("clean", None)``; ``("unknown", why)`` when processes could not be read (they may or
+        may not be members: unknown is never taken for gone); ``("left", why)`` when members
+        were still alive at the deadline.
+    """
+    previous: frozenset[tuple[int, int]] | None = None
+    while True:
+        wait_exited(order, deadline)
+        _chase(finder, order, deadline, signal.SIGKILL)
+        found = finder.find(full=True, stop=True)
+        order.extend(found.new)
+        for pin in found.new:
+            pin.send(signal.SIGKILL)
+        if found.unreadable:
+            return "unknown", f"{found.unreadable} processes could not be read (/proc)"
+        finder.environ_unreadable = found.environ_unreadable
+        if not found.new and not found.alive:
+            if previous is not None and found.zombies <= previous:
+                return "clean", None
+            previous = found.zombies
+        else:
+            previous = None
+        if time.monotonic() >= deadline:
+            alive = sorted(found.alive)
+            return "left", f"still alive after SIGKILL at the deadline: pids {alive[:20]}"
+
+
+def _freeze(finder: TreeFinder, order: list[Pin], deadline: float) -> None:
+    """SIGSTOP every live member, then rescan, stopping each find, until a full scan adds none.
+
+    Incremental scans (only processes not seen before) run between full ones: a process that
+    forks and exits in a loop hops every ~1 ms, a full scan takes about as long, an incremental
+    one a tenth of that. The deadline bounds the loop; the SIGKILL wave and verification follow
+    either way.
+    """
+    for pin in order:
+        if not pin.has_exited():
+            pin.send(signal.SIGSTOP)
+    while time.monotonic() < deadline:
+        _chase(finder, order, deadline, None)
+        new = finder.find(full=True, stop=True).new
+        order.extend(new)
+        if not new:
+            return
+
+
+def _chase(finder: TreeFinder, order: list[Pin], deadline: float, sig: int | None) -> None:
+    """Incremental scans (stopping each find, then sending ``sig``) until one finds nothing."""
+    while time.monotonic() < deadline:
+        new = finder.find(full=False, stop=True).new
+        order.extend(new)
         if sig is not None:
-            pin.send(sig)
-    return new
+            for pin in new:
+                pin.send(sig)
+        if not new:
+            return
 
 
 def terminate_trees(
@@ -131,7 +203,10 @@ def terminate_trees(
     *,
     grace_s: float,
     kill_verify_s: float,
-    marker: bytes | None,
+    scope: Scope,
+    incomplete: str | None = None,
+    cgroup: SessionCgroup | None = None,
+    extra_cgroups: Sequence[SessionCgroup] = (),
     wake_fd: int | None = None,
     escalated: Callable[[], bool] = lambda: False,
 ) -> TerminationResult:
@@ -141,61 +216,129 @@ def terminate_trees(
         roots: pinned processes whose trees are to end (their groups get the signals).
         grace_s: how long SIGTERM may take before SIGKILL.
         kill_verify_s: how long SIGKILL may take to be verified; what is left is unkillable.
-        marker: the environment entry marking our trees (see :mod:`._tree`), or None.
+        scope: where else members are looked for (tree markers, this process's descendants).
+        incomplete: why the enumeration cannot be complete by construction, or None when it is
+            (``scope.own_descendants`` with the subreaper held since the first child started,
+            or every child started inside ``cgroup``).
+        cgroup: the session cgroup the children were started in (the cgroup tier), or None.
+            Its members are pinned while it is frozen, it is frozen again before the SIGKILL
+            wave, killed as a whole, and must be empty (``populated 0``) to verify.
+        extra_cgroups: more cgroups to end the same way (the reaper: every cgroup the
+            session's dead owners left behind).
         wake_fd: wakes the grace wait (a second Ctrl-C); ``escalated()`` then says whether to
             skip the rest of the grace period.
         escalated: True when the grace period is to be cut short.
 
     Returns:
         The result; no exception for processes that would not die (they are listed as
-        unkillable and do not block).
+        unkillable and do not block). ``verification`` is ``verified`` only when
+        ``incomplete`` is None and two full scans after the SIGKILL wave proved nothing left.
     """
     t0 = time.monotonic()
     known: dict[int, Pin] = {p.pid: p for p in roots}
     order: list[Pin] = list(roots)
-    result = TerminationResult(pins=order)
-    _add_new(known, order, marker, None)
+    finder = TreeFinder(known, scope)
+    cgroups = [*([cgroup] if cgroup is not None else []), *extra_cgroups]
+    result = TerminationResult(pins=order, enumeration=_tier(scope, cgroups))
+    for cg in cgroups:
+        # Pinned while frozen: a frozen process cannot exit, so its pid cannot be recycled
+        # between reading cgroup.procs and opening the pidfd.
+        _pin_cgroup(cg, known, order, t0 + max(kill_verify_s, 0.5))
+        cg.thaw()
+    order.extend(finder.find().new)
 
     if not escalated():
-        _signal_trees(roots, order, signal.SIGTERM)
-        # SIGCONT right after (systemd does the same) so a stopped process can act on SIGTERM.
-        _signal_trees(roots, [p for p in order if p.term_sent], signal.SIGCONT)
-        wait_exited(order, t0 + grace_s, wake_fd=wake_fd, should_stop=escalated)
-        # A fork racing our SIGTERM is caught here; the kill phase below ends it.
-        _add_new(known, order, marker, None)
+        grace_deadline = t0 + grace_s
+        _term(roots, order)
+        for _ in range(_TERM_ROUNDS):
+            wait_exited(order, grace_deadline, wake_fd=wake_fd, should_stop=escalated)
+            if escalated() or time.monotonic() >= grace_deadline:
+                break
+            # Everything known exited: members forked or adopted meanwhile get SIGTERM too.
+            new = finder.find().new
+            if not new:
+                break
+            order.extend(new)
+            _term(roots, new)
     result.escalated_by_request = escalated()
     t1 = time.monotonic()
     result.durations["terminate"] = t1 - t0
 
-    live = [p for p in order if not p.has_exited()]
     verify_deadline = t1 + kill_verify_s
-    if live:
+    for cg in cgroups:
+        _pin_cgroup(cg, known, order, verify_deadline)  # and it stays frozen
+    order.extend(finder.find(stop=True).new)
+    if any(not p.has_exited() for p in order) or any(cg.populated() for cg in cgroups):
         result.escalated_to_sigkill = True
-        # Freeze first, so nothing forks or gets re-parented while we enumerate; repeat until
-        # an enumeration finds nothing new (systemd's cg_kill_items loop).
-        for pin in live:
-            pin.send(signal.SIGSTOP)
-        while _add_new(known, order, marker, signal.SIGSTOP) and time.monotonic() < verify_deadline:
-            pass
-        while True:
-            _signal_trees(roots, order, signal.SIGKILL)
-            if not _add_new(known, order, marker, None) or time.monotonic() >= verify_deadline:
-                break
+        _freeze(finder, order, verify_deadline)
+        _signal_trees(roots, order, signal.SIGKILL)
+        for cg in cgroups:
+            if cg.kill():
+                for pin in order:
+                    if not pin.has_exited() and cg.contains(pin.pid):
+                        pin.note_signal(signal.SIGKILL)
     t2 = time.monotonic()
     result.durations["kill"] = t2 - t1
 
-    wait_exited(order, verify_deadline)
+    full = [cg.path for cg in cgroups if not cg.wait_empty(verify_deadline)]
+    settled, why = _settle_after_kill(finder, order, verify_deadline)
+    if full and settled != "left":
+        settled, why = "left", f"cgroups still hold processes: {full}"
+    if any(p.kill_sent for p in order):
+        result.escalated_to_sigkill = True
     result.unkillable = [p for p in order if not p.has_exited()]
     for pin in order:
         if pin.source == "descendant" and pin.has_exited():
-            pin.collect(reap_adopted=True)
-    leftovers = []
-    for pin in discover(known, marker=marker):
-        if pin.has_exited():
-            pin.collect(reap_adopted=True)  # an adopted orphan that died unseen: reap it
-        else:
-            leftovers.append(pin)
-        pin.close()
-    result.verified_no_orphans = not result.unkillable and not leftovers
+            pin.collect(reap_adopted=True)  # an adopted orphan: nobody else will reap it
+    if result.unkillable or settled == "left":
+        result.verification = "orphans_left"
+        result.verification_reason = why or f"{len(result.unkillable)} processes survived SIGKILL"
+    elif settled == "unknown":
+        result.verification, result.verification_reason = "unverified", why
+    elif incomplete is not None:
+        if finder.environ_unreadable and scope.session_id is not None:
+            incomplete += (
+                f"; the environments of {finder.environ_unreadable} processes could not be "
+                "read, so their tree markers are unknown"
+            )
+        result.verification, result.verification_reason = "unverified", incomplete
+    else:
+        result.verification, result.verification_reason = "verified", None
     result.durations["verify"] = time.monotonic() - t2
     return result
+
+
+def _term(roots: list[Pin], pins: list[Pin]) -> None:
+    _signal_trees(roots, pins, signal.SIGTERM)
+    # SIGCONT right after (systemd does the same) so a stopped process can act on SIGTERM.
+    _signal_trees(roots, [p for p in pins if p.term_sent], signal.SIGCONT)
+
+
+def _pin_cgroup(
+    cgroup: SessionCgroup, known: dict[int, Pin], order: list[Pin], deadline: float
+) -> None:
+    """Freeze the cgroup and pin each member not pinned yet (checked to be inside after)."""
+    cgroup.freeze(deadline)
+    for pid in cgroup.pids():
+        if pid in known:
+            continue
+        try:
+            pin = Pin.pin(pid, source="descendant", argv=[])
+        except (ProcessLookupError, UnsafeSignalError, ProcessUnreadableError):
+            continue
+        if not cgroup.contains(pid):  # the pid was recycled before the pidfd was open
+            pin.close()
+            continue
+        known[pid] = pin
+        order.append(pin)
+
+
+def _tier(scope: Scope, cgroups: Sequence[SessionCgroup] = ()) -> str:
+    parts = ["pinned roots and their groups"]
+    if cgroups:
+        parts.insert(0, "cgroup (frozen, cgroup.kill, populated 0)")
+    if scope.session_id is not None:
+        parts.append("tree marker")
+    if scope.own_descendants:
+        parts.append("subreaper descendants")
+    return " + ".join(parts) + ", frozen with SIGSTOP"

@@ -1,4 +1,4 @@
-"""Finding every process that belongs to the trees of our children, in one ``/proc`` pass.
+"""Finding every process that belongs to the trees being ended.
 
 PIDs alone miss processes: a process-group kill misses a grandchild that ``setsid``s, and
 ``psutil.children(recursive=True)`` loses descendants whose intermediate parent already exited.
@@ -6,29 +6,61 @@ A tree here is the union of
 
 * the pinned roots and everything below them (by parent pid);
 * every process in a process group or session that a pinned process leads (never ours);
-* every process carrying the tree marker in its environment: ``spawn`` puts
-  ``SESSIONSTORE_TREE=<session>:<owner pid>:<owner start ticks>`` into each child's environment and
-  descendants inherit it, so an escapee is found even after it was re-parented to init (the same
-  cookie trick as Jenkins' ``BUILD_ID``; a process that clears its environment escapes it);
+* every process carrying the session's tree marker in its environment: ``spawn`` puts
+  ``SESSIONSTORE_TREE=<session>:<owner pid>:<owner start ticks>`` into each child's environment
+  and descendants inherit it, so an escapee is found even after it was re-parented elsewhere
+  (the same cookie trick as Jenkins' ``BUILD_ID``). Markers of this process count, and those of
+  earlier owners of the session that are verifiably dead; a live stranger's never do;
+* with ``Scope.own_descendants``: every child of this process and everything below it. This
+  process is a child subreaper, and an orphan is re-parented to its nearest subreaper ancestor,
+  so every process a child ever started, directly or not, stays below us by parent links,
+  however it ``setsid``s, double-forks or clears its environment: the complete list, by
+  construction. Left out: children carrying another session's marker from this very process
+  (another layer's), and children in our own process group without this session's marker (the
+  application's own, started around the layer; an escapee would have to ``setpgid`` into our
+  group on purpose to hide there).
 
-and, below each of those, their descendants. With the child subreaper on, escapees are also
-re-parented to us, so they stay reapable.
+A scan is one pass over ``/proc``. The freeze loop (see :mod:`._terminate`) uses *incremental*
+scans, which read only processes not seen before, so a process that forks and exits in a loop
+(a "PID hopper") is caught between hops; verification always uses full scans.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-from .._identity import ProcessIdentity
+from .._identity import IdentityStatus, ProcessIdentity, boot_id
+from .._proc import (
+    ProcessTable,
+    ProcessUnreadableError,
+    StatInfo,
+    environ_value,
+    read_argv,
+    read_stat,
+    scan,
+)
 from ..errors import UnsafeSignalError
-from ._os import StatInfo, environ_has, scan_processes
 from ._pin import Pin
 
-__all__ = ["MARKER_NAME", "discover", "marker_entry", "marker_value"]
+__all__ = [
+    "MARKER_NAME",
+    "Scope",
+    "TreeFinder",
+    "descends_from_me",
+    "marker_entry",
+    "marker_value",
+]
 
 MARKER_NAME = "SESSIONSTORE_TREE"
+_MARKER = MARKER_NAME.encode()
+_PROBE_SPAN = 64  # pids read above the newest member in an incremental scan
+_PROBE_ROUNDS = 1000  # bound on one chase up the pid numbers
+_DEAD = (IdentityStatus.GONE, IdentityStatus.REUSED, IdentityStatus.ZOMBIE)
 
 
 def marker_value(session_id: str, owner: ProcessIdentity) -> str:
@@ -41,74 +73,279 @@ def marker_entry(session_id: str, owner: ProcessIdentity) -> bytes:
     return f"{MARKER_NAME}={marker_value(session_id, owner)}".encode()
 
 
-def _same(info: StatInfo | None, pin: Pin) -> bool:
-    return info is not None and info.start_ticks == pin.start_ticks
+@dataclass(frozen=True)
+class Scope:
+    """Where members of the trees are looked for, beyond the pinned roots' own trees.
 
-
-def _seeds(
-    procs: Mapping[int, StatInfo],
-    known: Mapping[int, Pin],
-    marker: bytes | None,
-) -> list[int]:
-    me = os.getpid()
-    my_pgrp = os.getpgrp()
-    my_sid = os.getsid(0)
-    # A group or session counts only when the pin leads it: a tracked process sitting in a
-    # terminal's session must not drag the user's shell into its tree.
-    pgids = {p.pgid for p in known.values() if p.pgid == p.pid and p.pid > 1}
-    pgids.discard(my_pgrp)
-    sids = {p.sid for p in known.values() if p.sid == p.pid and p.pid > 1}
-    sids.discard(my_sid)
-    seeds = [
-        pid
-        for pid, pin in known.items()
-        if pid in procs and procs[pid].start_ticks == pin.start_ticks
-    ]
-    for info in procs.values():
-        if info.pid == me:
-            continue
-        if (
-            info.pgid in pgids
-            or info.sid in sids
-            or (marker is not None and not info.finished and environ_has(info.pid, marker))
-        ):
-            seeds.append(info.pid)
-    return seeds
-
-
-def discover(known: Mapping[int, Pin], *, marker: bytes | None) -> list[Pin]:
-    """Pin the members of the known pins' trees that are not pinned yet.
-
-    Args:
-        known: the pins so far, by pid (roots and earlier finds).
-        marker: the environment entry that marks our trees, or None to skip that search.
-
-    Returns:
-        New pins (source ``"descendant"``), each verified after its pidfd was opened. Zombies
-        are left out unless they are our own children (then someone must reap them: us).
+    Attributes:
+        session_id: the session whose tree markers count; None for no marker search.
+        owner: this process's identity when it spawned children with its own marker (they
+            count while it lives); None for the reaper, where only dead owners' markers count.
+        own_descendants: every descendant of this process is a member (it is a subreaper).
     """
-    procs = scan_processes()
-    me = os.getpid()
-    children: defaultdict[int, list[int]] = defaultdict(list)
-    for info in procs.values():
-        children[info.ppid].append(info.pid)
-    members: set[int] = set()
-    stack = _seeds(procs, known, marker)
-    while stack:
-        pid = stack.pop()
-        if pid in members or pid <= 1 or pid == me:
-            continue
-        members.add(pid)
-        stack.extend(children.get(pid, ()))
-    return list(_pin_new(procs, members.difference(known), me))
+
+    session_id: str | None
+    owner: ProcessIdentity | None = None
+    own_descendants: bool = False
 
 
-def _pin_new(procs: Mapping[int, StatInfo], pids: Iterable[int], me: int) -> Iterable[Pin]:
-    for pid in sorted(pids):
-        info = procs[pid]
-        if info.finished and info.ppid != me:
-            continue  # somebody else's zombie: it can never run again, and it is not ours to reap
+@dataclass
+class _Marks:
+    """Marker verdicts, cached per owner (one identity check each, not one per process)."""
+
+    scope: Scope
+    owners: dict[bytes, bool] = field(default_factory=dict)
+
+    def classify(self, value: bytes) -> str:
+        """``"member"``, ``"other_layer"`` (another session of this process) or ``"none"``."""
         try:
-            yield Pin.pin(pid, source="descendant", expected_start_ticks=info.start_ticks)
-        except (ProcessLookupError, UnsafeSignalError):
-            continue  # gone (or recycled) between the scan and the pidfd: not ours any more
+            sid, pid_s, ticks_s = value.decode("utf-8", "replace").rsplit(":", 2)
+            pid, ticks = int(pid_s), int(ticks_s)
+        except ValueError:
+            return "none"
+        mine = self.scope.owner
+        if mine is not None and (pid, ticks) == (mine.pid, mine.start_ticks):
+            return "member" if sid == self.scope.session_id else "other_layer"
+        if sid != self.scope.session_id or pid <= 0 or ticks < 0:
+            return "none"
+        key = f"{pid}:{ticks}".encode()
+        dead = self.owners.get(key)
+        if dead is None:
+            status = ProcessIdentity(pid=pid, start_ticks=ticks, boot_id=boot_id()).check()
+            dead = self.owners[key] = status in _DEAD
+        return "member" if dead else "none"
+
+
+@dataclass
+class Found:
+    """What one scan found: new pins, and what it could not read."""
+
+    new: list[Pin]
+    alive: frozenset[int]  # live members seen in this scan (pinned before or now)
+    zombies: frozenset[tuple[int, int]]  # (pid, start ticks) of members that exited unreaped
+    unreadable: int  # processes listed but not readable (stat)
+    environ_unreadable: int  # processes whose environment could not be read (marker unknown)
+
+
+class TreeFinder:
+    """Scans for members of the trees below ``known`` pins; remembers non-members between scans.
+
+    Not thread-safe: one shutdown (or one reap) uses one finder.
+    """
+
+    def __init__(self, known: dict[int, Pin], scope: Scope) -> None:
+        self.known = known
+        self.scope = scope
+        self._marks = _Marks(scope)
+        self._me = os.getpid()
+        self._my_pgrp = os.getpgrp()
+        self._my_sid = os.getsid(0)
+        # Pids found not to be members, skipped by incremental scans. By pid alone, not identity:
+        # reading each one's start ticks would cost the full scan this is meant to avoid; a
+        # recycled pid missed here is caught by the full scans that verification uses.
+        self._outside: set[int] = set()
+        self._verdicts: dict[tuple[int, int], str] = {}
+        self.environ_unreadable = 0  # in the last clean full scan (set by the caller)
+
+    def _marker(self, info: StatInfo) -> str | None:
+        """The marker verdict for a process; None when its environment cannot be read."""
+        key = (info.pid, info.start_ticks)
+        verdict = self._verdicts.get(key)
+        if verdict is not None:
+            return verdict
+        if info.finished:
+            return "none"  # a zombie has no environment left, and can never run again
+        try:
+            value = environ_value(info.pid, _MARKER)
+        except ProcessUnreadableError:
+            return None
+        verdict = "none" if value is None else self._marks.classify(value)
+        self._verdicts[key] = verdict
+        return verdict
+
+    def find(self, *, full: bool = True, stop: bool = False) -> Found:
+        """Scan once, pin the members not pinned yet, reap the zombies that are ours to reap.
+
+        Args:
+            full: read every process; False reads only processes not seen in earlier scans,
+                plus the pids just above the newest member (a fork chain's next process is
+                usually there, and listing ``/proc`` takes longer than a fork): fast, for the
+                freeze loop; a full scan must confirm before anything is claimed.
+            stop: SIGSTOP each new member the moment it is pinned, so it cannot fork or exec
+                while the scan goes on.
+
+        Returns:
+            New pins (source ``"descendant"``, newest first), verified after their pidfd was
+            opened, and the members seen. A member that is a zombie child of ours is reaped
+            here (nobody else will: we are the subreaper), unless a ``Popen`` owns its status;
+            it is reported in ``zombies`` (evidence that a member died since the last scan).
+        """
+        table = scan() if full else self._scan_new()
+        procs = dict(table.procs)
+        members, environ_unreadable = self._members(procs)
+        for _ in range(0 if full else _PROBE_ROUNDS):
+            if not self._probe(procs, members):
+                break
+            grown, environ_unreadable = self._members(procs)
+            moved = max(grown, default=0) > max(members, default=0)
+            members = grown
+            if not moved:
+                break
+        for info in procs.values():
+            if info.pid not in members:
+                self._outside.add(info.pid)
+        zombies = frozenset((pid, procs[pid].start_ticks) for pid in members if procs[pid].finished)
+        for pid in members:
+            if procs[pid].finished and procs[pid].ppid == self._me:
+                self._reap(pid)
+        # Newest first: in a fork chain the newest is the one still running.
+        fresh = sorted(
+            (pid for pid in members.difference(self.known) if not procs[pid].finished),
+            reverse=True,
+        )
+        new = list(self._pin_new(procs, fresh, stop))
+        return Found(
+            new=new,
+            alive=frozenset(pid for pid in members if not procs[pid].finished),
+            zombies=zombies,
+            unreadable=len(table.unreadable),
+            environ_unreadable=environ_unreadable,
+        )
+
+    def _members(self, procs: Mapping[int, StatInfo]) -> tuple[set[int], int]:
+        """The members among ``procs`` (pids), and how many environments could not be read."""
+        known = self.known
+        led_groups = {p.pgid for p in known.values() if p.pgid == p.pid and p.pid > 1}
+        led_groups.discard(self._my_pgrp)
+        led_sessions = {p.sid for p in known.values() if p.sid == p.pid and p.pid > 1}
+        led_sessions.discard(self._my_sid)
+        children: defaultdict[int, list[int]] = defaultdict(list)
+        for info in procs.values():
+            children[info.ppid].append(info.pid)
+        seeds = [pid for pid, pin in known.items() if pid in procs and _same(procs[pid], pin)]
+        environ_unreadable = 0
+        for info in procs.values():
+            if info.pid == self._me:
+                continue
+            if info.pgid in led_groups or info.sid in led_sessions:
+                seeds.append(info.pid)
+                continue
+            verdict = self._marker(info)
+            if verdict is None:
+                environ_unreadable += 1
+            # A child of ours in our own process group with no marker of this session is one
+            # the application started around the layer (a ``subprocess.run``, a multiprocessing
+            # worker): not this session's. Escapees never land there: ``spawn`` puts each child
+            # in a group of its own, and joining ours would take a deliberate setpgid.
+            adopted = (
+                info.ppid == self._me
+                and self.scope.own_descendants
+                and info.pgid != self._my_pgrp
+                and verdict != "other_layer"
+            )
+            if verdict == "member" or adopted:
+                seeds.append(info.pid)
+        members: set[int] = set()
+        stack = seeds
+        while stack:
+            pid = stack.pop()
+            if pid in members or pid <= 1 or pid == self._me:
+                continue
+            members.add(pid)
+            stack.extend(children.get(pid, ()))
+        return members, environ_unreadable
+
+    def _probe(self, procs: dict[int, StatInfo], members: set[int]) -> bool:
+        """Read the pids just above the newest member; True when that found a new process."""
+        if not members:
+            return False
+        top = max(members)
+        added = False
+        for pid in range(top + 1, top + _PROBE_SPAN):
+            if pid in procs or pid in self._outside:
+                continue
+            try:
+                info = read_stat(pid)
+            except ProcessUnreadableError:
+                continue
+            if info is None or info.ppid == 2:
+                continue
+            procs[pid] = info
+            added = True
+        return added
+
+    def _reap(self, pid: int) -> None:
+        """Reap our zombie child ``pid`` unless it is a root: its status is its owner's.
+
+        A root (spawned, tracked, recorded) is collected by the exit watcher, through its Popen
+        or with ``WNOWAIT``, so whoever holds a Popen for it still reads the true status.
+        """
+        pin = self.known.get(pid)
+        if pin is not None:
+            if pin.source == "descendant":
+                pin.collect(reap_adopted=True)
+            return
+        # Our own unreaped child: its pid cannot be recycled before this wait, so the plain
+        # pid is safe here (a pidfd would be needed for anyone else's).
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+
+    def _scan_new(self) -> ProcessTable:
+        """Only processes not judged before, plus the pinned ones (their children's parents)."""
+        procs: dict[int, StatInfo] = {}
+        unreadable: set[int] = set()
+        outside = self._outside
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid in outside:
+                continue
+            try:
+                info = read_stat(pid)
+            except ProcessUnreadableError:
+                unreadable.add(pid)
+                continue
+            if info is None or info.pid == 2 or info.ppid == 2:
+                continue
+            procs[pid] = info
+        return ProcessTable(procs=procs, unreadable=frozenset(unreadable))
+
+    def _pin_new(
+        self, procs: Mapping[int, StatInfo], pids: Iterable[int], stop: bool
+    ) -> Iterable[Pin]:
+        for pid in pids:
+            info = procs[pid]
+            if info.finished and info.ppid != self._me:
+                continue  # somebody else's zombie: it can never run again, and not ours to reap
+            try:
+                pin = Pin.pin(
+                    pid, source="descendant", expected_start_ticks=info.start_ticks, argv=[]
+                )
+            except (ProcessLookupError, UnsafeSignalError, ProcessUnreadableError):
+                continue  # gone (or recycled) between the scan and the pidfd: not ours any more
+            if stop:
+                pin.send(signal.SIGSTOP)
+            pin.argv = read_argv(pid) or []  # for humans; after the stop, so it cannot hop
+            self.known[pid] = pin
+            yield pin
+
+
+def _same(info: StatInfo, pin: Pin) -> bool:
+    return info.start_ticks == pin.start_ticks
+
+
+def descends_from_me(pid: int) -> bool:
+    """True when ``pid`` is a descendant of this process (its parent chain reaches us now)."""
+    me = os.getpid()
+    for _ in range(256):  # bounded: a parent chain read while it changes could loop
+        try:
+            info = read_stat(pid)
+        except ProcessUnreadableError:
+            return False
+        if info is None or info.ppid <= 1:
+            return False
+        if info.ppid == me:
+            return True
+        pid = info.ppid
+    return False

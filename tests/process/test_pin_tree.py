@@ -14,7 +14,7 @@ from sessionstore import UnsafeSignalError
 from sessionstore._identity import ProcessIdentity
 from sessionstore.process._pin import Pin
 from sessionstore.process._terminate import terminate_trees
-from sessionstore.process._tree import MARKER_NAME, discover, marker_entry, marker_value
+from sessionstore.process._tree import MARKER_NAME, Scope, TreeFinder, marker_value
 
 TREE = "sleep 600 & sleep 600 & echo ready; wait"
 
@@ -32,7 +32,7 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def _tree(procs: list[subprocess.Popen[bytes]], script: str = TREE) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, process_group=0)
+    proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, start_new_session=True)
     procs.append(proc)
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
     return proc
@@ -66,7 +66,7 @@ def test_group_signal_reaches_members_after_leader_is_reaped(
     """The pidfd group signal still reaches the group once its leader is dead and reaped."""
     leader = _tree(procs)
     pin = Pin.pin(leader.pid, source="spawned", popen=leader)
-    members = discover({pin.pid: pin}, marker=None)
+    members = TreeFinder({pin.pid: pin}, Scope(None)).find().new
     assert len(members) == 2 and all(m.pgid == leader.pid for m in members)
     fds = [m.fileno() for m in members]
     leader.kill()
@@ -85,7 +85,7 @@ def test_marker_finds_escapee_outside_the_tree(procs: list[subprocess.Popen[byte
     procs.append(stray)
     other = subprocess.Popen(["sleep", "600"], start_new_session=True)
     procs.append(other)
-    found = discover({}, marker=marker_entry("sid-1", owner))
+    found = TreeFinder({}, Scope("sid-1", owner=owner)).find().new
     assert [p.pid for p in found] == [stray.pid]
     for p in found:
         p.close()
@@ -95,7 +95,7 @@ def test_terminate_trees_escalates_and_verifies(procs: list[subprocess.Popen[byt
     """A tree that ignores SIGTERM is frozen, SIGKILLed and verified gone within the budget."""
     leader = _tree(procs, "trap '' TERM; sleep 600 & sleep 600 & echo ready; wait")
     root = Pin.pin(leader.pid, source="spawned", popen=leader)
-    result = terminate_trees([root], grace_s=0.2, kill_verify_s=5, marker=None)
+    result = terminate_trees([root], grace_s=0.2, kill_verify_s=5, scope=Scope(None))
     assert result.escalated_to_sigkill and result.verified_no_orphans
     assert not result.unkillable
     assert len(result.pins) == 3
@@ -111,9 +111,30 @@ def test_terminate_trees_is_quick_for_cooperative_trees(
     """A tree that obeys SIGTERM ends without SIGKILL and without waiting out the grace."""
     leader = _tree(procs)
     root = Pin.pin(leader.pid, source="spawned", popen=leader)
-    result = terminate_trees([root], grace_s=30, kill_verify_s=5, marker=None)
+    result = terminate_trees([root], grace_s=30, kill_verify_s=5, scope=Scope(None))
     assert not result.escalated_to_sigkill and result.verified_no_orphans
     assert result.durations["terminate"] < 10
     assert leader.wait(5) == -signal.SIGTERM
     for p in result.pins:
         p.close()
+
+
+def test_collect_reads_the_code_while_another_thread_reaps() -> None:
+    """The exit code is recorded even when the Popen's owner reaps it at the same moment, 50/50."""
+    import threading
+
+    bad = []
+    for n in range(50):
+        proc = subprocess.Popen(["sleep", "600"])
+        pin = Pin.pin(proc.pid, source="spawned", popen=proc)
+        proc.kill()
+        fd = pin.fileno()
+        assert fd is not None and wait_pidfds_readable([fd], 5)
+        owner = threading.Thread(target=proc.wait)
+        owner.start()
+        pin.collect(reap_adopted=False)
+        owner.join(5)
+        if pin.exit_code != -signal.SIGKILL or proc.returncode != -signal.SIGKILL:
+            bad.append((n, pin.exit_code, proc.returncode))
+        pin.close()
+    assert not bad, bad

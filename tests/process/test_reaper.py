@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
+from escapee_helpers import Escapees, bystander_problems, subreaper_scope
 from process_helpers import Orchestrator, is_running
 
 from sessionstore import ChildState, SessionStatus, SessionStore
-from sessionstore.process import reap_orphans
+from sessionstore.process import ReapReport, reap_orphans
+from sessionstore.process._cgroup import cgroup_unavailable, left_behind
 
 
 @pytest.fixture
@@ -55,7 +63,10 @@ def test_reap_dry_run_then_real(db_path: str, stranger: subprocess.Popen[bytes])
             assert actions[stranger.pid] == "marked_gone"
             assert actions[orch.pids["coop"][0]] == "terminated"
             assert actions[orch.pids["ignore_term"][0]] == "killed"
-            assert session.descendants_ended >= 2 and session.verified_no_orphans
+            assert session.descendants_ended >= 2
+            # Another process cannot see env-cleared escapees of a dead owner: never "verified".
+            assert not session.verified_no_orphans and session.verification == "unverified"
+            assert session.verification_reason and "another process" in session.verification_reason
             assert orch.all_gone(5)
             assert stranger.poll() is None  # a stranger's process is never signalled
             rows = {c.pid: c.state for c in store.children(orch.session_id, include_exited=True)}
@@ -84,3 +95,140 @@ def test_reap_rejects_negative_durations(store: SessionStore) -> None:
     """Negative grace or verify durations raise ValueError before anything is read."""
     with pytest.raises(ValueError, match="grace_s"):
         reap_orphans(store, grace_s=-1)
+
+
+REAP = (
+    "import sys\n"
+    "from sessionstore import SessionStore\n"
+    "from sessionstore.process import reap_orphans\n"
+    "with SessionStore.open(sys.argv[1]) as store:\n"
+    "    print(reap_orphans(store, grace_s=float(sys.argv[2])).model_dump_json())\n"
+)
+
+
+def _reap_elsewhere(db: str, grace_s: float = 0.5) -> ReapReport:
+    """Run reap_orphans in another process, as an operator would (not the orphans' subreaper)."""
+    out = subprocess.run(
+        [sys.executable, "-c", REAP, db, str(grace_s)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return ReapReport.model_validate_json(out.stdout)
+
+
+def _has_marker(pid: int) -> bool:
+    return "SESSIONSTORE_TREE" in psutil.Process(pid).environ()
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """Orphans of the dead orchestrator are re-parented to the test process and counted here."""
+    with subreaper_scope():
+        yield
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stubborn", [False, True], ids=["cooperative", "stubborn"])
+def test_reap_ends_daemons_of_children_that_already_exited(
+    db_path: str, tmp_path: Path, subreaper: None, stubborn: bool
+) -> None:
+    """Owner SIGKILLed, children exited: reap ends their marked daemons, never claims verified."""
+    kinds = ["setsid", "nohup", "daemon", "doublefork"]
+    esc = Escapees(db_path, kinds, *(["--stubborn"] if stubborn else []), tmp=tmp_path)
+    try:
+        pidfds = {pid: os.pidfd_open(pid) for pid in esc.pids}
+        with_marker = [p for p in esc.pids if _has_marker(p)]
+        hidden = [p for p in esc.pids if p not in with_marker]  # doublefork cleared its env
+        assert len(with_marker) == 3 and len(hidden) == 1
+        esc.proc.kill()
+        assert esc.proc.wait(10) == -signal.SIGKILL
+        before = esc.descendants()
+
+        t = time.monotonic()
+        report = _reap_elsewhere(db_path)
+        took = time.monotonic() - t
+        (session,) = report.sessions
+        ended = [p for p in with_marker if not is_running(pidfds[p])]
+        after = esc.descendants()
+        problems = bystander_problems(esc)
+        with SessionStore.open(db_path) as store:
+            status = store.get_session(esc.session_id).status
+        print(
+            "\nMEASURE reap-after-sigkill-"
+            + ("stubborn " if stubborn else "cooperative ")
+            + json.dumps(
+                {
+                    "before": len(before),
+                    "after": len(after),
+                    "reap_s": round(took, 3),
+                    "ended": len(ended),
+                    "bystanders_signalled": len(problems),
+                    "claim": session.verification,
+                    "reality_hidden_alive": [is_running(pidfds[p]) for p in hidden],
+                }
+            )
+        )
+        assert ended == with_marker  # every marked daemon ended, though no root was alive
+        assert all(is_running(pidfds[p]) for p in hidden)  # reality: one is out of sight
+        assert session.verification == "unverified" and not session.verified_no_orphans
+        assert session.descendants_ended == 3
+        assert session.new_status is SessionStatus.CRASHED and status is SessionStatus.CRASHED
+        assert not problems, problems
+        assert len(before) == 4 and len(after) == 1
+
+        again = _reap_elsewhere(db_path)
+        assert again.sessions == []  # nothing with its marker is left to find
+        for fd in pidfds.values():
+            os.close(fd)
+    finally:
+        esc.close()
+
+
+@pytest.mark.slow
+def test_reap_empties_the_cgroup_a_dead_owner_left(
+    db_path: str, tmp_path: Path, subreaper: None
+) -> None:
+    """Cgroup tier: reap ends even env-cleared escapees (they are in the cgroup), removes it."""
+    if cgroup_unavailable() is not None:
+        pytest.skip(f"cgroup tier unavailable here: {cgroup_unavailable()}")
+    kinds = ["setsid", "envi", "doublefork", "node"]
+    esc = Escapees(db_path, kinds, "--cgroup", "--stubborn", tmp=tmp_path)
+    try:
+        pidfds = {pid: os.pidfd_open(pid) for pid in esc.pids}
+        left = left_behind()[esc.session_id]
+        esc.proc.kill()
+        assert esc.proc.wait(10) == -signal.SIGKILL
+        before = esc.descendants()
+        t = time.monotonic()
+        report = _reap_elsewhere(db_path)
+        took = time.monotonic() - t
+        (session,) = report.sessions
+        gone = esc.all_gone(2)
+        problems = bystander_problems(esc)
+        print(
+            "\nMEASURE reap-after-sigkill-cgroup "
+            + json.dumps(
+                {
+                    "before": len(before),
+                    "after": len(esc.descendants()),
+                    "reap_s": round(took, 3),
+                    "bystanders_signalled": len(problems),
+                    "claim": session.verification,
+                    "reality_all_gone": gone,
+                }
+            )
+        )
+        assert len(before) == len(kinds) and gone
+        assert not any(is_running(fd) for fd in pidfds.values())
+        assert session.descendants_ended >= len(kinds)
+        assert session.verification == "unverified" and "cgroup" in session.enumeration
+        assert not problems, problems
+        assert [os.path.exists(cg.path) for cg, _, _ in left] == [False]
+        with SessionStore.open(db_path) as store:
+            assert store.get_session(esc.session_id).status is SessionStatus.CRASHED
+        assert _reap_elsewhere(db_path).sessions == []
+        for fd in pidfds.values():
+            os.close(fd)
+    finally:
+        esc.close()

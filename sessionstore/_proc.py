@@ -1,0 +1,253 @@
+"""What the operating system says about a process: one reader, one error policy.
+
+Every question the package asks about a process (is it there, who is its parent, which group,
+is it a zombie, what is its command line, does its environment carry our tree marker) is answered
+here, from ``/proc`` on Linux and from psutil elsewhere. Each answer is one of three, never two:
+
+* a fact;
+* ``None``: the kernel says there is no such process (``ENOENT``/``ESRCH``);
+* :class:`ProcessUnreadableError` raised: it could not be read (permissions, ``hidepid``,
+  another PID namespace, a garbled line). "Cannot read" means "unknown, leave it alone": it is
+  never taken for "gone" (which would let a caller record a live process as ended, or skip
+  verifying it), and never for "ours" (which would let a caller signal a stranger).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+__all__ = [
+    "LINUX",
+    "ProcessTable",
+    "ProcessUnreadableError",
+    "StatInfo",
+    "environ_value",
+    "read_argv",
+    "read_stat",
+    "scan",
+    "settled_argv",
+]
+
+LINUX = sys.platform.startswith("linux")
+
+# How long a command line may stay empty while the kernel is inside execve (the new image is
+# mapped, its argument area not yet filled in). Measured: microseconds, milliseconds under load.
+_EXEC_SETTLE_S = 0.5
+
+
+class ProcessUnreadableError(PermissionError):
+    """The process exists (or may exist) but could not be read: treat it as unknown."""
+
+    def __init__(self, pid: int, why: str) -> None:
+        super().__init__(errno.EACCES, f"cannot read process {pid}: {why}")
+        self.pid = pid
+        self.why = why
+
+    def __reduce__(self) -> tuple[type[ProcessUnreadableError], tuple[int, str]]:
+        return (type(self), (self.pid, self.why))
+
+
+@dataclass(frozen=True)
+class StatInfo:
+    """One read of ``/proc/<pid>/stat``: the fields identity and tree discovery need."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str  # one-letter kernel state: R, S, D, Z, T, X, ...
+    start_ticks: int
+
+    @property
+    def finished(self) -> bool:
+        """True for a zombie or dead process: it can never run again."""
+        return self.state in ("Z", "X")
+
+
+@dataclass(frozen=True)
+class ProcessTable:
+    """One pass over every visible process."""
+
+    procs: dict[int, StatInfo]
+    unreadable: frozenset[int] = field(default_factory=frozenset)  # listed, could not be read
+
+
+def _read(pid: int, path: str) -> bytes | None:
+    """Read a whole ``/proc`` file; None when the process does not exist.
+
+    Raw ``os.open``/``os.read``: a shutdown scans every process several times, and the buffered
+    file object costs more than the read itself.
+
+    Raises:
+        ProcessUnreadableError: the file exists but could not be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError as err:
+        raise ProcessUnreadableError(pid, f"{path}: {err.strerror}") from err
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except ProcessLookupError:
+        return None  # ESRCH: it exited while we read
+    except OSError as err:
+        raise ProcessUnreadableError(pid, f"{path}: {err.strerror}") from err
+    finally:
+        os.close(fd)
+
+
+def read_stat(pid: int) -> StatInfo | None:
+    """Read one process's parent, group, session, state and start ticks.
+
+    Returns:
+        The fields, or None when no process has that pid.
+
+    Raises:
+        ProcessUnreadableError: it could not be read (or its stat line did not parse).
+    """
+    if not LINUX:
+        return _psutil_stat(pid)
+    raw = _read(pid, f"/proc/{pid}/stat")
+    if raw is None:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    try:
+        rest = raw[raw.rindex(b")") + 2 :].split()
+        return StatInfo(
+            pid=pid,
+            ppid=int(rest[1]),
+            pgid=int(rest[2]),
+            sid=int(rest[3]),
+            state=rest[0].decode("ascii", "replace"),
+            start_ticks=int(rest[19]),
+        )
+    except (ValueError, IndexError) as err:
+        raise ProcessUnreadableError(pid, f"unparsable stat line {raw[:80]!r}") from err
+
+
+def _psutil_stat(pid: int) -> StatInfo | None:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            status = proc.status()
+            ppid = proc.ppid()
+            # Microseconds of create time: stable for the life of the process on these platforms.
+            start = int(proc.create_time() * 1_000_000)
+        pgid = os.getpgid(pid)
+        sid = os.getsid(pid)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return None
+    except (psutil.Error, OSError) as err:
+        raise ProcessUnreadableError(pid, repr(err)) from err
+    state = "Z" if status == psutil.STATUS_ZOMBIE else "S"
+    return StatInfo(pid=pid, ppid=ppid, pgid=pgid, sid=sid, state=state, start_ticks=start)
+
+
+def read_argv(pid: int) -> list[str] | None:
+    """Read a process's command line once; None when it is not known right now.
+
+    Not known: no such process, unreadable, a zombie or kernel thread (no argument area), or a
+    process inside ``execve`` (its new image has no arguments yet: ``Popen`` returns as soon as
+    the close-on-exec pipe closes, which is *before* the kernel fills them in).
+    """
+    if not LINUX:
+        try:
+            return list(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            return None
+    try:
+        raw = _read(pid, f"/proc/{pid}/cmdline")
+    except ProcessUnreadableError:
+        return None
+    if not raw:
+        return None
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def settled_argv(pid: int, *, timeout: float = _EXEC_SETTLE_S) -> list[str] | None:
+    """Read a command line, waiting out an ``execve`` in progress; None when still unknown.
+
+    There is no event for "exec finished filling in the arguments" (a pidfd reports only
+    exit), so this re-reads with a short, growing pause while the process is alive and its
+    argument area is empty; a zombie, a kernel thread or an unreadable process ends the wait
+    at once. The alternative, reading once, recorded ``argv=[]`` for about one child in six.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.0001
+    while True:
+        argv = read_argv(pid)
+        if argv is not None:
+            return argv
+        try:
+            info = read_stat(pid)
+        except ProcessUnreadableError:
+            return None
+        if info is None or info.finished or info.ppid == 2 or pid == 2:
+            return None
+        now = time.monotonic()
+        if now >= deadline:
+            return None
+        time.sleep(min(pause, deadline - now))
+        pause = min(pause * 2, 0.01)
+
+
+def environ_value(pid: int, name: bytes) -> bytes | None:
+    """The value of environment variable ``name`` in process ``pid`` (its initial environment).
+
+    Returns:
+        The value, or None when the variable is absent or there is no such process (a zombie
+        has no environment left: absent).
+
+    Raises:
+        ProcessUnreadableError: the environment could not be read (another user's process).
+    """
+    if not LINUX:
+        try:
+            value = psutil.Process(pid).environ().get(name.decode())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except (psutil.Error, OSError) as err:
+            raise ProcessUnreadableError(pid, repr(err)) from err
+        return None if value is None else value.encode()
+    raw = _read(pid, f"/proc/{pid}/environ")
+    if raw is None:
+        return None
+    prefix = name + b"="
+    for entry in raw.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :]
+    return None
+
+
+def scan() -> ProcessTable:
+    """Read every visible process once (kernel threads left out).
+
+    A process that vanished between the listing and the read is simply not in the table; one
+    that could not be read is listed in ``unreadable``, so callers can say what they could not
+    check instead of assuming it away.
+    """
+    procs: dict[int, StatInfo] = {}
+    unreadable: set[int] = set()
+    pids = psutil.pids() if not LINUX else [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    for pid in pids:
+        try:
+            info = read_stat(pid)
+        except ProcessUnreadableError:
+            unreadable.add(pid)
+            continue
+        # Kernel threads (kthreadd, pid 2, and its children) are never part of a user's tree.
+        if info is not None and info.pid != 2 and info.ppid != 2:
+            procs[pid] = info
+    return ProcessTable(procs=procs, unreadable=frozenset(unreadable))

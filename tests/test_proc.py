@@ -1,0 +1,110 @@
+"""What the OS says about a process: one reader, where "cannot read" is unknown, never gone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sessionstore import SessionStore
+from sessionstore._identity import IdentityStatus, ProcessIdentity, read_process_info
+from sessionstore._proc import (
+    ProcessUnreadableError,
+    environ_value,
+    read_argv,
+    read_stat,
+    settled_argv,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+
+
+def test_argv_read_the_moment_popen_returns_is_the_real_one() -> None:
+    """Popen returns before execve fills in the arguments; the read waits that out, 50 of 50."""
+    bad = []
+    for n in range(50):
+        proc = subprocess.Popen(["sleep", "600", str(n)])
+        try:
+            info = read_process_info(proc.pid)
+            if info is None or info.argv != ["sleep", "600", str(n)]:
+                bad.append((n, info and info.argv))
+        finally:
+            proc.kill()
+            proc.wait()
+    assert not bad, bad
+
+
+def test_add_child_records_argv_right_after_spawn(store: SessionStore, session_id: str) -> None:
+    """store.add_child(sid, pid) straight after Popen records the real argv, 30 of 30."""
+    bad = []
+    for n in range(30):
+        proc = subprocess.Popen(["sleep", "600", str(n)])
+        try:
+            row = store.add_child(session_id, proc.pid)
+            if row.argv != ["sleep", "600", str(n)]:
+                bad.append((n, row.argv))
+        finally:
+            proc.kill()
+            proc.wait()
+    assert not bad, bad
+
+
+def test_zombie_has_no_argv_and_no_wait() -> None:
+    """A zombie's command line is unknown (None) at once: no waiting for an exec that never ends."""
+    proc = subprocess.Popen(["true"])
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    info = read_stat(proc.pid)
+    assert info is not None and info.finished
+    assert read_argv(proc.pid) is None and settled_argv(proc.pid, timeout=30) is None
+    proc.wait()
+    assert read_stat(proc.pid) is None  # reaped: no such process, which is a different answer
+
+
+def _unprivileged_view(target: int) -> dict[str, object]:
+    """Read ``target`` from a forked child running as nobody; what each reader answered."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        answers: dict[str, object] = {}
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                answers["environ"] = repr(environ_value(target, b"PATH"))
+            except ProcessUnreadableError as err:
+                answers["environ"] = "unreadable"
+                answers["pid"] = err.pid
+            stat = read_stat(target)
+            answers["stat_pid"] = None if stat is None else stat.pid
+            answers["identity"] = ProcessIdentity.capture(target).check().value
+            os.write(w, json.dumps(answers).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    result: dict[str, object] = json.loads(data)
+    return result
+
+
+def test_unreadable_environment_is_unknown_not_absent() -> None:
+    """Another user's environment raises ProcessUnreadableError: never "no marker", never "gone"."""
+    target = subprocess.Popen(["sleep", "600"]) if os.geteuid() == 0 else None
+    try:
+        pid = target.pid if target is not None else 1
+        seen = _unprivileged_view(pid)
+        assert seen == {
+            "environ": "unreadable",
+            "pid": pid,
+            "stat_pid": pid,
+            "identity": IdentityStatus.ALIVE.value,
+        }
+    finally:
+        if target is not None:
+            target.kill()
+            target.wait()
