@@ -23,7 +23,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._proc import ProcessUnreadableError, read_stat, settled_argv
-from .errors import UnsafeSignalError
+from .errors import ProcessNotFoundError, UnsafeSignalError
 
 __all__ = [
     "IdentityStatus",
@@ -129,7 +129,7 @@ class ProcessIdentity(BaseModel):
         """
         info = read_stat(pid)
         if info is None:
-            raise ProcessLookupError(pid, f"no process with pid {pid}")
+            raise ProcessNotFoundError(pid)
         return cls(pid=pid, start_ticks=info.start_ticks, boot_id=boot_id())
 
     @classmethod
@@ -158,6 +158,22 @@ class ProcessIdentity(BaseModel):
         return self.check() is IdentityStatus.ALIVE
 
 
+_PID_MAX_LIMIT = 4_194_304  # the kernel's ceiling for pid_max on 64-bit Linux
+_pid_max_seen = 0  # read on first use
+
+
+def _pid_max(pid: int) -> int:
+    """The kernel's pid_max, read again only when ``pid`` is above the value last read."""
+    global _pid_max_seen
+    if pid > _pid_max_seen:
+        try:
+            with open("/proc/sys/kernel/pid_max", "rb") as f:
+                _pid_max_seen = int(f.read())
+        except (OSError, ValueError):
+            _pid_max_seen = _PID_MAX_LIMIT  # no procfs (macOS): only the hard ceiling
+    return _pid_max_seen
+
+
 def check_signal_target(pid: int, *, pgid: int | None = None) -> None:
     """Refuse PIDs (and process groups) that must never be signalled.
 
@@ -166,13 +182,16 @@ def check_signal_target(pid: int, *, pgid: int | None = None) -> None:
         pgid: when a whole process group is about to be signalled, its id.
 
     Raises:
-        UnsafeSignalError: ``pid`` is <= 1 or our own pid, or ``pgid`` is <= 1 or our own group.
+        UnsafeSignalError: ``pid`` is <= 1, above the kernel's pid_max, or our own pid, or
+            ``pgid`` is <= 1 or our own group (a ``ValueError``).
         TypeError: ``pid`` is not an int.
     """
     if isinstance(pid, bool) or not isinstance(pid, int):
         raise TypeError(f"pid must be an int, not {type(pid).__name__}")
     if pid <= 1:
         raise UnsafeSignalError(pid, "pid <= 1 names init or every process")
+    if pid > _pid_max(pid):
+        raise UnsafeSignalError(pid, f"above pid_max ({_pid_max(pid)}): no process can have it")
     if pid == os.getpid():
         raise UnsafeSignalError(pid, "that is this process")
     if pgid is not None and (pgid <= 1 or pgid == os.getpgrp()):

@@ -65,6 +65,7 @@ from ._rows import (
 )
 from ._writer import BATCH, OP_ERRORS, Writer
 from .errors import (
+    ProcessNotFoundError,
     SessionNotFoundError,
     StoreBusyError,
     StoreClosedError,
@@ -604,8 +605,9 @@ class SessionStore:
             argv: the child's command line; read from the process when omitted.
 
         Raises:
-            ValueError: pid not an int > 1, our own pid, or ``identity.pid`` differs.
-            ProcessLookupError: no process has that pid (nothing to identify).
+            ValueError: pid not an int in 2..pid_max, our own pid, or ``identity.pid`` differs.
+            ProcessNotFoundError: no process has that pid (nothing to identify); also a
+                ``ProcessLookupError``.
             SessionNotFoundError: no such session (checked while the store is open).
         """
         if isinstance(pid, bool) or not isinstance(pid, int):
@@ -616,7 +618,7 @@ class SessionStore:
         if identity is None or pgid is None or argv is None:
             info = read_process_info(pid)
             if info is None:
-                raise ProcessLookupError(pid, f"no process with pid {pid}")
+                raise ProcessNotFoundError(pid)
             if identity is None:
                 identity = ProcessIdentity.capture(pid)
             pgid = info.pgid if pgid is None else pgid

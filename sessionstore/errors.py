@@ -7,6 +7,7 @@ apsw or OS error chain it (``raise ... from err``), so the original code is on `
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "ForeignDatabaseError",
     "InvalidTransitionError",
     "JournalFullError",
+    "ProcessNotFoundError",
     "SchemaVersionError",
     "SessionNotFoundError",
     "SessionStoreError",
@@ -166,6 +168,19 @@ class UnsafeSignalError(SessionStoreError, ValueError):
         super().__init__(f"refusing pid {pid}: {reason}")
 
 
+class ProcessNotFoundError(SessionStoreError, ProcessLookupError):
+    """No process has that pid (any more): there is nothing to identify or record.
+
+    A ``ProcessLookupError`` too (``errno`` is ``ESRCH``), so ``except ProcessLookupError`` and
+    ``except OSError`` keep working.
+    """
+
+    def __init__(self, pid: int, detail: str = "no such process") -> None:
+        super().__init__(errno.ESRCH, f"no process with pid {pid}: {detail}")
+        self.pid = pid
+        self.detail = detail
+
+
 class ChildTerminationError(SessionStoreError):
     """A child process could not be verified gone (for example stuck in uninterruptible sleep)."""
 
@@ -178,6 +193,8 @@ class ChildTerminationError(SessionStoreError):
 def _restore(cls: type[SessionStoreError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
     """Rebuild a pickled error without calling its ``__init__`` (see ``SessionStoreError``)."""
     err = cls.__new__(cls)
+    if isinstance(err, OSError):
+        OSError.__init__(err, *args)  # errno and strerror live in C slots, not in __dict__
     err.args = args
     err.__dict__.update(state)
     return err

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 
 import pytest
 
-from sessionstore import ProcessIdentity, UnsafeSignalError
+from sessionstore import ProcessIdentity, ProcessNotFoundError, SessionStore, UnsafeSignalError
 from sessionstore._identity import IdentityStatus, boot_id, check_signal_target, read_process_info
 
 
@@ -72,3 +73,24 @@ def test_own_process_group_refused() -> None:
         check_signal_target(12345, pgid=os.getpgrp())
     with pytest.raises(TypeError):
         check_signal_target("12345")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pid", [2**40, 2**63 - 1, 4_194_305])
+def test_pid_above_pid_max_is_a_value_error(pid: int) -> None:
+    """A pid no process can have is refused as a ValueError naming pid_max, never an OSError."""
+    with pytest.raises(ValueError, match="pid_max") as info:
+        check_signal_target(pid)
+    assert isinstance(info.value, UnsafeSignalError)
+
+
+def test_add_child_of_a_bad_or_missing_pid(store: SessionStore) -> None:
+    """add_child: 2**40 is a ValueError; a free pid is ProcessNotFoundError with errno ESRCH."""
+    session = store.create_session("pids")
+    with pytest.raises(ValueError, match="pid_max"):
+        store.add_child(session.id, 2**40)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: its pid is free; Linux hands out pids in order, so it stays free
+    with pytest.raises(ProcessNotFoundError) as info:
+        store.add_child(session.id, proc.pid)
+    assert isinstance(info.value, ProcessLookupError)
+    assert (info.value.errno, info.value.pid) == (errno.ESRCH, proc.pid)
