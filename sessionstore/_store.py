@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -79,6 +80,13 @@ log = logging.getLogger("sessionstore")
 T = TypeVar("T")
 
 _MAX_EVENTS_PAGE = 10_000
+# close() returns within its timeout plus this grace (plus the final checkpoint's busy wait,
+# ``checkpoint_busy_timeout_ms``, and closing the connections, a few milliseconds): the queue
+# and the journal replay get at least CLOSE_GRACE_S after the lease drain, and each of the two
+# waits for the writer to let go (_LET_GO_S) is bounded apart from it. The README derives the
+# operator budgets (systemd, docker) from this.
+CLOSE_GRACE_S = 0.25
+_LET_GO_S = 0.1
 _DEFERRED = object()  # marker: the op was queued or journaled, not applied now
 
 # Errors that mean the connection went away under an abandoned lease during close.
@@ -666,9 +674,11 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
-            return self._writer.checkpoint(mode)
+            result = self._writer.checkpoint(mode)
         finally:
             self._gate.release(lease)
+        assert result is not None  # no lock timeout: only None when one is given
+        return result
 
     def _scheduled_checkpoint(self) -> CheckpointResult | None:
         # The timer thread's callback: None (the thread ends) once the store is closing.
@@ -800,10 +810,18 @@ class SessionStore:
             return report
 
     def _do_close(self, timeout: float) -> CloseReport:
+        # One deadline for the whole close: every phase gets what is left of ``timeout``, and
+        # the phases after the lease drain get at least CLOSE_GRACE_S between them (see
+        # CLOSE_GRACE_S for the bound this gives).
         errors: list[str] = []
         t0 = time.monotonic()
-        self._writer.stop_checkpointer(timeout=max(timeout, 0.1))
-        abandoned = self._gate.wait_drained(timeout)
+        end = t0 + timeout
+
+        def left() -> float:
+            return max(0.0, end - time.monotonic())
+
+        self._writer.stop_checkpointer(timeout=min(left(), 0.1))
+        abandoned = self._gate.wait_drained(left())
         if abandoned:
             # Their connections may be mid-statement or waiting on a lock: make them give up.
             self._writer.abort_waits = True
@@ -814,18 +832,20 @@ class SessionStore:
             errors.append(f"{len(abandoned)} lease(s) abandoned after {timeout:.2f} s")
             # Once an abandoned writer has let go (its op journaled), waits may wait again:
             # the queue is better applied now than journaled for the next open.
-            if self._writer.lock.acquire(timeout=max(timeout, 0.5)):
+            if self._writer.lock.acquire(timeout=_LET_GO_S):
                 self._writer.abort_waits = False
                 self._writer.lock.release()
-        drain_s = time.monotonic() - t0
+        t1 = time.monotonic()
 
+        # Queue and replay share what is left, and at least CLOSE_GRACE_S (on the store's
+        # clock: the writer's deadlines are on it).
+        deadline = self._clock() + max(left(), CLOSE_GRACE_S)
         applied_from_queue = 0
         # Bounded: a thread that keeps writing refills the queue faster than batches apply
         # (an append costs a microsecond, an applied op tens), so draining "until empty" could
         # run forever. Past the deadline the rest goes to the journal and the store closes.
-        drain_deadline = self._clock() + max(timeout, 0.5)
         while True:
-            if self._clock() >= drain_deadline:
+            if self._clock() >= deadline:
                 rest = self._gate.close_and_take_all()
                 if rest:
                     self._journal_ops(rest, "close: queue still refilling at the drain deadline")
@@ -834,44 +854,47 @@ class SessionStore:
             ops = self._gate.take_pending_or_close(BATCH)
             if not ops:
                 break  # CLOSED: later writes are journaled
-            applied_from_queue += self._drain_batch(ops, errors)
+            applied_from_queue += self._drain_batch(ops, errors, deadline)
         with self._counter_lock:
             self._n_from_queue += applied_from_queue
+        t2 = time.monotonic()
 
-        t1 = time.monotonic()
         replayed = 0
-        if self._journal.size() and self._writer.is_open:
+        if self._journal.size() and self._writer.is_open and self._clock() < deadline:
+            # Bounded by the same deadline; what is not replayed in time stays in the journal
+            # for the next open (op ids make a partly applied replay harmless to redo).
             try:
-                rep = self._journal.replay(self._writer.apply_batch)
+                rep = self._journal.replay(
+                    functools.partial(self._writer.apply_batch, deadline=deadline)
+                )
                 replayed = rep.applied
                 with self._counter_lock:
                     self._n_replayed += rep.applied
-            except (SessionStoreError, apsw.Error, OSError) as err:
+            except (SessionStoreError, apsw.Error, OSError, TimeoutError) as err:
                 errors.append(f"journal replay at close: {err}")
-        t2 = time.monotonic()
+        t3 = time.monotonic()
 
         wal_before = self._wal_size()
         checkpoint = None
-        writer = self._writer
-        if writer.is_open and writer.lock.acquire(timeout=max(timeout, 0.5)):
+        if self._writer.is_open:
             try:
                 # Busy here is normal when other processes still use the database (the last
                 # one to close empties the WAL); it is reported in `checkpoint`, and is not an
                 # error of this close.
-                checkpoint = writer.checkpoint_locked(writer.connection_locked(), "TRUNCATE")
-            except apsw.Error as err:
+                checkpoint = self._writer.checkpoint("TRUNCATE", lock_timeout=_LET_GO_S)
+            except (SessionStoreError, apsw.Error) as err:
                 errors.append(f"final checkpoint: {err}")
-            finally:
-                writer.lock.release()
-        t3 = time.monotonic()
-        self._close_connections(errors)
         t4 = time.monotonic()
+        self._close_connections(errors)
+        t5 = time.monotonic()
         return CloseReport(
             path=self.path,
-            drain_s=drain_s,
-            replay_s=t2 - t1,
-            checkpoint_s=t3 - t2,
-            close_s=t4 - t3,
+            drain_s=t1 - t0,
+            queue_s=t2 - t1,
+            replay_s=t3 - t2,
+            checkpoint_s=t4 - t3,
+            close_s=t5 - t4,
+            total_s=t5 - t0,
             applied_from_queue=applied_from_queue,
             journaled=self._n_journaled,
             replayed=replayed,
@@ -882,12 +905,12 @@ class SessionStore:
             errors=errors,
         )
 
-    def _drain_batch(self, ops: list[Op], errors: list[str]) -> int:
+    def _drain_batch(self, ops: list[Op], errors: list[str], deadline: float) -> int:
         if not self._writer.is_open:
             self._journal_ops(ops, "no connection to apply queued ops")
             return 0
         try:
-            results = self._writer.apply_batch(ops, lock_timeout=1.0)
+            results = self._writer.apply_batch(ops, deadline=deadline)
         except TimeoutError:
             self._journal_ops(ops, "writer held by an abandoned lease")
             return 0

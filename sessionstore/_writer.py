@@ -5,6 +5,17 @@ per database anyway, and an apsw connection runs one statement at a time. Every 
 ``BEGIN IMMEDIATE`` (the snapshot is taken with the write lock held, so ``BUSY_SNAPSHOT`` cannot
 happen inside it) and the whole transaction is redone on BUSY by the one retry policy.
 
+Every call is bounded by a deadline on the writer's clock: ``write_deadline_s`` from the call's
+start (its first attempt and its wait for the in-process lock included), or sooner when the
+caller passes one. The busy handler waits only for what is left of it, so a peer that holds
+the lock (or is stopped while holding it) costs a write at most its deadline, never a whole
+``busy_timeout_ms`` per attempt.
+
+Calls made from the main thread run on a helper thread (``_offmain``): a signal handler that
+raises can interrupt the caller's wait but never the transaction, which always ends. As a
+second line, a transaction found still open after a call (whatever raised) is rolled back, and
+if even that fails the connection is closed, which rolls it back.
+
 Checkpoints run here too, between two write transactions on this connection (see
 ``_checkpoint``): from the commit hook when the WAL has grown past its limit, and from the
 timer thread every interval.
@@ -27,8 +38,9 @@ from ._checkpoint import AUTOCHECKPOINT_PAGES, Checkpointer, CheckpointSchedule,
 from ._config import StoreConfig
 from ._connection import RetryPolicy, fair_busy_handler, open_connection, set_busy
 from ._models import CheckpointResult
+from ._offmain import OffMainThread
 from ._ops import Op, apply
-from .errors import InvalidTransitionError, SessionNotFoundError
+from .errors import InvalidTransitionError, SessionNotFoundError, StoreBusyError
 
 __all__ = ["BATCH", "OP_ERRORS", "Writer"]
 
@@ -67,6 +79,8 @@ class Writer:
         self._passive_at_pages = AUTOCHECKPOINT_PAGES
         self._last_pages = 0
         self._busy_timeout_ms: float = config.busy_timeout_ms
+        self._deadline: float | None = None  # of the call running now, on self._clock
+        self._offmain = OffMainThread("sessionstore-writer")
         self._checkpointer: Checkpointer | None = None
         self._checkpoint_run: Callable[[], CheckpointResult | None] | None = None
 
@@ -105,7 +119,7 @@ class Writer:
 
             def timeout_ms() -> float:
                 writer = ref()
-                return writer._busy_timeout_ms if writer is not None else 0.0
+                return writer._wait_ms() if writer is not None else 0.0
 
             def should_abort() -> bool:
                 writer = ref()
@@ -118,6 +132,21 @@ class Writer:
     def _aborted(self) -> bool:
         return self.abort_waits
 
+    def _wait_ms(self) -> float:
+        """How long the next busy wait may last: the busy timeout, cut to the call's deadline."""
+        if self._deadline is None:
+            return self._busy_timeout_ms
+        left_ms = (self._deadline - self._clock()) * 1000.0
+        return max(0.0, min(self._busy_timeout_ms, left_ms))
+
+    def _end(self, deadline: float | None) -> float:
+        """The deadline of a call starting now: ``write_deadline_s`` away, or ``deadline``."""
+        own = self._clock() + self.config.write_deadline_s
+        return own if deadline is None else min(own, deadline)
+
+    def _left(self, end: float) -> float:
+        return max(0.0, end - self._clock())
+
     def interrupt(self) -> None:
         """Make a statement running on the connection stop (for a close past its deadline)."""
         conn = self._conn
@@ -127,6 +156,7 @@ class Writer:
 
     def close(self) -> list[str]:
         """Close the connection (never one inherited across fork). Returns errors, if any."""
+        self._offmain.stop()
         conn, self._conn = self._conn, None
         if conn is None or self._pid != os.getpid():
             return []
@@ -143,60 +173,130 @@ class Writer:
         conn, self._conn = self._conn, None
         self.lock = threading.Lock()  # may have been held by a thread that does not exist here
         self._checkpointer = None
+        self._deadline = None
+        self._offmain = OffMainThread("sessionstore-writer")  # its thread stayed in the parent
         return conn
 
     # ------------------------------------------------------------------ transactions
 
-    def apply(self, op: Op) -> Any:
+    def apply(self, op: Op, *, deadline: float | None = None) -> Any:
         """Apply one op in its own ``BEGIN IMMEDIATE`` transaction, retried on BUSY.
+
+        Args:
+            op: the op.
+            deadline: return by then (writer's clock) even if ``write_deadline_s`` is later.
 
         Raises:
             SessionNotFoundError, InvalidTransitionError: the op is wrong; nothing changed.
-            StoreBusyError: still locked at the retry deadline; nothing changed.
-            apsw.Error: anything else from SQLite.
+            StoreBusyError: still locked at the deadline (by another process, or by another
+                thread of this one); nothing changed.
+            apsw.Error: anything else from SQLite; nothing changed.
         """
-        with self.lock:
-            conn = self.connection_locked()
-            return self._policy.call(
-                functools.partial(_one_transaction, conn, op),
-                path=self.path,
-                operation=op.kind,
-                abort=self._aborted,
-            )
+        end = self._end(deadline)
+        return self._offmain.run(lambda: self._apply(op, end))
 
-    def apply_batch(self, ops: Sequence[Op], *, lock_timeout: float = -1) -> list[Exception | None]:
+    def _apply(self, op: Op, end: float) -> Any:
+        start = self._clock()
+        if not self.lock.acquire(timeout=self._left(end)):
+            # Another thread of this process holds the writer past this call's deadline.
+            raise StoreBusyError(self.path, op.kind, self._clock() - start)
+        try:
+            conn = self.connection_locked()
+            return self._transact(conn, functools.partial(_one_transaction, conn, op), op.kind, end)
+        finally:
+            self.lock.release()
+
+    def apply_batch(
+        self, ops: Sequence[Op], *, lock_timeout: float = -1, deadline: float | None = None
+    ) -> list[Exception | None]:
         """Apply ops in transactions of up to ``BATCH``, each op in its own savepoint.
 
         Args:
             ops: the ops, applied in order.
-            lock_timeout: how long to wait for this process's writer lock (-1: no limit).
+            lock_timeout: how long to wait for this process's writer lock (-1: no limit but
+                the deadline).
+            deadline: stop by then (writer's clock); each transaction is also bounded by
+                ``write_deadline_s`` from its start.
 
         Returns:
             Per op, None (applied) or the error that rejected it (its savepoint rolled back).
 
         Raises:
-            TimeoutError: the writer lock stayed held past ``lock_timeout``; nothing applied.
-            StoreBusyError, apsw.Error: a transaction could not commit; nothing of that
-            transaction was applied (earlier ones were).
+            TimeoutError: the writer lock stayed held past ``lock_timeout`` or the deadline;
+                nothing applied.
+            StoreBusyError, apsw.Error: a transaction could not commit (locked at the
+                deadline, or an error); nothing of that transaction was applied (earlier
+                ones were).
         """
-        errors: list[Exception | None] = []
-        if not self.lock.acquire(timeout=lock_timeout):
+        return self._offmain.run(lambda: self._apply_batch(ops, lock_timeout, deadline))
+
+    def _apply_batch(
+        self, ops: Sequence[Op], lock_timeout: float, deadline: float | None
+    ) -> list[Exception | None]:
+        wait = -1.0 if deadline is None else max(0.0, deadline - self._clock())
+        if lock_timeout >= 0:
+            wait = lock_timeout if wait < 0 else min(wait, lock_timeout)
+        if not self.lock.acquire(timeout=wait):
             raise TimeoutError("the writer lock is held by another thread")
+        errors: list[Exception | None] = []
         try:
             conn = self.connection_locked()
             for start in range(0, len(ops), BATCH):
+                if start and deadline is not None and self._clock() >= deadline:
+                    # Earlier transactions committed; the caller keeps the rest (a journal
+                    # replay leaves the journal in place, and op ids make the redo harmless).
+                    raise StoreBusyError(self.path, "apply batch", 0.0)
                 chunk = ops[start : start + BATCH]
-                errors.extend(
-                    self._policy.call(
-                        lambda chunk=chunk: _savepoint_each(conn, chunk),  # type: ignore[misc]
-                        path=self.path,
-                        operation="apply batch",
-                        abort=self._aborted,
-                    )
-                )
+                body = functools.partial(_savepoint_each, conn, chunk)
+                errors.extend(self._transact(conn, body, "apply batch", self._end(deadline)))
         finally:
             self.lock.release()
         return errors
+
+    def _transact(
+        self, conn: apsw.Connection, body: Callable[[], T], operation: str, end: float
+    ) -> T:
+        """Run ``body`` (one whole transaction) under the retry policy until ``end``."""
+        self._deadline = end
+        sqlite_handler = self.config.busy_handler == "sqlite"
+
+        def attempt() -> T:
+            if sqlite_handler:  # SQLite's own handler: cut its timeout to what is left
+                conn.set_busy_timeout(int(self._wait_ms()))
+            return body()
+
+        try:
+            return self._policy.call(
+                attempt, path=self.path, operation=operation, abort=self._aborted, deadline=end
+            )
+        finally:
+            self._deadline = None
+            if sqlite_handler:
+                with contextlib.suppress(apsw.Error):
+                    conn.set_busy_timeout(self.config.busy_timeout_ms)
+            self._end_leftover_transaction(conn)
+
+    def _end_leftover_transaction(self, conn: apsw.Connection) -> None:
+        # Second line of defence: whatever raised, no transaction outlives the call. A ROLLBACK
+        # that fails (interrupted, I/O error) leaves the connection unusable for writes, so it is
+        # closed, which rolls back; the next write opens a new one.
+        try:
+            if not conn.txn_state():
+                return
+            conn.execute("ROLLBACK")
+            if not conn.txn_state():
+                return
+        except apsw.ConnectionClosedError:
+            return
+        except apsw.Error:
+            log.exception("rollback failed; closing the write connection")
+        self._discard_locked(conn)
+
+    def _discard_locked(self, conn: apsw.Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+        with contextlib.suppress(apsw.Error):
+            conn.close(True)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -220,14 +320,31 @@ class Writer:
         if self._checkpointer is not None:
             self._checkpointer.stop(timeout=timeout)
 
-    def checkpoint(self, mode: str) -> CheckpointResult:
+    def checkpoint(self, mode: str, *, lock_timeout: float = -1) -> CheckpointResult | None:
         """Checkpoint now, between write transactions. Never raises for BUSY.
+
+        Returns:
+            The result, or None when the writer lock stayed held past ``lock_timeout``.
 
         Raises:
             StoreCorruptError, StoreOpenError, StoreBusyError: the connection could not open.
+            apsw.Error: the checkpoint failed for another reason than BUSY.
         """
-        with self.lock:
-            return self.checkpoint_locked(self.connection_locked(), mode)
+        return self._offmain.run(lambda: self._checkpoint(mode, lock_timeout))
+
+    def _checkpoint(self, mode: str, lock_timeout: float) -> CheckpointResult | None:
+        if not self.lock.acquire(timeout=lock_timeout):
+            return None
+        try:
+            conn = self.connection_locked()
+            # A close that abandoned a lease interrupted this connection; if no statement was
+            # running then, the flag is still set and would fail the checkpoint ("interrupted").
+            # A statement started with none running clears it.
+            with contextlib.suppress(apsw.InterruptError):
+                conn.execute("SELECT 1").fetchall()
+            return self.checkpoint_locked(conn, mode)
+        finally:
+            self.lock.release()
 
     def checkpoint_locked(self, conn: apsw.Connection, mode: str) -> CheckpointResult:
         """Checkpoint on ``conn``, whose lock the caller holds, with the short busy wait."""
@@ -278,9 +395,12 @@ class Writer:
 
 
 def _in_transaction(conn: apsw.Connection, body: Callable[[], T]) -> T:
-    """``BEGIN IMMEDIATE``, ``body()``, ``COMMIT``; rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
+    """``BEGIN IMMEDIATE``, ``body()``, ``COMMIT``; rolled back on any error.
+
+    The BEGIN is inside the ``try``: nothing can run between it and the protection.
+    """
     try:
+        conn.execute("BEGIN IMMEDIATE")
         result = body()
         conn.execute("COMMIT")
     except BaseException:
