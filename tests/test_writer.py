@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import apsw
 import pytest
-from _support import all_event_ids
+from _support import StoppedLockHolder, all_event_ids
 
-from sessionstore import SessionNotFoundError, SessionStore, StoreConfig
+from sessionstore import SessionNotFoundError, SessionStore, StoreBusyError, StoreConfig
 from sessionstore._ops import LogEvent
 
 
@@ -109,3 +110,33 @@ def test_signal_raised_exceptions_never_leak_the_transaction(tmp_path: Path) -> 
             present = set(all_event_ids(store, sid))
         missing = set(result["acked"]) - present
         assert not missing, f"round {round_no}: {len(missing)} acknowledged writes missing"
+
+
+def test_write_deadline_bounds_the_whole_call_against_a_stopped_peer(db_path: str) -> None:
+    """A peer stopped holding the lock: the write is journaled at its deadline, not busy_timeout."""
+    config = StoreConfig(write_deadline_s=0.5, busy_timeout_ms=4000)
+    with SessionStore.open(db_path, config=config) as store:
+        sid = store.create_session("s").id
+        with StoppedLockHolder(db_path):
+            started = time.monotonic()
+            event = store.log_event(sid, "blocked")
+            elapsed = time.monotonic() - started
+        assert event.id is None and store.stats().journaled == 1
+    # Before: the first attempt alone waited the whole busy_timeout (4 s) outside the deadline.
+    assert elapsed < 0.5 + 1.0, elapsed
+
+
+def test_explicit_deadline_cuts_apply_and_apply_batch(store: SessionStore, session_id: str) -> None:
+    """apply/apply_batch(deadline=...) return by that deadline though write_deadline_s is 10 s."""
+    writer = store._writer
+    with StoppedLockHolder(store.path):
+        started = time.monotonic()
+        with pytest.raises(StoreBusyError):
+            writer.apply(LogEvent(session_id=session_id, message="a"), deadline=started + 0.3)
+        with pytest.raises(StoreBusyError):
+            writer.apply_batch(
+                [LogEvent(session_id=session_id, message="b")], deadline=time.monotonic() + 0.3
+            )
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.6 + 1.0, elapsed
+    assert store.events(session_id) == []
