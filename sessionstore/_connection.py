@@ -20,6 +20,7 @@ import apsw
 import tenacity
 
 from ._config import StoreConfig
+from ._forkgate import FORK_GATE
 from .errors import StoreBusyError, StoreCorruptError, StoreOpenError
 
 __all__ = ["Clock", "RetryPolicy", "is_transient_busy", "open_connection", "translate_open_error"]
@@ -196,6 +197,13 @@ def open_connection(
     """
     if os.path.isdir(path):
         raise StoreOpenError(path, "is a directory")
+    with FORK_GATE:  # SQLite's open-file and allocator mutexes must be free at a fork
+        return _open_connection(path, config, policy, query_only)
+
+
+def _open_connection(
+    path: str, config: StoreConfig, policy: RetryPolicy, query_only: bool
+) -> apsw.Connection:
     try:
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     except apsw.Error as err:

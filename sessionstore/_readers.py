@@ -66,6 +66,17 @@ class ReaderPool:
         with self._cond:
             return list(self._all)
 
+    def forget_after_fork(self) -> list[apsw.Connection]:
+        """In a forked child: forget every connection (returned, never to be used or closed).
+
+        Takes no lock: a parent thread may have held it at the fork, and it would never be
+        released here.
+        """
+        conns = self._all
+        self._cond = threading.Condition(threading.Lock())
+        self._all, self._idle, self._opening = [], [], 0
+        return conns
+
     def take_all(self) -> list[apsw.Connection]:
         """Forget every connection and return them (to be closed, or kept after a fork)."""
         with self._cond:

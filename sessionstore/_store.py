@@ -18,6 +18,7 @@ import apsw
 
 from ._config import StoreConfig
 from ._connection import RetryPolicy, open_connection
+from ._forkgate import FORK_GATE
 from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
 from ._journal import Journal
@@ -96,6 +97,11 @@ _live: weakref.WeakSet[SessionStore] = weakref.WeakSet()
 # Connections inherited across fork: never closed or freed in the child (SQLite's close could
 # delete state out from under the parent), so kept referenced here for the child's lifetime.
 _inherited_at_fork: list[apsw.Connection] = []
+
+
+def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
+    with FORK_GATE:  # no fork while this thread is inside SQLite (see _forkgate)
+        return fn(conn)
 
 
 def live_stores() -> list[SessionStore]:
@@ -217,7 +223,7 @@ class SessionStore:
 
     def _open(self) -> None:
         try:
-            with self._writer.lock:
+            with self._writer.lock, FORK_GATE:
                 apply_migrations(self._writer.connection_locked(), self.path, self._policy)
         except BaseException:
             self._gate.force_closed()
@@ -327,7 +333,9 @@ class SessionStore:
             raise StoreClosedError(self.path)
         try:
             with self._readers.connection() as conn:
-                return self._policy.call(lambda: fn(conn), path=self.path, operation=borrower)
+                return self._policy.call(
+                    lambda: _gated(fn, conn), path=self.path, operation=borrower
+                )
         except _GONE_ERRORS as err:
             raise StoreClosedError(self.path, f"store closed during {borrower}") from err
         except (apsw.CorruptError, apsw.NotADBError) as err:
@@ -930,12 +938,13 @@ class SessionStore:
         if self._pid != os.getpid():
             return  # inherited across fork: never closed here
         for conn in self._readers.take_all():
-            try:
-                conn.close()
-            except apsw.Error as err:
-                errors.append(f"close: {type(err).__name__}: {err}")
-                with contextlib.suppress(apsw.Error):
-                    conn.close(True)
+            with FORK_GATE:
+                try:
+                    conn.close()
+                except apsw.Error as err:
+                    errors.append(f"close: {type(err).__name__}: {err}")
+                    with contextlib.suppress(apsw.Error):
+                        conn.close(True)
         errors.extend(self._writer.close())
 
     # ----------------------------------------------------------------------------- fork
@@ -943,8 +952,8 @@ class SessionStore:
     def _after_fork_in_child(self) -> None:
         # The parent's connections are not ours: keep them referenced (never closed, never
         # freed) and open our own lazily on first use. Locks may have been held by threads that
-        # do not exist here, so they are replaced; queued ops belong to the parent.
-        _inherited_at_fork.extend(self._readers.take_all())
+        # do not exist here, so they are replaced, never taken; queued ops belong to the parent.
+        _inherited_at_fork.extend(self._readers.forget_after_fork())
         inherited = self._writer.forget_after_fork()
         if inherited is not None:
             _inherited_at_fork.append(inherited)

@@ -37,6 +37,7 @@ import apsw
 from ._checkpoint import AUTOCHECKPOINT_PAGES, Checkpointer, CheckpointSchedule, run_checkpoint
 from ._config import StoreConfig
 from ._connection import RetryPolicy, fair_busy_handler, open_connection, set_busy
+from ._forkgate import FORK_GATE
 from ._models import CheckpointResult
 from ._offmain import OffMainThread
 from ._ops import Op, apply
@@ -160,12 +161,13 @@ class Writer:
         conn, self._conn = self._conn, None
         if conn is None or self._pid != os.getpid():
             return []
-        try:
-            conn.close()
-        except apsw.Error as err:
-            with contextlib.suppress(apsw.Error):
-                conn.close(True)
-            return [f"close: {type(err).__name__}: {err}"]
+        with FORK_GATE:
+            try:
+                conn.close()
+            except apsw.Error as err:
+                with contextlib.suppress(apsw.Error):
+                    conn.close(True)
+                return [f"close: {type(err).__name__}: {err}"]
         return []
 
     def forget_after_fork(self) -> apsw.Connection | None:
@@ -261,9 +263,10 @@ class Writer:
         sqlite_handler = self.config.busy_handler == "sqlite"
 
         def attempt() -> T:
-            if sqlite_handler:  # SQLite's own handler: cut its timeout to what is left
-                conn.set_busy_timeout(int(self._wait_ms()))
-            return body()
+            with FORK_GATE:
+                if sqlite_handler:  # SQLite's own handler: cut its timeout to what is left
+                    conn.set_busy_timeout(int(self._wait_ms()))
+                return body()
 
         try:
             return self._policy.call(
@@ -280,23 +283,21 @@ class Writer:
         # Second line of defence: whatever raised, no transaction outlives the call. A ROLLBACK
         # that fails (interrupted, I/O error) leaves the connection unusable for writes, so it is
         # closed, which rolls back; the next write opens a new one.
-        try:
-            if not conn.txn_state():
+        with FORK_GATE:
+            try:
+                if not conn.txn_state():
+                    return
+                conn.execute("ROLLBACK")
+                if not conn.txn_state():
+                    return
+            except apsw.ConnectionClosedError:
                 return
-            conn.execute("ROLLBACK")
-            if not conn.txn_state():
-                return
-        except apsw.ConnectionClosedError:
-            return
-        except apsw.Error:
-            log.exception("rollback failed; closing the write connection")
-        self._discard_locked(conn)
-
-    def _discard_locked(self, conn: apsw.Connection) -> None:
-        if self._conn is conn:
-            self._conn = None
-        with contextlib.suppress(apsw.Error):
-            conn.close(True)
+            except apsw.Error:
+                log.exception("rollback failed; closing the write connection")
+            if self._conn is conn:
+                self._conn = None
+            with contextlib.suppress(apsw.Error):
+                conn.close(True)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -337,14 +338,18 @@ class Writer:
             return None
         try:
             conn = self.connection_locked()
+            return self._checkpoint_gated(conn, mode)
+        finally:
+            self.lock.release()
+
+    def _checkpoint_gated(self, conn: apsw.Connection, mode: str) -> CheckpointResult:
+        with FORK_GATE:
             # A close that abandoned a lease interrupted this connection; if no statement was
             # running then, the flag is still set and would fail the checkpoint ("interrupted").
             # A statement started with none running clears it.
             with contextlib.suppress(apsw.InterruptError):
                 conn.execute("SELECT 1").fetchall()
             return self.checkpoint_locked(conn, mode)
-        finally:
-            self.lock.release()
 
     def checkpoint_locked(self, conn: apsw.Connection, mode: str) -> CheckpointResult:
         """Checkpoint on ``conn``, whose lock the caller holds, with the short busy wait."""
