@@ -197,7 +197,7 @@ def open_connection(
     """
     if os.path.isdir(path):
         raise StoreOpenError(path, "is a directory")
-    with FORK_GATE:  # SQLite's open-file and allocator mutexes must be free at a fork
+    with FORK_GATE.section():  # SQLite's open-file and allocator mutexes must be free at a fork
         return _open_connection(path, config, policy, query_only)
 
 

@@ -9,11 +9,17 @@ SQLite by the store runs inside the gate (a shared, counted section), and an at-
 the gate and waits for the count to reach zero before the fork proceeds, then reopens it in
 the parent. In the child the gate starts fresh.
 
-The wait is bounded (``FORK_WAIT_S``): a fork made by a thread that is itself inside a gated
-section (a fork from a signal handler that interrupted a read), or while a write waits on
-another process's lock, proceeds after that time. Rejected: taking each store's writer lock and
-read connections at fork (misses connections being opened and stores being opened or closed,
-and waits on every lock holder, not only on SQLite calls).
+Each thread has its own ``RLock``; a gated section is ``with FORK_GATE.section():``, and the
+at-fork hook takes every thread's lock (so no thread is inside a section when the fork happens)
+and lets them go after it. The lock is C code entered by a ``with`` statement: a signal
+handler's exception cannot leave it taken (a counter kept in Python could be left counting a
+thread that is long gone). It is re-entrant, so a fork from a signal handler that interrupted
+a gated section of the forking thread itself does not wait on itself.
+
+The wait is bounded (``FORK_WAIT_S``, shared by all threads): a fork made while a write waits
+on another process's lock proceeds after that time. Rejected: taking each store's writer lock
+and read connections at fork (misses connections being opened and stores being opened or
+closed, and waits on every lock holder, not only on SQLite calls).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from types import TracebackType
+import weakref
 
 __all__ = ["FORK_GATE", "FORK_WAIT_S", "ForkGate"]
 
@@ -29,57 +35,46 @@ FORK_WAIT_S = 1.0
 
 
 class ForkGate:
-    """A counted section around SQLite calls, closed by the at-fork hook while the fork runs."""
+    """Per-thread locks around SQLite calls, all taken by the at-fork hook while it forks."""
 
     def __init__(self) -> None:
         self._reset()
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._inside = 0
-        self._forking = False
+        self._local = threading.local()
+        self._registry_lock = threading.Lock()
+        self._locks: weakref.WeakKeyDictionary[threading.Thread, threading.RLock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._held: list[threading.RLock] = []
 
-    def __enter__(self) -> None:
-        with self._cond:
-            while self._forking:
-                self._cond.wait()
-            self._inside += 1
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with self._cond:
-            self._inside -= 1
-            if self._forking and not self._inside:
-                self._cond.notify_all()
-
-    @property
-    def inside(self) -> int:
-        """Threads inside a gated section now."""
-        return self._inside
+    def section(self) -> threading.RLock:
+        """This thread's lock: ``with FORK_GATE.section():`` around a call into SQLite."""
+        lock: threading.RLock | None = getattr(self._local, "lock", None)
+        if lock is None:
+            lock = threading.RLock()
+            with self._registry_lock:
+                self._locks[threading.current_thread()] = lock
+            self._local.lock = lock
+        return lock
 
     def before_fork(self, timeout: float = FORK_WAIT_S) -> None:
-        """Close the gate and wait (at most ``timeout``) until no thread is inside."""
+        """Take every thread's lock, waiting at most ``timeout`` in all."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            self._forking = True
-            while self._inside:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
+        with self._registry_lock:
+            locks = list(self._locks.values())
+        for lock in locks:
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                self._held.append(lock)
 
     def after_fork_in_parent(self) -> None:
-        """Reopen the gate."""
-        with self._cond:
-            self._forking = False
-            self._cond.notify_all()
+        """Let the locks go."""
+        held, self._held = self._held, []
+        for lock in held:
+            lock.release()
 
     def after_fork_in_child(self) -> None:
-        """A fresh gate: the parent's threads and their count do not exist here."""
+        """Fresh locks: the parent's threads and what they held do not exist here."""
         self._reset()
 
 

@@ -100,7 +100,7 @@ _inherited_at_fork: list[apsw.Connection] = []
 
 
 def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
-    with FORK_GATE:  # no fork while this thread is inside SQLite (see _forkgate)
+    with FORK_GATE.section():  # no fork while this thread is inside SQLite (see _forkgate)
         return fn(conn)
 
 
@@ -223,7 +223,7 @@ class SessionStore:
 
     def _open(self) -> None:
         try:
-            with self._writer.lock, FORK_GATE:
+            with self._writer.lock, FORK_GATE.section():
                 apply_migrations(self._writer.connection_locked(), self.path, self._policy)
         except BaseException:
             self._gate.force_closed()
@@ -938,7 +938,7 @@ class SessionStore:
         if self._pid != os.getpid():
             return  # inherited across fork: never closed here
         for conn in self._readers.take_all():
-            with FORK_GATE:
+            with FORK_GATE.section():
                 try:
                     conn.close()
                 except apsw.Error as err:

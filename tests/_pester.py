@@ -9,6 +9,7 @@ prints ``done`` and, with the store still open, waits for a line on stdin before
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -34,6 +35,8 @@ def _raise(_signum: int, _frame: FrameType | None) -> None:
 
 def main(db: str, session_id: str, seconds: str, result_path: str) -> None:
     global armed
+    # A hang anywhere becomes a traceback on stderr and exit status 1, not a silent timeout.
+    faulthandler.dump_traceback_later(float(seconds) + 30, exit=True)
     store = SessionStore.open(db, config=StoreConfig(close_timeout_s=1.0))
     signal.signal(signal.SIGUSR1, _raise)
     stop = threading.Event()

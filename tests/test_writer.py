@@ -140,3 +140,14 @@ def test_explicit_deadline_cuts_apply_and_apply_batch(store: SessionStore, sessi
         elapsed = time.monotonic() - started
     assert elapsed < 0.6 + 1.0, elapsed
     assert store.events(session_id) == []
+
+
+def test_no_passive_checkpoint_just_below_the_truncate_limit(db_path: str) -> None:
+    """Default limits: no PASSIVE at 1000 pages; it held the lock the TRUNCATE at 1024 needs."""
+    with SessionStore.open(db_path) as store:
+        sid = store.create_session("s").id
+        for i in range(600):
+            store.log_event(sid, f"m{i}", data={"pad": "x" * 3000})
+        writer = store._writer
+        assert writer.passive_checkpoints == 0
+        assert writer.checkpoints >= 1 and writer.last_checkpoint is not None
