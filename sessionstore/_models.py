@@ -129,7 +129,7 @@ class CheckpointResult(_Frozen):
     """The outcome of one WAL checkpoint."""
 
     at: float  # wall-clock time it finished
-    mode: Literal["PASSIVE", "TRUNCATE"]
+    mode: Literal["PASSIVE", "RESTART", "TRUNCATE"]
     ok: bool  # False: busy (readers or another checkpointer), to be tried again later
     log_frames: int
     checkpointed_frames: int

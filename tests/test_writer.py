@@ -39,8 +39,8 @@ def test_passive_checkpoint_once_per_thousand_pages(db_path: str) -> None:
     assert 1 <= passive <= pages // 1000 + 1, (passive, pages)
 
 
-def test_truncate_runs_when_wal_passes_its_limit(db_path: str) -> None:
-    """A commit that leaves the WAL past checkpoint_wal_bytes is followed by a TRUNCATE."""
+def test_restart_runs_when_wal_passes_its_limit(db_path: str) -> None:
+    """A commit that leaves the WAL past checkpoint_wal_bytes is followed by a RESTART."""
     config = StoreConfig(checkpoint_wal_bytes=256 * 1024)
     with SessionStore.open(db_path, config=config) as store:
         sid = store.create_session("s").id
@@ -48,7 +48,7 @@ def test_truncate_runs_when_wal_passes_its_limit(db_path: str) -> None:
             store.log_event(sid, f"m{i}", data={"pad": "x" * 3000})
         last = store._writer.last_checkpoint
         assert store._writer.checkpoints >= 2
-        assert last is not None and last.mode == "TRUNCATE" and last.ok
+        assert last is not None and last.mode == "RESTART" and last.ok
 
 
 def test_batch_rejects_one_op_and_keeps_the_rest(store: SessionStore, session_id: str) -> None:
