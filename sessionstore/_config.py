@@ -56,8 +56,9 @@ class StoreConfig(BaseModel):
     close_timeout_s: float = Field(default=5.0, ge=0, le=3600, allow_inf_nan=False)
     """How long ``close()`` waits for in-flight leases before it abandons them. The whole
     ``close()`` returns within this plus 0.25 s (the queue and journal replay get at least that),
-    plus ``checkpoint_busy_timeout_ms`` and two 0.1 s waits for the writer to let go: 5.55 s
-    with the defaults. What the journal replay cannot apply in time stays for the next open."""
+    plus ``checkpoint_busy_timeout_ms`` and two 0.1 s waits for the writer to let go (5.5 s with
+    the defaults), plus the work of one last batch and of the checkpoint; the README states
+    1 s for all of it. What the journal replay cannot apply in time stays for the next open."""
 
     read_connections: int = Field(default=2, ge=1, le=64)
     """Size of the per-process read connection pool."""
