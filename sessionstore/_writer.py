@@ -6,10 +6,10 @@ per database anyway, and an apsw connection runs one statement at a time. Every 
 happen inside it) and the whole transaction is redone on BUSY by the one retry policy.
 
 Every call is bounded by a deadline on the writer's clock: ``write_deadline_s`` from the call's
-start (its first attempt and its wait for the in-process lock included), or sooner when the
-caller passes one. The busy handler waits only for what is left of it, so a peer that holds
-the lock (or is stopped while holding it) costs a write at most its deadline, never a whole
-``busy_timeout_ms`` per attempt.
+start (its first attempt included, and its wait for the in-process lock outside the main
+thread, see ``_lock_wait``), or sooner when the caller passes one. The busy handler waits
+only for what is left of it, so a peer that holds the lock (or is stopped while holding it)
+costs a write at most its deadline, never a whole ``busy_timeout_ms`` per attempt.
 
 A signal handler that raises (``KeyboardInterrupt``, a ``SystemExit`` from a SIGTERM handler)
 does so in the main thread, between any two of its bytecodes. No ``try``/``finally`` written in
@@ -23,7 +23,8 @@ exception, all in C), each op of a batch a nested ``with conn:`` savepoint. As a
 transaction found still open after a call is rolled back, and if even that fails the
 connection is closed, which rolls it back.
 Rejected: running the main thread's writes on a helper thread that no signal handler can reach
-(safe, but the two thread wake-ups cost ~45 µs a write, +130 %, on the benchmark machine);
+(safe, but the two thread wake-ups took the median write from 0.033 to 0.08 ms and a third of
+the throughput on the benchmark machine);
 masking signals with ``pthread_sigmask`` (the kernel then hands a process-directed signal to
 another thread, and CPython still runs the handler in the main thread).
 
@@ -436,7 +437,7 @@ class Writer:
                         time.sleep(_YIELD_TO_CHECKPOINT_S)
                 # else: backing off after a busy RESTART. No PASSIVE meanwhile: it would hold
                 # the checkpoint lock that another process's RESTART needs.
-            elif pages >= self._passive_at_pages and not self._truncate_soon(checkpointer, pages):
+            elif pages >= self._passive_at_pages and not self._restart_soon(checkpointer, pages):
                 # set_wal_hook replaced SQLite's auto-checkpoint; do what it would have done,
                 # but once per AUTOCHECKPOINT_PAGES of growth rather than on every commit past
                 # the threshold (SQLite's way keeps the checkpoint lock busy all the time).
@@ -448,7 +449,7 @@ class Writer:
             log.exception("checkpoint after commit failed")
         return apsw.SQLITE_OK
 
-    def _truncate_soon(self, checkpointer: Checkpointer | None, pages: int) -> bool:
+    def _restart_soon(self, checkpointer: Checkpointer | None, pages: int) -> bool:
         # A PASSIVE within AUTOCHECKPOINT_PAGES of the size limit does nothing the RESTART
         # will not do moments later, and it holds the checkpoint lock while it copies: with the
         # defaults (1000 pages, 4 MiB = 1024 pages) every process ran one right before the limit,
@@ -456,7 +457,7 @@ class Writer:
         # off while the WAL kept growing (measured: 76 of 81 TRUNCATEs of one writer collided,
         # WAL peak 11.7 MiB with 8 writers and a polling reader).
         if checkpointer is None:
-            return False  # no TRUNCATE at all: PASSIVE is all there is
+            return False  # no size-triggered checkpoint: PASSIVE is all there is
         limit_pages = self.config.checkpoint_wal_bytes // self._page_size
         return limit_pages - pages < AUTOCHECKPOINT_PAGES
 

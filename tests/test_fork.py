@@ -46,6 +46,8 @@ def _child(store: SessionStore, db: str, sid: str) -> None:
 
 
 @pytest.mark.slow
+# Python 3.12+ warns at every fork of a threaded process; forking under threads is the point.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_under_writing_and_reading_threads_never_hangs(db_path: str) -> None:
     """200 forks while threads write, read and checkpoint: every child finishes, none hangs."""
     store = SessionStore.open(db_path)
