@@ -109,12 +109,15 @@ def wal_peak(
     writes = summarize(results[:-1])
     wal_after = os.stat(db + "-wal").st_size if os.path.exists(db + "-wal") else 0
     holder.close()
+    # The last connection is closed: SQLite deletes the WAL (0 bytes when it is still there).
+    wal_closed = os.stat(db + "-wal").st_size if os.path.exists(db + "-wal") else 0
     return {
         "kind": kind,
         "writers": writers,
         "seconds": seconds,
         "wal_peak_mib": round(peak / 2**20, 2),
         "wal_after_mib": round(wal_after / 2**20, 2),  # writers closed, holder still open
+        "wal_after_close_bytes": wal_closed,  # every connection closed
         "samples": samples,
         "writes": writes["ops"],
         "write_errors": writes["errors"],
@@ -168,6 +171,7 @@ def main() -> int:
     p.add_argument("--writers", type=int, default=8)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--kind", choices=["sessionstore", "raw"], default="sessionstore")
+    p.add_argument("--runs", type=int, default=1, help="runs, each on a fresh database file")
     args = parser.parse_args()
     print(json.dumps({"machine": machine()}))
     with tempfile.TemporaryDirectory(prefix="ss-bench-") as folder:
@@ -180,8 +184,11 @@ def main() -> int:
                 for results in runs.values():
                     print(json.dumps(_median_run(results)), flush=True)
         else:
-            result = wal_peak(args.writers, args.seconds, folder, args.kind)
-            print(json.dumps(result), flush=True)
+            for run in range(args.runs):
+                run_folder = os.path.join(folder, f"run{run}")  # a fresh file for every run
+                os.mkdir(run_folder)
+                result = wal_peak(args.writers, args.seconds, run_folder, args.kind)
+                print(json.dumps(result), flush=True)
     return 0
 
 

@@ -29,8 +29,9 @@ class StoreConfig(BaseModel):
     for seconds under contention). Both stop at ``busy_timeout_ms``."""
 
     write_deadline_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
-    """Total time one write may spend retrying BUSY (including ``BUSY_SNAPSHOT``) before it is
-    journaled instead of applied."""
+    """Wall-clock bound on one whole write call: its first attempt, its wait for this process's
+    writer lock (outside the main thread) and every busy wait included; the busy handler waits
+    only for what is left of it. Past it the write is journaled instead of applied."""
 
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     """NORMAL: an application crash loses nothing; a power loss may roll back the last commits.
@@ -43,7 +44,7 @@ class StoreConfig(BaseModel):
     """A ``wal_checkpoint(TRUNCATE)`` runs at least this often while the store is open."""
 
     checkpoint_wal_bytes: int = Field(default=4 * MiB, gt=0)
-    """... and as soon as a commit leaves the WAL larger than this."""
+    """... and a ``wal_checkpoint(RESTART)`` as soon as a commit leaves the WAL larger than this."""
 
     checkpoint_busy_timeout_ms: int = Field(default=50, ge=0, le=10_000)
     """How long a TRUNCATE checkpoint may wait for readers. It holds the writer lock while it
@@ -53,7 +54,11 @@ class StoreConfig(BaseModel):
     """Run the background checkpointer (disable only when another process owns checkpoints)."""
 
     close_timeout_s: float = Field(default=5.0, ge=0, le=3600, allow_inf_nan=False)
-    """How long ``close()`` waits for in-flight leases before it closes connections anyway."""
+    """How long ``close()`` waits for in-flight leases before it abandons them. The whole
+    ``close()`` returns within this plus 0.25 s (the queue and journal replay get at least that),
+    plus ``checkpoint_busy_timeout_ms`` and two 0.1 s waits for the writer to let go (5.5 s with
+    the defaults), plus the work of one last batch and of the checkpoint; the README states
+    1 s for all of it. What the journal replay cannot apply in time stays for the next open."""
 
     read_connections: int = Field(default=2, ge=1, le=64)
     """Size of the per-process read connection pool."""

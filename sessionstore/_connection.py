@@ -20,6 +20,7 @@ import apsw
 import tenacity
 
 from ._config import StoreConfig
+from ._forkgate import FORK_GATE
 from .errors import StoreBusyError, StoreCorruptError, StoreIOError, StoreOpenError
 
 __all__ = ["Clock", "RetryPolicy", "is_transient_busy", "open_connection", "translate_open_error"]
@@ -66,6 +67,7 @@ class RetryPolicy:
         path: str,
         operation: str,
         abort: Callable[[], bool] | None = None,
+        deadline: float | None = None,
     ) -> T:
         """Run ``fn`` and redo it on transient BUSY until the deadline.
 
@@ -74,27 +76,38 @@ class RetryPolicy:
             path: the database, for the error.
             operation: what ``fn`` does, for the error.
             abort: when it returns True, stop retrying at once (a close gave up waiting).
+            deadline: when to stop, on this policy's clock; default ``deadline_s`` from now.
+                The first attempt counts: the whole call is bounded, not the retries. A
+                deadline already passed still gets one attempt.
 
         Raises:
             StoreBusyError: still BUSY at the deadline, or aborted (chains the last
                 ``apsw.BusyError``).
             Exception: anything else ``fn`` raises, unchanged.
         """
+        start = self._clock()
+        end = start + self.deadline_s if deadline is None else deadline
         try:
             return fn()
-        except apsw.BusyError:
-            pass
-        start = self._clock()
+        except apsw.BusyError as err:
+            if self._clock() >= end or (abort is not None and abort()):
+                raise StoreBusyError(path, operation, self._clock() - start) from err
 
         def out_of_time(_state: tenacity.RetryCallState) -> bool:
             if abort is not None and abort():
                 return True
-            return self._clock() - start >= self.deadline_s
+            return self._clock() >= end
+
+        jitter = tenacity.wait_random_exponential(multiplier=0.001, max=0.05)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            # Never sleep past the deadline: the bound is on the whole call.
+            return max(0.0, min(jitter(state), end - self._clock()))
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_transient_busy),
             stop=out_of_time,
-            wait=tenacity.wait_random_exponential(multiplier=0.001, max=0.05),
+            wait=wait,
             sleep=self._sleep,
             reraise=True,
         )
@@ -186,6 +199,13 @@ def open_connection(
     """
     if os.path.isdir(path):
         raise StoreOpenError(path, "is a directory")
+    with FORK_GATE.section():  # SQLite's open-file and allocator mutexes must be free at a fork
+        return _open_connection(path, config, policy, query_only)
+
+
+def _open_connection(
+    path: str, config: StoreConfig, policy: RetryPolicy, query_only: bool
+) -> apsw.Connection:
     try:
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     except apsw.Error as err:

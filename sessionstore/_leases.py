@@ -59,7 +59,12 @@ class Gate(Generic[T]):
     """State machine OPEN -> CLOSING -> CLOSED with leases and a bounded pending queue of T."""
 
     def __init__(self, max_pending: int) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Entered as ``with self._lock:``, never ``with self._cond:``: Condition.__enter__ is
+        # Python code, so an exception a signal handler raises in the main thread could land
+        # after the lock is taken and before the ``with`` protects it, leaving it taken for
+        # good. The lock's own ``__enter__`` is C code (see ``_writer``).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._state = StoreState.OPEN
         self._leases: dict[int, Lease] = {}
         self._pending: deque[T] = deque()
@@ -72,12 +77,12 @@ class Gate(Generic[T]):
 
     def counts(self) -> tuple[StoreState, int, int]:
         """``(state, leases out, ops pending)`` read together."""
-        with self._cond:
+        with self._lock:
             return self._state, len(self._leases), len(self._pending)
 
     def acquire(self, borrower: str) -> Lease | None:
         """Take a lease, or None when the store is not OPEN (no new leases while closing)."""
-        with self._cond:
+        with self._lock:
             if self._state is not StoreState.OPEN:
                 return None
             lease = Lease(borrower)
@@ -92,7 +97,7 @@ class Gate(Generic[T]):
             pending queue); ``"overflow"`` (CLOSING but the queue is full: journal it);
             ``"closed"`` (CLOSED: journal it).
         """
-        with self._cond:
+        with self._lock:
             if self._state is StoreState.OPEN:
                 lease = Lease(borrower)
                 self._leases[lease.id] = lease
@@ -106,13 +111,13 @@ class Gate(Generic[T]):
 
     def release(self, lease: Lease) -> None:
         """Return a lease; wakes ``wait_drained``. Releasing an abandoned lease is harmless."""
-        with self._cond:
+        with self._lock:
             if self._leases.pop(lease.id, None) is not None and not self._leases:
                 self._cond.notify_all()
 
     def begin_close(self) -> bool:
         """Move OPEN -> CLOSING. Returns False when it was not OPEN."""
-        with self._cond:
+        with self._lock:
             if self._state is not StoreState.OPEN:
                 return False
             self._state = StoreState.CLOSING
@@ -127,7 +132,7 @@ class Gate(Generic[T]):
             The leases still out at the deadline, now marked abandoned (empty when drained).
         """
         deadline = clock() + timeout
-        with self._cond:
+        with self._lock:
             while self._leases:
                 left = deadline - clock()
                 if left <= 0:
@@ -146,7 +151,7 @@ class Gate(Generic[T]):
             The ops to apply now; an empty list means the store is now CLOSED and every op that
             arrives from here on will be told ``"closed"``.
         """
-        with self._cond:
+        with self._lock:
             if not self._pending:
                 self._state = StoreState.CLOSED
                 return []
@@ -155,7 +160,7 @@ class Gate(Generic[T]):
 
     def close_and_take_all(self) -> list[T]:
         """Move to CLOSED and take whatever is still queued (the drain ran out of time)."""
-        with self._cond:
+        with self._lock:
             self._state = StoreState.CLOSED
             ops = list(self._pending)
             self._pending.clear()
@@ -163,13 +168,13 @@ class Gate(Generic[T]):
 
     def drain_pending(self) -> list[T]:
         """Take every queued op at once (for the hard-exit path that journals them)."""
-        with self._cond:
+        with self._lock:
             ops = list(self._pending)
             self._pending.clear()
             return ops
 
     def force_closed(self) -> None:
         """Mark CLOSED (the open failed, or the process is about to exit hard)."""
-        with self._cond:
+        with self._lock:
             self._state = StoreState.CLOSED
             self._cond.notify_all()

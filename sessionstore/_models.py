@@ -129,7 +129,7 @@ class CheckpointResult(_Frozen):
     """The outcome of one WAL checkpoint."""
 
     at: float  # wall-clock time it finished
-    mode: Literal["PASSIVE", "TRUNCATE"]
+    mode: Literal["PASSIVE", "RESTART", "TRUNCATE"]
     ok: bool  # False: busy (readers or another checkpointer), to be tried again later
     log_frames: int
     checkpointed_frames: int
@@ -183,10 +183,13 @@ class CloseReport(_Frozen):
 
     path: str
     already_closed: bool = False  # this call found the store closed and did nothing
-    drain_s: float = 0.0
+    # The phases, in order; they add up to total_s.
+    drain_s: float = 0.0  # waiting for leases in flight
+    queue_s: float = 0.0  # applying (or journaling) the ops queued while closing
     replay_s: float = 0.0
     checkpoint_s: float = 0.0
     close_s: float = 0.0
+    total_s: float = 0.0
     applied_from_queue: int = 0
     journaled: int = 0  # ops that went to the journal during this store's life
     replayed: int = 0

@@ -22,7 +22,9 @@ class ReaderPool:
     def __init__(self, open_conn: Callable[[], apsw.Connection], size: int) -> None:
         self._open = open_conn
         self._size = size
-        self._cond = threading.Condition(threading.Lock())
+        # ``with self._lock:``, not ``with self._cond:`` (see ``_leases.Gate``).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._idle: list[apsw.Connection] = []
         self._all: list[apsw.Connection] = []
         self._opening = 0
@@ -38,12 +40,12 @@ class ReaderPool:
         try:
             yield conn
         finally:
-            with self._cond:
+            with self._lock:
                 self._idle.append(conn)
                 self._cond.notify()
 
     def _take(self) -> apsw.Connection:
-        with self._cond:
+        with self._lock:
             while not self._idle and len(self._all) + self._opening >= self._size:
                 self._cond.wait()
             if self._idle:
@@ -52,22 +54,34 @@ class ReaderPool:
         try:
             conn = self._open()
         except BaseException:
-            with self._cond:
+            with self._lock:
                 self._opening -= 1
                 self._cond.notify()
             raise
-        with self._cond:
+        with self._lock:
             self._opening -= 1
             self._all.append(conn)
         return conn
 
     def all(self) -> list[apsw.Connection]:
         """Every connection made so far, idle or in use (to interrupt them)."""
-        with self._cond:
+        with self._lock:
             return list(self._all)
+
+    def forget_after_fork(self) -> list[apsw.Connection]:
+        """In a forked child: forget every connection (returned, never to be used or closed).
+
+        Takes no lock: a parent thread may have held it at the fork, and it would never be
+        released here.
+        """
+        conns = self._all
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._all, self._idle, self._opening = [], [], 0
+        return conns
 
     def take_all(self) -> list[apsw.Connection]:
         """Forget every connection and return them (to be closed, or kept after a fork)."""
-        with self._cond:
+        with self._lock:
             conns, self._all, self._idle = self._all, [], []
             return conns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -17,6 +18,7 @@ import apsw
 
 from ._config import StoreConfig
 from ._connection import RetryPolicy, open_connection, translate_open_error
+from ._forkgate import FORK_GATE
 from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
 from ._journal import Journal, apply_isolated
@@ -80,6 +82,13 @@ log = logging.getLogger("sessionstore")
 T = TypeVar("T")
 
 _MAX_EVENTS_PAGE = 10_000
+# close() returns within its timeout plus this grace (plus the final checkpoint's busy wait,
+# ``checkpoint_busy_timeout_ms``, and closing the connections, a few milliseconds): the queue
+# and the journal replay get at least CLOSE_GRACE_S after the lease drain, and each of the two
+# waits for the writer to let go (_LET_GO_S) is bounded apart from it. The README derives the
+# operator budgets (systemd, docker) from this.
+CLOSE_GRACE_S = 0.25
+_LET_GO_S = 0.1
 _DEFERRED = object()  # marker: the op was queued or journaled, not applied now
 
 # Errors that mean the connection went away under an abandoned lease during close.
@@ -89,6 +98,11 @@ _live: weakref.WeakSet[SessionStore] = weakref.WeakSet()
 # Connections inherited across fork: never closed or freed in the child (SQLite's close could
 # delete state out from under the parent), so kept referenced here for the child's lifetime.
 _inherited_at_fork: list[apsw.Connection] = []
+
+
+def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
+    with FORK_GATE.section():  # no fork while this thread is inside SQLite (see _forkgate)
+        return fn(conn)
 
 
 def live_stores() -> list[SessionStore]:
@@ -222,7 +236,7 @@ class SessionStore:
         _live.add(self)
         try:
             self._journal.check()  # before anything is touched: a planted link is refused
-            with self._writer.lock:
+            with self._writer.lock, FORK_GATE.section():
                 try:
                     apply_migrations(self._writer.connection_locked(), self.path, self._policy)
                 except apsw.Error as err:
@@ -387,7 +401,9 @@ class SessionStore:
             raise StoreClosedError(self.path)
         try:
             with self._readers.connection() as conn:
-                return self._policy.call(lambda: fn(conn), path=self.path, operation=borrower)
+                return self._policy.call(
+                    lambda: _gated(fn, conn), path=self.path, operation=borrower
+                )
         except _GONE_ERRORS as err:
             raise StoreClosedError(self.path, f"store closed during {borrower}") from err
         except (apsw.CorruptError, apsw.NotADBError) as err:
@@ -738,11 +754,13 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
-            return self._writer.checkpoint(mode)
+            result = self._writer.checkpoint(mode)
         except apsw.Error as err:
             raise translate_open_error(self.path, err, "checkpoint") from err
         finally:
             self._gate.release(lease)
+        assert result is not None  # no lock timeout: only None when one is given
+        return result
 
     def _scheduled_checkpoint(self) -> CheckpointResult | None:
         # The timer thread's callback: None (the thread ends) once the store is closing.
@@ -913,10 +931,18 @@ class SessionStore:
         return CloseReport(path=self.path, errors=out.errors, unrecorded=out.unrecorded)
 
     def _do_close(self, timeout: float) -> CloseReport:
+        # One deadline for the whole close: every phase gets what is left of ``timeout``, and
+        # the phases after the lease drain get at least CLOSE_GRACE_S between them (see
+        # CLOSE_GRACE_S for the bound this gives).
         errors: list[str] = []
         t0 = time.monotonic()
-        self._writer.stop_checkpointer(timeout=max(timeout, 0.1))
-        abandoned = self._gate.wait_drained(timeout)
+        end = t0 + timeout
+
+        def left() -> float:
+            return max(0.0, end - time.monotonic())
+
+        self._writer.stop_checkpointer(timeout=min(left(), 0.1))
+        abandoned = self._gate.wait_drained(left())
         if abandoned:
             # Their connections may be mid-statement or waiting on a lock: make them give up.
             self._writer.abort_waits = True
@@ -927,51 +953,57 @@ class SessionStore:
             errors.append(f"{len(abandoned)} lease(s) abandoned after {timeout:.2f} s")
             # Once an abandoned writer has let go (its op journaled), waits may wait again:
             # the queue is better applied now than journaled for the next open.
-            if self._writer.lock.acquire(timeout=max(timeout, 0.5)):
+            if self._writer.lock.acquire(timeout=_LET_GO_S):
                 self._writer.abort_waits = False
                 self._writer.lock.release()
-        drain_s = time.monotonic() - t0
+        t1 = time.monotonic()
 
+        # Queue and replay share what is left, and at least CLOSE_GRACE_S (on the store's
+        # clock: the writer's deadlines are on it).
+        deadline = self._clock() + max(left(), CLOSE_GRACE_S)
         out = _DrainOutcome(errors)
-        self._drain_queue(timeout, out)
+        self._drain_queue(deadline, out)
         applied_from_queue = out.applied
         with self._counter_lock:
             self._n_from_queue += applied_from_queue
+        t2 = time.monotonic()
 
-        t1 = time.monotonic()
         replayed = 0
-        if self._journal.size() and self._writer.is_open:
+        if self._journal.size() and self._writer.is_open and self._clock() < deadline:
+            # Bounded by the same deadline; what is not replayed in time stays in the journal
+            # for the next open (op ids make a partly applied replay harmless to redo).
             try:
-                rep = self._journal.replay(self._writer.apply_batch)
+                rep = self._journal.replay(
+                    functools.partial(self._writer.apply_batch, deadline=deadline)
+                )
                 replayed = rep.applied
                 with self._counter_lock:
                     self._n_replayed += rep.applied
             except Exception as err:  # the journal stays for the next open
                 errors.append(f"journal replay at close: {type(err).__name__}: {err}")
-        t2 = time.monotonic()
+        t3 = time.monotonic()
 
         wal_before = self._wal_size()
         checkpoint = None
-        writer = self._writer
-        if writer.is_open and writer.lock.acquire(timeout=max(timeout, 0.5)):
+        if self._writer.is_open:
             try:
                 # Busy here is normal when other processes still use the database (the last
                 # one to close empties the WAL); it is reported in `checkpoint`, and is not an
                 # error of this close.
-                checkpoint = writer.checkpoint_locked(writer.connection_locked(), "TRUNCATE")
-            except apsw.Error as err:
+                checkpoint = self._writer.checkpoint("TRUNCATE", lock_timeout=_LET_GO_S)
+            except Exception as err:  # close never raises for it; reported
                 errors.append(f"final checkpoint: {err}")
-            finally:
-                writer.lock.release()
-        t3 = time.monotonic()
-        self._close_connections(errors)
         t4 = time.monotonic()
+        self._close_connections(errors)
+        t5 = time.monotonic()
         return CloseReport(
             path=self.path,
-            drain_s=drain_s,
-            replay_s=t2 - t1,
-            checkpoint_s=t3 - t2,
-            close_s=t4 - t3,
+            drain_s=t1 - t0,
+            queue_s=t2 - t1,
+            replay_s=t3 - t2,
+            checkpoint_s=t4 - t3,
+            close_s=t5 - t4,
+            total_s=t5 - t0,
             applied_from_queue=applied_from_queue,
             journaled=self._n_journaled,
             replayed=replayed,
@@ -984,14 +1016,14 @@ class SessionStore:
             unrecorded=out.unrecorded,
         )
 
-    def _drain_batch(self, ops: list[Op], out: _DrainOutcome) -> None:
+    def _drain_batch(self, ops: list[Op], out: _DrainOutcome, deadline: float) -> None:
         """Apply queued ops; each ends applied, kept aside, journaled or reported. Never raises."""
         if not self._writer.is_open:
             self._secure(ops, "no connection to apply queued ops", out)
             return
         try:
             results = apply_isolated(
-                lambda batch: self._writer.apply_batch(batch, lock_timeout=1.0), ops
+                lambda batch: self._writer.apply_batch(batch, deadline=deadline), ops
             )
         except TimeoutError:
             self._secure(ops, "writer held by an abandoned lease", out)
@@ -1011,7 +1043,7 @@ class SessionStore:
                 out.errors.append(f"rejected file: {type(err).__name__}: {err}")
                 self._secure([op for op, _ in rejected], "rejected at close", out)
 
-    def _drain_queue(self, timeout: float, out: _DrainOutcome) -> None:
+    def _drain_queue(self, deadline: float, out: _DrainOutcome) -> None:
         """Apply the pending queue in batches and move the store to CLOSED.
 
         Never raises ``Exception``: every op taken off the queue ends applied, kept aside,
@@ -1022,10 +1054,9 @@ class SessionStore:
         # Bounded: a thread that keeps writing refills the queue faster than batches apply
         # (an append costs a microsecond, an applied op tens), so draining "until empty" could
         # run forever. Past the deadline the rest goes to the journal and the store closes.
-        drain_deadline = self._clock() + max(timeout, 0.5)
         try:
             while True:
-                if self._clock() >= drain_deadline:
+                if self._clock() >= deadline:
                     in_hand = self._gate.close_and_take_all()
                     if in_hand:
                         out.errors.append(
@@ -1038,7 +1069,7 @@ class SessionStore:
                 in_hand = self._gate.take_pending_or_close(BATCH)
                 if not in_hand:
                     return  # CLOSED: later writes are journaled
-                self._drain_batch(in_hand, out)
+                self._drain_batch(in_hand, out, deadline)
                 in_hand = []
         except BaseException as err:
             # _drain_batch does not raise Exception; this is an interrupt (or a bug): nothing
@@ -1060,12 +1091,13 @@ class SessionStore:
         if self._pid != os.getpid():
             return  # inherited across fork: never closed here
         for conn in self._readers.take_all():
-            try:
-                conn.close()
-            except apsw.Error as err:
-                errors.append(f"close: {type(err).__name__}: {err}")
-                with contextlib.suppress(apsw.Error):
-                    conn.close(True)
+            with FORK_GATE.section():
+                try:
+                    conn.close()
+                except apsw.Error as err:
+                    errors.append(f"close: {type(err).__name__}: {err}")
+                    with contextlib.suppress(apsw.Error):
+                        conn.close(True)
         errors.extend(self._writer.close())
 
     # ----------------------------------------------------------------------------- fork
@@ -1073,8 +1105,8 @@ class SessionStore:
     def _after_fork_in_child(self) -> None:
         # The parent's connections are not ours: keep them referenced (never closed, never
         # freed) and open our own lazily on first use. Locks may have been held by threads that
-        # do not exist here, so they are replaced; queued ops belong to the parent.
-        _inherited_at_fork.extend(self._readers.take_all())
+        # do not exist here, so they are replaced, never taken; queued ops belong to the parent.
+        _inherited_at_fork.extend(self._readers.forget_after_fork())
         inherited = self._writer.forget_after_fork()
         if inherited is not None:
             _inherited_at_fork.append(inherited)

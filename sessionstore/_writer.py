@@ -5,6 +5,29 @@ per database anyway, and an apsw connection runs one statement at a time. Every 
 ``BEGIN IMMEDIATE`` (the snapshot is taken with the write lock held, so ``BUSY_SNAPSHOT`` cannot
 happen inside it) and the whole transaction is redone on BUSY by the one retry policy.
 
+Every call is bounded by a deadline on the writer's clock: ``write_deadline_s`` from the call's
+start (its first attempt included, and its wait for the in-process lock outside the main
+thread, see ``_lock_wait``), or sooner when the caller passes one. The busy handler waits
+only for what is left of it, so a peer that holds the lock (or is stopped while holding it)
+costs a write at most its deadline, never a whole ``busy_timeout_ms`` per attempt.
+
+A signal handler that raises (``KeyboardInterrupt``, a ``SystemExit`` from a SIGTERM handler)
+does so in the main thread, between any two of its bytecodes. No ``try``/``finally`` written in
+Python can protect a transaction from that: the exception can land between ``BEGIN`` and the
+``try``, or inside the ``finally`` before its ``ROLLBACK``. What does hold is the ``with``
+statement around a context manager written in C: once its ``__enter__`` has returned, its
+``__exit__`` runs whatever is raised, and nothing in between is Python code. So the writer lock
+is taken with ``with lock:`` in the main thread, and every transaction is apsw's own ``with
+conn:`` (``transaction_mode = "IMMEDIATE"``: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any
+exception, all in C), each op of a batch a nested ``with conn:`` savepoint. As a second line, a
+transaction found still open after a call is rolled back, and if even that fails the
+connection is closed, which rolls it back.
+Rejected: running the main thread's writes on a helper thread that no signal handler can reach
+(safe, but the two thread wake-ups took the median write from 0.033 to 0.08 ms and a third of
+the throughput on the benchmark machine);
+masking signals with ``pthread_sigmask`` (the kernel then hands a process-directed signal to
+another thread, and CPython still runs the handler in the main thread).
+
 Checkpoints run here too, between two write transactions on this connection (see
 ``_checkpoint``): from the commit hook when the WAL has grown past its limit, and from the
 timer thread every interval.
@@ -17,6 +40,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -26,9 +50,10 @@ import apsw
 from ._checkpoint import AUTOCHECKPOINT_PAGES, Checkpointer, CheckpointSchedule, run_checkpoint
 from ._config import StoreConfig
 from ._connection import RetryPolicy, fair_busy_handler, open_connection, set_busy
+from ._forkgate import FORK_GATE
 from ._models import CheckpointResult
 from ._ops import Op, apply
-from .errors import InvalidTransitionError, SessionNotFoundError
+from .errors import InvalidTransitionError, SessionNotFoundError, StoreBusyError
 
 __all__ = ["BATCH", "OP_ERRORS", "Writer"]
 
@@ -37,6 +62,7 @@ log = logging.getLogger("sessionstore")
 T = TypeVar("T")
 
 BATCH = 1000  # ops per transaction when applying a queue or a journal
+_YIELD_TO_CHECKPOINT_S = 0.002
 # Errors an op itself causes: it is rejected, never retried or journaled.
 OP_ERRORS = (SessionNotFoundError, InvalidTransitionError)
 
@@ -67,6 +93,7 @@ class Writer:
         self._passive_at_pages = AUTOCHECKPOINT_PAGES
         self._last_pages = 0
         self._busy_timeout_ms: float = config.busy_timeout_ms
+        self._deadline: float | None = None  # of the call running now, on self._clock
         self._checkpointer: Checkpointer | None = None
         self._checkpoint_run: Callable[[], CheckpointResult | None] | None = None
 
@@ -90,6 +117,7 @@ class Writer:
         """
         if self._conn is None:
             conn = open_connection(self.path, self.config, self._policy)
+            conn.transaction_mode = "IMMEDIATE"  # what ``with conn:`` begins (see module doc)
             self._install_busy(conn)
             self._page_size = int(conn.pragma("page_size"))
             conn.set_wal_hook(self._on_commit)
@@ -105,7 +133,7 @@ class Writer:
 
             def timeout_ms() -> float:
                 writer = ref()
-                return writer._busy_timeout_ms if writer is not None else 0.0
+                return writer._wait_ms() if writer is not None else 0.0
 
             def should_abort() -> bool:
                 writer = ref()
@@ -117,6 +145,21 @@ class Writer:
 
     def _aborted(self) -> bool:
         return self.abort_waits
+
+    def _wait_ms(self) -> float:
+        """How long the next busy wait may last: the busy timeout, cut to the call's deadline."""
+        if self._deadline is None:
+            return self._busy_timeout_ms
+        left_ms = (self._deadline - self._clock()) * 1000.0
+        return max(0.0, min(self._busy_timeout_ms, left_ms))
+
+    def _end(self, deadline: float | None) -> float:
+        """The deadline of a call starting now: ``write_deadline_s`` away, or ``deadline``."""
+        own = self._clock() + self.config.write_deadline_s
+        return own if deadline is None else min(own, deadline)
+
+    def _left(self, end: float) -> float:
+        return max(0.0, end - self._clock())
 
     def interrupt(self) -> None:
         """Make a statement running on the connection stop (for a close past its deadline)."""
@@ -130,12 +173,13 @@ class Writer:
         conn, self._conn = self._conn, None
         if conn is None or self._pid != os.getpid():
             return []
-        try:
-            conn.close()
-        except apsw.Error as err:
-            with contextlib.suppress(apsw.Error):
-                conn.close(True)
-            return [f"close: {type(err).__name__}: {err}"]
+        with FORK_GATE.section():
+            try:
+                conn.close()
+            except apsw.Error as err:
+                with contextlib.suppress(apsw.Error):
+                    conn.close(True)
+                return [f"close: {type(err).__name__}: {err}"]
         return []
 
     def forget_after_fork(self) -> apsw.Connection | None:
@@ -143,60 +187,157 @@ class Writer:
         conn, self._conn = self._conn, None
         self.lock = threading.Lock()  # may have been held by a thread that does not exist here
         self._checkpointer = None
+        self._deadline = None
         return conn
 
     # ------------------------------------------------------------------ transactions
 
-    def apply(self, op: Op) -> Any:
+    def apply(self, op: Op, *, deadline: float | None = None) -> Any:
         """Apply one op in its own ``BEGIN IMMEDIATE`` transaction, retried on BUSY.
+
+        Args:
+            op: the op.
+            deadline: return by then (writer's clock) even if ``write_deadline_s`` is later.
 
         Raises:
             SessionNotFoundError, InvalidTransitionError: the op is wrong; nothing changed.
-            StoreBusyError: still locked at the retry deadline; nothing changed.
-            apsw.Error: anything else from SQLite.
+            StoreBusyError: still locked at the deadline (by another process, or by another
+                thread of this one); nothing changed.
+            apsw.Error: anything else from SQLite; nothing changed.
         """
-        with self.lock:
-            conn = self.connection_locked()
-            return self._policy.call(
-                functools.partial(_one_transaction, conn, op),
-                path=self.path,
-                operation=op.kind,
-                abort=self._aborted,
-            )
+        end = self._end(deadline)
 
-    def apply_batch(self, ops: Sequence[Op], *, lock_timeout: float = -1) -> list[Exception | None]:
+        def locked() -> Any:
+            conn = self.connection_locked()
+            return self._transact(conn, functools.partial(_one_transaction, conn, op), op.kind, end)
+
+        start = self._clock()
+        return self._under_lock(
+            locked,
+            self._lock_wait(self._left(end), explicit=deadline is not None),
+            # Another thread of this process holds the writer past this call's deadline.
+            lambda: StoreBusyError(self.path, op.kind, self._clock() - start),
+        )
+
+    @staticmethod
+    def _lock_wait(wait: float, *, explicit: bool) -> float:
+        """How long to wait for :attr:`lock`: -1 (no limit) in the main thread unless bounded.
+
+        Only ``with lock:`` (C code) cannot be split by a signal handler's exception between
+        taking the lock and protecting it, and it cannot wait with a timeout. So the main
+        thread's ordinary writes wait without one: the holder is another thread's call,
+        itself bounded by its own deadline. A timed wait (``acquire(timeout=)``, then ``try``)
+        is used in other threads, which signal handlers never interrupt, and in the main
+        thread only where the caller bounds the call explicitly (``close()``, replay): there an
+        exception landing in the two bytecodes between the two would leave the lock taken.
+        """
+        if explicit or threading.current_thread() is not threading.main_thread():
+            return wait
+        return -1.0
+
+    def _under_lock(
+        self, fn: Callable[[], T], wait: float, timed_out: Callable[[], Exception]
+    ) -> T:
+        """``fn()`` holding :attr:`lock`, waited for at most ``wait`` seconds (-1: no limit)."""
+        if wait < 0:
+            with self.lock:
+                return fn()
+        if not self.lock.acquire(timeout=wait):
+            raise timed_out()
+        try:
+            return fn()
+        finally:
+            self.lock.release()
+
+    def apply_batch(
+        self, ops: Sequence[Op], *, lock_timeout: float = -1, deadline: float | None = None
+    ) -> list[Exception | None]:
         """Apply ops in transactions of up to ``BATCH``, each op in its own savepoint.
 
         Args:
             ops: the ops, applied in order.
-            lock_timeout: how long to wait for this process's writer lock (-1: no limit).
+            lock_timeout: how long to wait for this process's writer lock (-1: no limit but
+                the deadline).
+            deadline: stop by then (writer's clock); each transaction is also bounded by
+                ``write_deadline_s`` from its start.
 
         Returns:
             Per op, None (applied) or the error that rejected it (its savepoint rolled back).
 
         Raises:
-            TimeoutError: the writer lock stayed held past ``lock_timeout``; nothing applied.
-            StoreBusyError, apsw.Error: a transaction could not commit; nothing of that
-            transaction was applied (earlier ones were).
+            TimeoutError: the writer lock stayed held past ``lock_timeout`` or the deadline;
+                nothing applied.
+            StoreBusyError, apsw.Error: a transaction could not commit (locked at the
+                deadline, or an error); nothing of that transaction was applied (earlier
+                ones were).
         """
-        errors: list[Exception | None] = []
-        if not self.lock.acquire(timeout=lock_timeout):
-            raise TimeoutError("the writer lock is held by another thread")
-        try:
+        wait = -1.0 if deadline is None else max(0.0, deadline - self._clock())
+        if lock_timeout >= 0:
+            wait = lock_timeout if wait < 0 else min(wait, lock_timeout)
+        if deadline is None and lock_timeout < 0:
+            wait = self._lock_wait(self._left(self._end(None)), explicit=False)
+
+        def locked() -> list[Exception | None]:
+            errors: list[Exception | None] = []
             conn = self.connection_locked()
             for start in range(0, len(ops), BATCH):
+                if start and deadline is not None and self._clock() >= deadline:
+                    # Earlier transactions committed; the caller keeps the rest (a journal
+                    # replay leaves the journal in place, and op ids make the redo harmless).
+                    raise StoreBusyError(self.path, "apply batch", 0.0)
                 chunk = ops[start : start + BATCH]
-                errors.extend(
-                    self._policy.call(
-                        lambda chunk=chunk: _savepoint_each(conn, chunk),  # type: ignore[misc]
-                        path=self.path,
-                        operation="apply batch",
-                        abort=self._aborted,
-                    )
-                )
+                body = functools.partial(_savepoint_each, conn, chunk)
+                errors.extend(self._transact(conn, body, "apply batch", self._end(deadline)))
+            return errors
+
+        return self._under_lock(
+            locked, wait, lambda: TimeoutError("the writer lock is held by another thread")
+        )
+
+    def _transact(
+        self, conn: apsw.Connection, body: Callable[[], T], operation: str, end: float
+    ) -> T:
+        """Run ``body`` (one whole transaction) under the retry policy until ``end``."""
+        self._deadline = end
+        self._busy_timeout_ms = self.config.busy_timeout_ms  # whatever an interrupted call left
+        sqlite_handler = self.config.busy_handler == "sqlite"
+
+        def attempt() -> T:
+            with FORK_GATE.section():
+                if sqlite_handler:  # SQLite's own handler: cut its timeout to what is left
+                    conn.set_busy_timeout(int(self._wait_ms()))
+                return body()
+
+        try:
+            return self._policy.call(
+                attempt, path=self.path, operation=operation, abort=self._aborted, deadline=end
+            )
         finally:
-            self.lock.release()
-        return errors
+            self._deadline = None
+            if sqlite_handler:
+                with contextlib.suppress(apsw.Error):
+                    conn.set_busy_timeout(self.config.busy_timeout_ms)
+            self._end_leftover_transaction(conn)
+
+    def _end_leftover_transaction(self, conn: apsw.Connection) -> None:
+        # Second line of defence: whatever raised, no transaction outlives the call. A ROLLBACK
+        # that fails (interrupted, I/O error) leaves the connection unusable for writes, so it is
+        # closed, which rolls back; the next write opens a new one.
+        with FORK_GATE.section():
+            try:
+                if not conn.txn_state():
+                    return
+                conn.execute("ROLLBACK")
+                if not conn.txn_state():
+                    return
+            except apsw.ConnectionClosedError:
+                return
+            except apsw.Error:
+                log.exception("rollback failed; closing the write connection")
+            if self._conn is conn:
+                self._conn = None
+            with contextlib.suppress(apsw.Error):
+                conn.close(True)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -220,14 +361,33 @@ class Writer:
         if self._checkpointer is not None:
             self._checkpointer.stop(timeout=timeout)
 
-    def checkpoint(self, mode: str) -> CheckpointResult:
+    def checkpoint(self, mode: str, *, lock_timeout: float = -1) -> CheckpointResult | None:
         """Checkpoint now, between write transactions. Never raises for BUSY.
+
+        Returns:
+            The result, or None when the writer lock stayed held past ``lock_timeout``.
 
         Raises:
             StoreCorruptError, StoreOpenError, StoreBusyError: the connection could not open.
+            apsw.Error: the checkpoint failed for another reason than BUSY.
         """
-        with self.lock:
-            return self.checkpoint_locked(self.connection_locked(), mode)
+        try:
+            return self._under_lock(
+                lambda: self._checkpoint_gated(self.connection_locked(), mode),
+                lock_timeout,
+                TimeoutError,
+            )
+        except TimeoutError:
+            return None
+
+    def _checkpoint_gated(self, conn: apsw.Connection, mode: str) -> CheckpointResult:
+        with FORK_GATE.section():
+            # A close that abandoned a lease interrupted this connection; if no statement was
+            # running then, the flag is still set and would fail the checkpoint ("interrupted").
+            # A statement started with none running clears it.
+            with contextlib.suppress(apsw.InterruptError):
+                conn.execute("SELECT 1").fetchall()
+            return self.checkpoint_locked(conn, mode)
 
     def checkpoint_locked(self, conn: apsw.Connection, mode: str) -> CheckpointResult:
         """Checkpoint on ``conn``, whose lock the caller holds, with the short busy wait."""
@@ -258,13 +418,26 @@ class Writer:
             wal_bytes = pages * self._page_size
             if checkpointer is not None and wal_bytes > self.config.checkpoint_wal_bytes:
                 if checkpointer.due_for_size(wal_bytes):
-                    result = self.checkpoint_locked(conn, "TRUNCATE")
+                    # RESTART, not TRUNCATE: the same bound (it takes the write lock, so the
+                    # next commit starts the WAL from its beginning, and journal_size_limit
+                    # cuts the file back), without shrinking the file to 0 only to grow it
+                    # again at once: truncating every 4 MiB cost a single writer 20-40 % of
+                    # its throughput. The timer and close() still TRUNCATE to 0.
+                    result = self.checkpoint_locked(conn, "RESTART")
                     # Busy within a millisecond: another process holds the checkpoint lock
                     # (it is checkpointing right now), not a reader pinning the WAL.
-                    checkpointer.record(result.ok, collided=result.duration_s < 0.001)
-                # else: backing off after a busy TRUNCATE. No PASSIVE meanwhile: it would hold
-                # the checkpoint lock that another process's TRUNCATE needs.
-            elif pages >= self._passive_at_pages:
+                    collided = not result.ok and result.duration_s < 0.001
+                    checkpointer.record(result.ok, collided=collided)
+                    if collided:
+                        # That checkpoint may be waiting for the write lock, which this process
+                        # and the others keep taking back (fair hand-off favours no one), while
+                        # the WAL grows. Stepping back for a moment lets it through. Pacing,
+                        # not synchronisation: SQLite has no way to wait for another
+                        # process's checkpoint.
+                        time.sleep(_YIELD_TO_CHECKPOINT_S)
+                # else: backing off after a busy RESTART. No PASSIVE meanwhile: it would hold
+                # the checkpoint lock that another process's RESTART needs.
+            elif pages >= self._passive_at_pages and not self._restart_soon(checkpointer, pages):
                 # set_wal_hook replaced SQLite's auto-checkpoint; do what it would have done,
                 # but once per AUTOCHECKPOINT_PAGES of growth rather than on every commit past
                 # the threshold (SQLite's way keeps the checkpoint lock busy all the time).
@@ -276,17 +449,41 @@ class Writer:
             log.exception("checkpoint after commit failed")
         return apsw.SQLITE_OK
 
+    def _restart_soon(self, checkpointer: Checkpointer | None, pages: int) -> bool:
+        # A PASSIVE within AUTOCHECKPOINT_PAGES of the size limit does nothing the RESTART
+        # will not do moments later, and it holds the checkpoint lock while it copies: with the
+        # defaults (1000 pages, 4 MiB = 1024 pages) every process ran one right before the limit,
+        # and the TRUNCATEs that followed found the lock taken ("busy" in 0.1 ms) and backed
+        # off while the WAL kept growing (measured: 76 of 81 TRUNCATEs of one writer collided,
+        # WAL peak 11.7 MiB with 8 writers and a polling reader).
+        if checkpointer is None:
+            return False  # no size-triggered checkpoint: PASSIVE is all there is
+        limit_pages = self.config.checkpoint_wal_bytes // self._page_size
+        return limit_pages - pages < AUTOCHECKPOINT_PAGES
+
 
 def _in_transaction(conn: apsw.Connection, body: Callable[[], T]) -> T:
-    """``BEGIN IMMEDIATE``, ``body()``, ``COMMIT``; rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
+    """``BEGIN IMMEDIATE``, ``body()``, ``COMMIT``; rolled back on any exception.
+
+    apsw's context manager does all three in C (``transaction_mode`` is IMMEDIATE): no
+    exception, not even one a signal handler raises, can fall between them (see module doc).
+
+    Raises:
+        BaseException: what ``body`` raised (rolled back), or what a signal handler raised
+            inside the commit hook (the commit itself happened: the op is applied).
+    """
     try:
-        result = body()
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.txn_state():
-            conn.execute("ROLLBACK")
-        raise
+        with conn:
+            result = body()
+    except apsw.SQLError as err:
+        # A signal handler's exception inside the commit hook (Python code SQLite calls right
+        # after the commit) makes apsw report the COMMIT as failed and then fail its ROLLBACK,
+        # raising "SQL logic error" in place of, say, the KeyboardInterrupt. The commit did
+        # happen; pass the caller the exception the handler raised, not SQLite's.
+        hook_error = err.__context__
+        if hook_error is None or isinstance(hook_error, apsw.Error) or conn.txn_state():
+            raise
+        raise hook_error from None
     return result
 
 
@@ -301,15 +498,13 @@ def _savepoint_each(conn: apsw.Connection, ops: Sequence[Op]) -> list[Exception 
     def body() -> list[Exception | None]:
         out: list[Exception | None] = []
         for op in ops:
-            conn.execute("SAVEPOINT op")
             try:
-                apply(op, conn)
+                with conn:  # nested: a savepoint, rolled back to and released in C on error
+                    apply(op, conn)
             except (*OP_ERRORS, apsw.ConstraintError) as err:
-                conn.execute("ROLLBACK TO op")
                 out.append(err)
             else:
                 out.append(None)
-            conn.execute("RELEASE op")
         return out
 
     return _in_transaction(conn, body)

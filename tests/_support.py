@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 from types import TracebackType
+
+from _procs import start
 
 from sessionstore import CloseReport, SessionStore, StoreState
 
@@ -67,3 +72,25 @@ class ClosingInBackground:
     ) -> None:
         if not self._release.is_set():
             self.finish()
+
+
+class StoppedLockHolder:
+    """A peer process that took the write lock (``BEGIN IMMEDIATE``) and was then SIGSTOPped.
+
+    ``with StoppedLockHolder(db):`` the database's write lock is held by a process that does
+    nothing at all until the block ends (then it is continued, rolls back and exits).
+    """
+
+    def __init__(self, db: str) -> None:
+        self._db = db
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> StoppedLockHolder:
+        self._proc = start("hold_write", self._db)
+        os.kill(self._proc.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGCONT)
+        self._proc.communicate("go\n", timeout=30)

@@ -1,0 +1,86 @@
+"""Fork only while no thread of this library is inside SQLite.
+
+SQLite keeps process-wide mutexes (its memory allocator's, the unix VFS's, the open-file
+table's). A thread inside SQLite at the moment another thread forks may hold one; in the child
+that mutex stays locked forever, and the child's first ``apsw.Connection()`` waits on it for
+good (measured: 4 children of 30 hung that way while threads read and wrote). Those mutexes
+cannot be reset from Python, so this gate keeps them free at fork instead: every call into
+SQLite by the store runs inside the gate (a shared, counted section), and an at-fork hook closes
+the gate and waits for the count to reach zero before the fork proceeds, then reopens it in
+the parent. In the child the gate starts fresh.
+
+Each thread has its own ``RLock``; a gated section is ``with FORK_GATE.section():``, and the
+at-fork hook takes every thread's lock (so no thread is inside a section when the fork happens)
+and lets them go after it. The lock is C code entered by a ``with`` statement: a signal
+handler's exception cannot leave it taken (a counter kept in Python could be left counting a
+thread that is long gone). It is re-entrant, so a fork from a signal handler that interrupted
+a gated section of the forking thread itself does not wait on itself.
+
+The wait is bounded (``FORK_WAIT_S``, shared by all threads): a fork made while a write waits
+on another process's lock proceeds after that time. Rejected: taking each store's writer lock
+and read connections at fork (misses connections being opened and stores being opened or
+closed, and waits on every lock holder, not only on SQLite calls).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+
+__all__ = ["FORK_GATE", "FORK_WAIT_S", "ForkGate"]
+
+FORK_WAIT_S = 1.0
+
+
+class ForkGate:
+    """Per-thread locks around SQLite calls, all taken by the at-fork hook while it forks."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._local = threading.local()
+        self._registry_lock = threading.Lock()
+        self._locks: weakref.WeakKeyDictionary[threading.Thread, threading.RLock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._held: list[threading.RLock] = []
+
+    def section(self) -> threading.RLock:
+        """This thread's lock: ``with FORK_GATE.section():`` around a call into SQLite."""
+        lock: threading.RLock | None = getattr(self._local, "lock", None)
+        if lock is None:
+            lock = threading.RLock()
+            with self._registry_lock:
+                self._locks[threading.current_thread()] = lock
+            self._local.lock = lock
+        return lock
+
+    def before_fork(self, timeout: float = FORK_WAIT_S) -> None:
+        """Take every thread's lock, waiting at most ``timeout`` in all."""
+        deadline = time.monotonic() + timeout
+        with self._registry_lock:
+            locks = list(self._locks.values())
+        for lock in locks:
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                self._held.append(lock)
+
+    def after_fork_in_parent(self) -> None:
+        """Let the locks go."""
+        held, self._held = self._held, []
+        for lock in held:
+            lock.release()
+
+    def after_fork_in_child(self) -> None:
+        """Fresh locks: the parent's threads and what they held do not exist here."""
+        self._reset()
+
+
+FORK_GATE = ForkGate()
+os.register_at_fork(
+    before=FORK_GATE.before_fork,
+    after_in_parent=FORK_GATE.after_fork_in_parent,
+    after_in_child=FORK_GATE.after_fork_in_child,
+)

@@ -1,0 +1,83 @@
+"""Fork under threads: the child never uses the parent's SQLite handles or locks, never hangs."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+
+import pytest
+
+from sessionstore import SessionStore
+
+_CHILD_TIMEOUT_MS = 10_000
+
+
+def _wait_child(pid: int) -> int | None:
+    """The child's exit code, or None when it has not exited within the timeout (then killed)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(_CHILD_TIMEOUT_MS):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _child(store: SessionStore, db: str, sid: str) -> None:
+    """In the forked child: use the inherited store and a new one, then leave without cleanup."""
+    code = 0
+    try:
+        store.stats()
+        if store.get_session(sid).id != sid:  # a read on the child's own new connection
+            code = 3
+        with SessionStore.open(db) as fresh:
+            if fresh.get_session(sid).id != sid:
+                code = 4
+    except BaseException:  # the child reports any failure through its exit code
+        code = 5
+    os._exit(code)
+
+
+@pytest.mark.slow
+# Python 3.12+ warns at every fork of a threaded process; forking under threads is the point.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_fork_under_writing_and_reading_threads_never_hangs(db_path: str) -> None:
+    """200 forks while threads write, read and checkpoint: every child finishes, none hangs."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("forks").id
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            store.log_event(sid, "from a thread", data={"pad": "x" * 200})
+
+    def read() -> None:
+        while not stop.is_set():
+            store.events(sid, limit=20)
+
+    threads = [threading.Thread(target=f) for f in (write, write, read, read)]
+    for thread in threads:
+        thread.start()
+    outcomes: list[int | None] = []
+    try:
+        for _ in range(200):
+            pid = os.fork()
+            if pid == 0:
+                _child(store, db_path, sid)
+            outcomes.append(_wait_child(pid))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    hung = outcomes.count(None)
+    failed = [code for code in outcomes if code]
+    assert hung == 0 and not failed, f"{hung} hung, failed with {failed} of {len(outcomes)}"
+    store.log_event(sid, "parent after the forks")  # the parent's handles still work
+    store.close()
