@@ -34,6 +34,7 @@ from .errors import (
     StoreCorruptError,
     StoreIOError,
     StoreOpenError,
+    StoreReadOnlyError,
     UnsafeSignalError,
 )
 from .process import (
@@ -82,6 +83,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreIOError",
     "StoreOpenError",
+    "StoreReadOnlyError",
     "StoreState",
     "StoreStats",
     "UnsafeSignalError",

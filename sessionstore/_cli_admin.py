@@ -25,7 +25,7 @@ from ._cli_common import (
     open_store,
     resolve_db,
 )
-from ._migrate import latest_version
+from ._migrate import file_journal_mode, latest_version
 from ._store import SessionStore
 
 if TYPE_CHECKING:
@@ -95,6 +95,8 @@ def _pragmas(store: SessionStore) -> dict[str, Any]:
         for name in names:  # one statement per call: apsw runs a multi-statement string lazily
             rows = lease.execute(f"PRAGMA {name}")
             found[name] = rows[0][0] if rows else None
+    if store.snapshot is not None:  # an immutable read says "delete" whatever the file is
+        found["journal_mode"] = file_journal_mode(store.path)
     found["schema_version_supported"] = latest_version()
     found["sqlite_version"] = apsw.sqlite_lib_version()
     return found
@@ -104,7 +106,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     """``doctor``: integrity, pragmas, file sizes and orphans; exit 1 when unhealthy."""
     problems: list[str] = []
     warnings: list[str] = []
-    with open_store(resolve_db(args.db), args.timeout) as store:
+    with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         with store.lease("cli doctor") as lease:
             integrity = [str(r[0]) for r in lease.execute("PRAGMA integrity_check")]
             fk_violations = len(lease.execute("PRAGMA foreign_key_check"))

@@ -124,7 +124,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     """``status``: sessions by status, stale heartbeats, file sizes, newest checkpoint."""
     path = resolve_db(args.db)
     now = time.time()
-    with open_store(path, args.timeout) as store:
+    with open_store(path, args.timeout, read_only=True) as store:
         data: dict[str, Any] = {
             "db": store.path,
             **file_sizes(store),
@@ -192,7 +192,7 @@ def _sessions_table(sessions: list[Session], now: float) -> Table:
 
 def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
     """``sessions``: every session (optionally of one status), oldest first."""
-    with open_store(resolve_db(args.db), args.timeout) as store:
+    with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         sessions = store.list_sessions(args.status)
     now = time.time()
 
@@ -252,7 +252,7 @@ def _event_line(e: Event) -> str:
 
 def cmd_show(args: argparse.Namespace, out: Output) -> int:
     """``show SESSION``: the session, its children, last checkpoint and recent events."""
-    with open_store(resolve_db(args.db), args.timeout) as store:
+    with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         session = store.get_session(args.session)
         children = [_child_doc(c) for c in store.children(session.id, include_exited=True)]
         last = store.latest_checkpoint(session.id)
@@ -290,7 +290,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_events(args: argparse.Namespace, out: Output) -> int:
     """``events SESSION``: a page of events, or ``--follow`` new ones as they are written."""
-    with open_store(resolve_db(args.db), args.timeout) as store:
+    with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         store.get_session(args.session)  # an unknown id fails before anything is printed
         if args.follow:
             return _follow(store, args, out)
@@ -333,7 +333,7 @@ def _follow(store: SessionStore, args: argparse.Namespace, out: Output) -> int:
 
 def cmd_children(args: argparse.Namespace, out: Output) -> int:
     """``children``: recorded child processes, with whether each is alive now."""
-    with open_store(resolve_db(args.db), args.timeout) as store:
+    with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         include_exited = bool(args.all)
         rows = (
             store.children(args.session, include_exited=include_exited)

@@ -155,15 +155,21 @@ def store_config(timeout_s: float) -> StoreConfig:
 
 
 @contextlib.contextmanager
-def open_store(path: str, timeout_s: float) -> Iterator[SessionStore]:
+def open_store(path: str, timeout_s: float, *, read_only: bool = False) -> Iterator[SessionStore]:
     """Check that ``path`` is a sessionstore database, open it, and close it afterwards.
+
+    Args:
+        path: the database.
+        timeout_s: how long to wait for other processes' locks.
+        read_only: for commands that only read: the store writes nothing at all, not even
+            ``-wal``/``-shm`` (another user can run them on a shared database).
 
     Raises:
         CliError: see :func:`check_database`.
         SessionStoreError: from :meth:`SessionStore.open`.
     """
     check_database(path, timeout_s)
-    store = SessionStore.open(path, config=store_config(timeout_s))
+    store = SessionStore.open(path, config=store_config(timeout_s), read_only=read_only)
     try:
         yield store
     finally:

@@ -107,7 +107,7 @@ def _write_atomically(path: str, text: str) -> None:
 
 def cmd_export(args: argparse.Namespace, out: Output) -> int:
     """``export SESSION [-o FILE]``: the export document on stdout or into FILE."""
-    with open_store(resolve_db(args.db), args.timeout) as store:
+    with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         doc = export_document(store, args.session)
     text = json.dumps(doc.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
     if args.output in (None, "-"):

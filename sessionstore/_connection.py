@@ -9,10 +9,14 @@ multi-statement string lazily, so a later statement could silently never run.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
+import struct
+import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -23,7 +27,15 @@ from ._config import StoreConfig
 from ._forkgate import FORK_GATE
 from .errors import StoreBusyError, StoreCorruptError, StoreIOError, StoreOpenError
 
-__all__ = ["Clock", "RetryPolicy", "is_transient_busy", "open_connection", "translate_open_error"]
+__all__ = [
+    "Clock",
+    "RetryPolicy",
+    "is_transient_busy",
+    "open_connection",
+    "open_read_only",
+    "read_only_mode",
+    "translate_open_error",
+]
 
 log = logging.getLogger("sessionstore")
 
@@ -232,6 +244,83 @@ def _open_connection(
         _pragma(conn, "journal_size_limit", config.journal_size_limit)
         if query_only:
             _pragma(conn, "query_only", "ON")
+    except BaseException as err:
+        conn.close(True)
+        if isinstance(err, apsw.Error):
+            raise translate_open_error(path, err) from err
+        raise
+    return conn
+
+
+_SQLITE_LOCK_BYTES = (0x40000000, 512)  # PENDING, RESERVED and SHARED bytes of the unix VFS
+
+
+def _locked_by_another(path: str) -> bool:
+    """Whether another process holds any of SQLite's POSIX locks on ``path`` (Linux only).
+
+    Only called when no ``-shm`` exists, so no connection of this process has the file open:
+    closing a descriptor drops every POSIX lock this *process* holds on the file, which would
+    break SQLite's own locks if it had one.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # unreadable: the open that follows says so
+    try:
+        query = struct.pack("hh4xqqi4x", fcntl.F_WRLCK, os.SEEK_SET, *_SQLITE_LOCK_BYTES, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        return bool(struct.unpack("hh4xqqi4x", answer)[0] != fcntl.F_UNLCK)
+    finally:
+        os.close(fd)
+
+
+def read_only_mode(path: str) -> str | None:
+    """How a read-only store must read ``path`` without creating or changing any file.
+
+    Returns:
+        None when a plain ``mode=ro`` connection creates nothing (``-wal`` and ``-shm`` are
+        both there, so some process has the database open); otherwise why the file is read
+        as an immutable snapshot instead (SQLite would create ``-wal``/``-shm`` for a WAL
+        database, owned by whoever reads, and leave them behind: measured).
+
+    Raises:
+        StoreBusyError: no ``-shm``, yet another process holds SQLite's locks on the file
+            (exclusive locking mode): neither kind of read is safe.
+    """
+    if os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm"):
+        return None
+    if _locked_by_another(path):
+        # No -shm, yet locks are held: a connection in exclusive locking mode (or a rollback
+        # journal writer). Reading without locks could see its half-written pages.
+        raise StoreBusyError(path, "open read-only (locked in exclusive mode)", 0.0)
+    return (
+        "no process has the database open (no -wal/-shm): read as an immutable snapshot, "
+        "without locks; a write that starts while it is read is not seen"
+    )
+
+
+def open_read_only(path: str, config: StoreConfig, *, snapshot: bool) -> apsw.Connection:
+    """A connection that can never write or create a file.
+
+    ``mode=ro`` (and ``immutable=1`` when ``snapshot``), ``query_only``, and no journal-mode
+    switch or any other pragma that writes.
+
+    Raises:
+        StoreCorruptError: the file is not a SQLite database or is corrupt.
+        StoreOpenError: it cannot be opened.
+    """
+    query = "?mode=ro&immutable=1" if snapshot else "?mode=ro"
+    uri = "file:" + urllib.parse.quote(path) + query
+    try:
+        with FORK_GATE.section():
+            conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    except apsw.Error as err:
+        raise translate_open_error(path, err) from err
+    try:
+        set_busy(conn, config)
+        _pragma(conn, "query_only", "ON")
     except BaseException as err:
         conn.close(True)
         if isinstance(err, apsw.Error):

@@ -36,6 +36,7 @@ __all__ = [
     "FileKind",
     "Migration",
     "apply_migrations",
+    "file_journal_mode",
     "identify",
     "latest_version",
     "load_migrations",
@@ -181,6 +182,19 @@ def _read_header(path: str) -> bytes:
         return b""
     except OSError as err:
         raise StoreOpenError(path, f"cannot read: {err.strerror}") from err
+
+
+def file_journal_mode(path: str) -> str:
+    """``"wal"`` or ``"rollback"`` as the file's header says (18th byte), read without SQLite.
+
+    A read-only snapshot (``immutable=1``) connection always reports ``delete``, whatever the
+    file's mode; the header is the truth for a file nobody has open.
+
+    Raises:
+        StoreOpenError: the file cannot be read.
+    """
+    head = _read_header(path)
+    return "wal" if _plausible_header(head) and head[18] == 2 else "rollback"
 
 
 def _plausible_header(head: bytes) -> bool:

@@ -17,13 +17,19 @@ from typing import Any, TypeVar
 import apsw
 
 from ._config import StoreConfig
-from ._connection import RetryPolicy, open_connection, translate_open_error
+from ._connection import (
+    RetryPolicy,
+    open_connection,
+    open_read_only,
+    read_only_mode,
+    translate_open_error,
+)
 from ._forkgate import FORK_GATE
 from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
 from ._journal import Journal, apply_isolated
 from ._leases import Gate, Lease
-from ._migrate import apply_migrations, identify
+from ._migrate import FileKind, apply_migrations, identify, latest_version
 from ._models import (
     Checkpoint,
     CheckpointResult,
@@ -68,11 +74,13 @@ from ._rows import (
 from ._writer import BATCH, OP_ERRORS, Writer
 from .errors import (
     ProcessNotFoundError,
+    SchemaVersionError,
     SessionNotFoundError,
     StoreBusyError,
     StoreClosedError,
     StoreCorruptError,
     StoreOpenError,
+    StoreReadOnlyError,
 )
 
 __all__ = ["ReadLease", "SessionStore", "live_stores"]
@@ -156,10 +164,20 @@ class SessionStore:
     close raise :class:`~sessionstore.StoreClosedError`.
     """
 
-    def __init__(self, path: str, config: StoreConfig, *, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        path: str,
+        config: StoreConfig,
+        *,
+        clock: Callable[[], float],
+        read_only: bool = False,
+    ) -> None:
         """Use :meth:`SessionStore.open`; this only sets up state, it opens nothing."""
         self.path = path
         self.config = config
+        self.read_only = read_only
+        # Why a read-only store reads an immutable snapshot (None: a live, locked view).
+        self.snapshot: str | None = read_only_mode(path) if read_only else None
         self._clock = clock
         self._policy = RetryPolicy(config.write_deadline_s, clock=clock)
         self._journal = Journal(path, max_bytes=config.max_journal_bytes)
@@ -193,6 +211,7 @@ class SessionStore:
         *,
         config: StoreConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        read_only: bool = False,
     ) -> SessionStore:
         """Open (creating if needed) the store at ``path`` and bring its schema up to date.
 
@@ -203,6 +222,13 @@ class SessionStore:
                 (WAL needs shared memory: not NFS/SMB, not a VM-boundary bind mount).
             config: settings; defaults to ``StoreConfig()``.
             clock: monotonic clock, injectable for tests of timing logic.
+            read_only: never write anything: no file is created, migrated, checkpointed or
+                replayed into, no journal is read or written, and no ``-wal``/``-shm`` is
+                created (safe for another user to run on a shared database). Writes,
+                ``checkpoint()`` and ``replay()`` raise :class:`StoreReadOnlyError`. When no
+                process has the database open, it is read as an immutable snapshot
+                (:attr:`snapshot` says so and why). Needs an existing store at the latest
+                schema version.
 
         Returns:
             An OPEN store.
@@ -224,11 +250,38 @@ class SessionStore:
         # Resolved once: every side file (-wal, -shm, the journal, the rejected file) is named
         # from the real path, so opening through a symlink and through the file itself share
         # one journal. Resolving again later could name another file if a link changed.
-        store = cls(os.path.realpath(path_str), config, clock=clock)
-        identify(store.path, busy_timeout_ms=config.busy_timeout_ms)  # before anything writes
+        store = cls(os.path.realpath(path_str), config, clock=clock, read_only=read_only)
+        # Before anything writes:
+        kind = identify(store.path, busy_timeout_ms=config.busy_timeout_ms)
+        if read_only:
+            store._open_read_only(kind)
+            return store
         warn_if_risky(store.path)
         store._open()
         return store
+
+    def _open_read_only(self, kind: FileKind) -> None:
+        if kind is not FileKind.OURS:
+            what = "no sessionstore database" if kind is FileKind.NEW else "an older schema"
+            raise StoreOpenError(
+                self.path,
+                f"{what} here; a read-only open creates and migrates nothing (open it once "
+                "read-write first)",
+            )
+        _live.add(self)
+        try:
+            [(version,)] = self._read("open", "PRAGMA user_version")
+            if int(version) > latest_version():
+                raise SchemaVersionError(self.path, int(version), latest_version())
+            if int(version) < latest_version():
+                raise StoreOpenError(
+                    self.path,
+                    f"schema version {version} is older than {latest_version()}; a read-only "
+                    "open migrates nothing (open it once read-write first)",
+                )
+        except BaseException:
+            self._abort_open()
+            raise
 
     def _open(self) -> None:
         # A failed open leaves nothing behind: no live store, no checkpointer thread, no
@@ -284,6 +337,8 @@ class SessionStore:
         Returns:
             What ``apply`` returned, or ``_DEFERRED``.
         """
+        if self.read_only:
+            raise StoreReadOnlyError(self.path, op.kind)
         admission = self._gate.admit_write(op, op.kind)
         if admission == "queued":
             return _DEFERRED
@@ -400,6 +455,8 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
+            if self.read_only:
+                return self._read_fresh(fn, borrower)
             with self._readers.connection() as conn:
                 return self._policy.call(
                     lambda: _gated(fn, conn), path=self.path, operation=borrower
@@ -410,6 +467,18 @@ class SessionStore:
             raise StoreCorruptError(self.path, f"{type(err).__name__}: {err}") from err
         finally:
             self._gate.release(lease)
+
+    def _read_fresh(self, fn: Callable[[apsw.Connection], T], borrower: str) -> T:
+        # A read-only store opens a connection per read: whether it may read live (another
+        # process has the database open) or only as an immutable snapshot can change between
+        # two reads, and a snapshot connection would never see later commits (`events
+        # --follow`). About 0.1 ms a read, for a store that never writes.
+        self.snapshot = read_only_mode(self.path)
+        conn = open_read_only(self.path, self.config, snapshot=self.snapshot is not None)
+        try:
+            return self._policy.call(lambda: _gated(fn, conn), path=self.path, operation=borrower)
+        finally:
+            conn.close()
 
     def _read(self, borrower: str, sql: str, bindings: Sequence[Any] = ()) -> list[Any]:
         return self._run_read(lambda conn: conn.execute(sql, bindings).fetchall(), borrower)
@@ -720,8 +789,11 @@ class SessionStore:
 
         Raises:
             StoreClosedError: the store is closed.
+            StoreReadOnlyError: the store was opened read-only.
             StoreBusyError: locked past the retry deadline; the journal is left as it was.
         """
+        if self.read_only:
+            raise StoreReadOnlyError(self.path, "replay")
         if self._gate.state is StoreState.CLOSED:
             raise StoreClosedError(self.path)
         report = self._journal.replay(self._writer.apply_batch)
@@ -743,6 +815,7 @@ class SessionStore:
 
         Raises:
             StoreClosedError: the store is closing or closed.
+            StoreReadOnlyError: the store was opened read-only.
             StoreIOError: the disk failed (I/O error, no room); the database is as before the
                 call or checkpointed in part, which SQLite makes safe either way.
             StoreCorruptError: SQLite found the file corrupt.
@@ -750,6 +823,8 @@ class SessionStore:
         """
         if mode not in ("TRUNCATE", "PASSIVE"):
             raise ValueError("mode must be 'TRUNCATE' or 'PASSIVE'")
+        if self.read_only:
+            raise StoreReadOnlyError(self.path, "checkpoint")
         lease = self._gate.acquire("checkpoint")
         if lease is None:
             raise StoreClosedError(self.path)
@@ -783,8 +858,11 @@ class SessionStore:
 
         Raises:
             StoreClosedError: the store is closing or closed.
+            StoreReadOnlyError: the store was opened read-only.
             StoreBusyError: locked past the retry deadline; the failing batch was not applied.
         """
+        if self.read_only:
+            raise StoreReadOnlyError(self.path, "apply_ops")
         lease = self._gate.acquire("apply_ops")
         if lease is None:
             raise StoreClosedError(self.path)

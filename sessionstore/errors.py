@@ -24,6 +24,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreIOError",
     "StoreOpenError",
+    "StoreReadOnlyError",
     "UnsafeSignalError",
 ]
 
@@ -113,6 +114,18 @@ class StoreIOError(SessionStoreError, OSError):
         self.path = path
         self.operation = operation
         self.detail = detail
+
+
+class StoreReadOnlyError(SessionStoreError):
+    """A write, checkpoint or replay on a store opened with ``read_only=True``; nothing written.
+
+    A read-only store never writes: not the database, not the journal, not a side file.
+    """
+
+    def __init__(self, path: str, operation: str) -> None:
+        self.path = path
+        self.operation = operation
+        super().__init__(f"{operation} on {path!r}: the store was opened read-only")
 
 
 class SchemaVersionError(SessionStoreError):

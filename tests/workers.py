@@ -102,6 +102,13 @@ def hold_write(db: str) -> None:
     conn.close()
 
 
+def hold_open(db: str) -> None:
+    """Keep the store open (so -wal and -shm exist) until a line arrives on stdin."""
+    store = SessionStore.open(db)
+    _ready_then_wait()
+    store.close()
+
+
 def hold_read(db: str) -> None:
     """Hold a read transaction (pinning the WAL) until a line arrives on stdin."""
     conn = apsw.Connection(db)
@@ -188,6 +195,7 @@ COMMANDS = {
     "store_rmw": store_rmw,
     "journal_append": journal_append,
     "hold_write": hold_write,
+    "hold_open": hold_open,
     "hold_read": hold_read,
     "poll_reader": poll_reader,
     "load": load,
