@@ -206,7 +206,7 @@ def open_connection(
 
     Raises:
         StoreCorruptError: the file is not a SQLite database or is corrupt (left untouched).
-        StoreOpenError: the file cannot be opened at all.
+        StoreOpenError: the file cannot be opened at all, or not for writing.
         StoreBusyError: locked past the retry deadline.
     """
     if os.path.isdir(path):
@@ -223,6 +223,12 @@ def _open_connection(
     except apsw.Error as err:
         raise translate_open_error(path, err) from err
     try:
+        if conn.readonly("main"):
+            # SQLite fell back to read-only (the file is not writable by this process): every
+            # write would fail later, one by one. Say so now.
+            raise StoreOpenError(
+                path, "not writable by this process; open it with read_only=True to read it"
+            )
         set_busy(conn, config)
         # Prove it is a database before anything could write to it.
         policy.call(

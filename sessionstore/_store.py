@@ -100,12 +100,41 @@ _LET_GO_S = 0.1
 _DEFERRED = object()  # marker: the op was queued or journaled, not applied now
 
 # Errors that mean the connection went away under an abandoned lease during close.
+_STORAGE_ERRORS = (
+    apsw.FullError,
+    apsw.IOError,
+    apsw.ReadOnlyError,
+    apsw.CantOpenError,
+    apsw.LockedError,
+    OSError,
+)
 _GONE_ERRORS = (apsw.ConnectionClosedError, apsw.InterruptError, apsw.ThreadingViolationError)
 
 _live: weakref.WeakSet[SessionStore] = weakref.WeakSet()
 # Connections inherited across fork: never closed or freed in the child (SQLite's close could
 # delete state out from under the parent), so kept referenced here for the child's lifetime.
 _inherited_at_fork: list[apsw.Connection] = []
+
+
+QUICK_CHECK_MAX_BYTES = 4 << 20  # quick_check reads every page: about 1 ms per MiB here
+
+
+def _probe_integrity(conn: apsw.Connection, path: str) -> str:
+    """``PRAGMA quick_check`` at open, for files up to ``QUICK_CHECK_MAX_BYTES``.
+
+    Catches the common corruptions (a torn or overwritten page, a broken index) before the
+    first write lands on them. Larger files skip it (``doctor`` runs the full check).
+
+    Raises:
+        StoreCorruptError: the check found a problem; nothing was written.
+    """
+    size = int(conn.pragma("page_count")) * int(conn.pragma("page_size"))
+    if size > QUICK_CHECK_MAX_BYTES:
+        return f"skipped: {size} bytes, over {QUICK_CHECK_MAX_BYTES}"
+    found = [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if found != ["ok"]:
+        raise StoreCorruptError(path, "quick_check: " + "; ".join(found[:5]))
+    return "ok"
 
 
 def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
@@ -196,6 +225,9 @@ class SessionStore:
         self._n_journaled = 0
         self._failures: deque[OpFailure] = deque(maxlen=100)
         self.open_replay: ReplayReport = ReplayReport()
+        self._corrupt: str | None = None  # why writes stopped going to the database
+        # What the integrity probe at open found: "ok", or why it was skipped.
+        self.integrity_probe = "not run"
 
     def _init_locks(self) -> None:
         self._gate: Gate[Op] = Gate(self.config.max_pending_ops)
@@ -291,7 +323,9 @@ class SessionStore:
             self._journal.check()  # before anything is touched: a planted link is refused
             with self._writer.lock, FORK_GATE.section():
                 try:
-                    apply_migrations(self._writer.connection_locked(), self.path, self._policy)
+                    conn = self._writer.connection_locked()
+                    self.integrity_probe = _probe_integrity(conn, self.path)
+                    apply_migrations(conn, self.path, self._policy)
                 except apsw.Error as err:
                     raise translate_open_error(self.path, err) from err
             if self.config.checkpointing:
@@ -339,6 +373,11 @@ class SessionStore:
         """
         if self.read_only:
             raise StoreReadOnlyError(self.path, op.kind)
+        if self._corrupt is not None:
+            # Found corrupt earlier: nothing more is written into it; the journal keeps the ops
+            # for the next open of a repaired (or restored) file.
+            self._journal_ops([op], f"database found corrupt: {self._corrupt}")
+            return _DEFERRED
         admission = self._gate.admit_write(op, op.kind)
         if admission == "queued":
             return _DEFERRED
@@ -354,7 +393,14 @@ class SessionStore:
         except StoreBusyError as err:
             self._journal_ops([op], str(err))
             return _DEFERRED
-        except (apsw.FullError, apsw.IOError, OSError) as err:
+        except (apsw.CorruptError, apsw.NotADBError) as err:
+            self._corrupt = f"{type(err).__name__}: {err}"
+            log.error("%s is corrupt; further writes go to the journal: %s", self.path, err)
+            self._journal_ops([op], self._corrupt)
+            return _DEFERRED
+        except _STORAGE_ERRORS as err:
+            # The database cannot take the write for a storage reason (disk full, I/O error,
+            # the file or its directory not writable): journaled exactly as BUSY is.
             self._journal_ops([op], f"{type(err).__name__}: {err}")
             return _DEFERRED
         except _GONE_ERRORS as err:
