@@ -686,6 +686,7 @@ class SessionStore:
         session_id: str | None = None,
         *,
         namespace: str | None = None,
+        name: str | None = None,
         checkpoint_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         run_id: str | None = None,
@@ -697,6 +698,7 @@ class SessionStore:
         Args:
             session_id: one session, or None for every session.
             namespace: one namespace, or None for all.
+            name: only checkpoints with this name (label).
             checkpoint_id: one checkpoint id.
             metadata: each key's value must equal (as JSON) the checkpoint's metadata value.
             run_id: made by this run.
@@ -719,6 +721,7 @@ class SessionStore:
                 conn,
                 session_id=session_id,
                 namespace=namespace,
+                name=name,
                 checkpoint_id=checkpoint_id,
                 metadata=metadata,
                 run_id=run_id,

@@ -68,6 +68,7 @@ def find_checkpoints(
     *,
     session_id: str | None,
     namespace: str | None,
+    name: str | None,
     checkpoint_id: str | None,
     metadata: Mapping[str, Any] | None,
     run_id: str | None,
@@ -80,6 +81,7 @@ def find_checkpoints(
     for column, value in (
         ("session_id", session_id),
         ("namespace", namespace),
+        ("name", name),
         ("coalesce(checkpoint_id, id)", checkpoint_id),
         ("run_id", run_id),
     ):
