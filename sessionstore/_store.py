@@ -461,12 +461,12 @@ class SessionStore:
         """
         if status is None:
             rows = self._read(
-                "list_sessions", f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY id"
+                "list_sessions", f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id"
             )
         else:
             rows = self._read(
                 "list_sessions",
-                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE status = ? ORDER BY id",
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE status = ? ORDER BY created_at, id",
                 (SessionStatus(status).value,),
             )
         return [session_from_row(r) for r in rows]

@@ -21,7 +21,7 @@ from ._ops import encode_json
 __all__ = ["MAX_PAGE", "find_checkpoints", "get_writes", "metadata_filter"]
 
 _COLUMNS = (
-    "coalesce(checkpoint_id, id), session_id, name, data, created_at, namespace, parent_id, "
+    "checkpoint_id, session_id, name, data, created_at, namespace, parent_id, "
     "metadata, blob, run_id"
 )
 MAX_PAGE = 100_000
@@ -82,14 +82,14 @@ def find_checkpoints(
         ("session_id", session_id),
         ("namespace", namespace),
         ("name", name),
-        ("coalesce(checkpoint_id, id)", checkpoint_id),
+        ("checkpoint_id", checkpoint_id),
         ("run_id", run_id),
     ):
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
     if before is not None:
-        where.append("coalesce(checkpoint_id, id) < ?")
+        where.append("checkpoint_id < ?")
         params.append(before)
     if metadata:
         sql, more = metadata_filter(metadata)
@@ -98,7 +98,7 @@ def find_checkpoints(
     clause = f"WHERE {' AND '.join(where)} " if where else ""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM checkpoints {clause}"
-        "ORDER BY coalesce(checkpoint_id, id) DESC, session_id, namespace LIMIT ?",
+        "ORDER BY checkpoint_id DESC, session_id, namespace LIMIT ?",
         (*params, -1 if limit is None else limit),
     ).fetchall()
     return [_checkpoint(r) for r in rows]
