@@ -78,6 +78,7 @@ __all__ = [
     "Heartbeat",
     "LogEvent",
     "Op",
+    "PopCheckpoint",
     "PruneCheckpoints",
     "PutCheckpoint",
     "PutWrites",
@@ -564,6 +565,19 @@ class CopySession(_OpBase):
     target_id: SessionId
 
 
+class PopCheckpoint(_OpBase):
+    """Delete and return the newest checkpoint of a namespace (of those written by ``ts``).
+
+    One statement's worth of work inside one ``BEGIN IMMEDIATE``: two processes popping at
+    once get two different checkpoints, never the same one twice. The popped checkpoint is
+    tombstoned like any deleted one.
+    """
+
+    kind: Literal["pop_checkpoint"] = "pop_checkpoint"
+    session_id: SessionId
+    namespace: Namespace = ""
+
+
 _Member = Annotated[
     CreateSession
     | SetStatus
@@ -577,7 +591,8 @@ _Member = Annotated[
     | DeleteSession
     | PruneCheckpoints
     | DeleteRuns
-    | CopySession,
+    | CopySession
+    | PopCheckpoint,
     Field(discriminator="kind"),
 ]
 
@@ -617,6 +632,7 @@ Op = Annotated[
     | PruneCheckpoints
     | DeleteRuns
     | CopySession
+    | PopCheckpoint
     | Batch,
     Field(discriminator="kind"),
 ]
@@ -1076,6 +1092,20 @@ def _apply_copy(conn: apsw.Connection, op: CopySession) -> None:
     ).fetchall()
 
 
+def _apply_pop(conn: apsw.Connection, op: PopCheckpoint) -> tuple[str, str, str] | None:
+    """Returns ``(checkpoint id, name, data JSON)`` of the popped checkpoint, or None."""
+    rows = conn.execute(
+        "SELECT checkpoint_id, name, data FROM checkpoints WHERE session_id = ? AND namespace = ? "
+        "AND written_at <= ? ORDER BY checkpoint_id DESC LIMIT 1",
+        (op.session_id, op.namespace, op.ts),
+    ).fetchall()
+    if not rows:
+        return None
+    checkpoint_id, name, data = (str(v) for v in rows[0])
+    _delete_checkpoint_rows(conn, [(op.session_id, op.namespace, checkpoint_id)], op.ts)
+    return checkpoint_id, name, data
+
+
 def _apply_batch(conn: apsw.Connection, op: Batch) -> list[Any]:
     # Any member's error propagates: the caller's transaction (or savepoint) rolls back all.
     return [apply(member, conn) for member in op.ops]
@@ -1095,6 +1125,7 @@ _APPLY: dict[type[Any], Callable[[apsw.Connection, Any], Any]] = {
     PruneCheckpoints: _apply_prune,
     DeleteRuns: _apply_delete_runs,
     CopySession: _apply_copy,
+    PopCheckpoint: _apply_pop,
     Batch: _apply_batch,
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -47,6 +48,7 @@ from ._ops import (
     Heartbeat,
     LogEvent,
     Op,
+    PopCheckpoint,
     PruneCheckpoints,
     RemoveChild,
     SaveCheckpoint,
@@ -806,6 +808,30 @@ class SessionStore:
             ValueError: no run id, or a bad one.
         """
         self._write(DeleteRuns(run_ids=list(run_ids)))
+
+    def pop_checkpoint(self, session_id: str, *, namespace: str = "") -> Checkpoint | None:
+        """Delete and return the newest checkpoint of a namespace (by checkpoint id).
+
+        Race-free: concurrent pops (any process) each get a different checkpoint.
+
+        Returns:
+            The popped checkpoint (its id, session, namespace and data), or None when there
+            was none, and also when the store is closing or closed: the pop is then queued or
+            journaled and takes effect, ordered by its time, when applied.
+        """
+        op = PopCheckpoint(session_id=session_id, namespace=namespace)
+        result = self._write(op)
+        if not isinstance(result, tuple):
+            return None
+        checkpoint_id, name, data = result
+        return Checkpoint(
+            id=checkpoint_id,
+            session_id=session_id,
+            name=name,
+            data=json.loads(data),
+            created_at=op.ts,
+            namespace=namespace,
+        )
 
     def copy_session(self, source_id: str, target_id: str) -> None:
         """Copy every checkpoint (and its writes) of one session into another, existing one.
