@@ -274,3 +274,20 @@ def test_deleting_an_unknown_session_changes_nothing(store: SessionStore, sessio
     """delete_session of an id that never existed is a no-op; others are untouched."""
     store.delete_session("never-existed")
     assert [s.id for s in store.list_sessions()] == [session_id]
+
+
+def test_binary_payloads_and_writes_survive_the_journal(db_path: str) -> None:
+    """After close, a keyed checkpoint with bytes and its writes are journaled and replayed."""
+    store = SessionStore.open(db_path)
+    sid = store.get_or_create_session_by_key("thread").id
+    store.close()
+    blob = bytes(range(256)) * 4
+    with store.transaction() as tx:
+        tx.put_checkpoint(sid, "001", {"a": 1}, metadata={"step": 1}, blob=blob, namespace="ns")
+        tx.put_writes(sid, "001", "task", [(0, "ch", "bytes", b"\x00\xff")], namespace="ns")
+    with SessionStore.open(db_path) as again:
+        assert again.open_replay.applied == 1
+        got = again.get_checkpoint(sid, "001", namespace="ns")
+        assert got is not None and got.blob == blob and got.metadata == {"step": 1}
+        [write] = again.checkpoint_writes(sid, "001", namespace="ns")
+        assert write.blob == b"\x00\xff"
