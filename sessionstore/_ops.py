@@ -538,7 +538,10 @@ class PruneCheckpoints(_OpBase):
     """Keep the ``keep`` newest checkpoints per namespace (of those written by ``ts``).
 
     Newest is by checkpoint id (see :meth:`SessionStore.find_checkpoints`); the pruned ones
-    and their writes are deleted and tombstoned.
+    and their writes are deleted and tombstoned. It acts on the rows present when it is
+    applied: a put made before it but applied after it (a journal replayed late) is not pruned
+    by it. Rejected alternative: a per-namespace id watermark, which still could not say which
+    of the kept rows a late, newer-id put should have displaced.
     """
 
     kind: Literal["prune_checkpoints"] = "prune_checkpoints"
@@ -557,7 +560,8 @@ class DeleteRuns(_OpBase):
 class CopySession(_OpBase):
     """Copy a session's checkpoints and their writes (written by ``ts``) into another session.
 
-    Rows the target already has are kept as they are (never overwritten by the copy).
+    Rows the target already has are kept as they are (never overwritten by the copy). Like a
+    prune, it acts on the rows present when it is applied.
     """
 
     kind: Literal["copy_session"] = "copy_session"
