@@ -5,8 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sessionstore import SessionStore, StoreConfig
 from sessionstore._ops import session_id_for_key
@@ -291,3 +294,58 @@ def test_binary_payloads_and_writes_survive_the_journal(db_path: str) -> None:
         assert got is not None and got.blob == blob and got.metadata == {"step": 1}
         [write] = again.checkpoint_writes(sid, "001", namespace="ns")
         assert write.blob == b"\x00\xff"
+
+
+# ----------------------------------------------------------------------------- the ordering rule
+
+_SID = session_id_for_key("prop")
+
+
+def _op_at(kind: str, arg: int, ts: float) -> object:
+    from sessionstore._ops import Batch, CreateSession, DeleteRuns, DeleteSession, PutCheckpoint
+
+    if kind == "put":
+        return Batch(
+            ts=ts,
+            ops=[
+                CreateSession(session_id=_SID, key="prop", name="prop", ts=ts),
+                PutCheckpoint(
+                    session_id=_SID,
+                    checkpoint_id=f"{arg % 4:03}",
+                    data=ts,
+                    run_id=f"run-{arg % 2}",
+                    ts=ts,
+                ),
+            ],
+        )
+    if kind == "delete_session":
+        return DeleteSession(session_id=_SID, ts=ts)
+    return DeleteRuns(run_ids=[f"run-{arg % 2}"], ts=ts)
+
+
+def _final_checkpoints(ops: list[object]) -> list[tuple[str, object]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d, SessionStore.open(f"{d}/p.db") as store:
+        store.apply_ops(ops)  # type: ignore[arg-type]
+        return sorted((c.id, c.data) for c in store.find_checkpoints(_SID))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["put", "put", "delete_session", "delete_runs"]),
+            st.integers(0, 7),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    order=st.randoms(use_true_random=False),
+)
+def test_puts_and_deletes_end_the_same_in_any_apply_order(steps: list[Any], order: Any) -> None:
+    """Puts, session deletes and run deletes reach one state whatever order they apply in."""
+    ops = [_op_at(kind, arg, 1000.0 + i) for i, (kind, arg) in enumerate(steps)]
+    shuffled = list(ops)
+    order.shuffle(shuffled)
+    assert _final_checkpoints(shuffled) == _final_checkpoints(ops)
