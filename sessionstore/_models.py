@@ -12,6 +12,7 @@ from ._identity import ProcessIdentity
 __all__ = [
     "Checkpoint",
     "CheckpointResult",
+    "CheckpointWrite",
     "ChildProcess",
     "ChildState",
     "CloseReport",
@@ -68,6 +69,7 @@ class Session(_Frozen):
     objective: str | None = None
     status: SessionStatus
     metadata: dict[str, Any] = Field(default_factory=dict)
+    key: str | None = None  # the caller's key, for a session made by get_or_create_session_by_key
     owner: ProcessIdentity | None = None
     owner_host: str | None = None
     created_at: float
@@ -79,13 +81,36 @@ class Session(_Frozen):
 
 
 class Checkpoint(_Frozen):
-    """A named JSON snapshot of a session's state."""
+    """A named snapshot of a session's state: JSON ``data``, and optionally binary ``blob``.
+
+    ``id`` is the checkpoint's id: the store's for :meth:`SessionStore.save_checkpoint`, the
+    caller's for :meth:`SessionStore.put_checkpoint` (unique per session and ``namespace``).
+    """
 
     id: str
     session_id: str
     name: str
     data: Any
     created_at: float
+    namespace: str = ""
+    parent_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    blob: bytes | None = None
+    run_id: str | None = None
+
+
+class CheckpointWrite(_Frozen):
+    """One write attached to a checkpoint (a framework's pending write), keyed by task and idx."""
+
+    session_id: str
+    namespace: str
+    checkpoint_id: str
+    task_id: str
+    idx: int
+    channel: str
+    type: str | None = None
+    blob: bytes | None = None
+    task_path: str = ""
 
 
 class Event(_Frozen):

@@ -31,8 +31,11 @@ rules (a ``ValueError`` at construction otherwise):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import functools
+import hashlib
 import json
 import math
 import os
@@ -67,19 +70,29 @@ __all__ = [
     "MAX_NAME_CHARS",
     "MAX_OP_BYTES",
     "AddChild",
+    "Batch",
+    "CopySession",
     "CreateSession",
+    "DeleteRuns",
+    "DeleteSession",
     "Heartbeat",
     "LogEvent",
     "Op",
+    "PopCheckpoint",
+    "PruneCheckpoints",
+    "PutCheckpoint",
+    "PutWrites",
     "RemoveChild",
     "SaveCheckpoint",
     "SetStatus",
     "apply",
+    "checkpoint_row_id",
     "dump_json",
     "encode_json",
     "new_id",
     "op_adapter",
     "op_from_line",
+    "session_id_for_key",
 ]
 
 MAX_NAME_CHARS = 200
@@ -251,6 +264,9 @@ Pid = Annotated[int, Field(gt=1, lt=2**31)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 Text = Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
 Token = Annotated[str, Field(min_length=1, max_length=256)]
+Key = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Namespace = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+CheckpointKey = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class _OpBase(BaseModel):
@@ -322,6 +338,7 @@ class CreateSession(_OpBase):
     owner_start_ticks: Int64 | None = None
     owner_boot_id: Token | None = None
     owner_host: Token | None = None
+    key: Key | None = None  # a caller's key (thread id); session_id is then derived from it
 
 
 class SetStatus(_OpBase):
@@ -387,8 +404,240 @@ class RemoveChild(_OpBase):
     )
 
 
+def session_id_for_key(key: str) -> str:
+    """The id of the session a caller's key names: the same in every process, for ever.
+
+    Derived, not looked up, so that 16 processes asking for one new key at once all create the
+    same row (``INSERT ... ON CONFLICT DO NOTHING``) and an op for a keyed session can be made,
+    queued or journaled without reading the database. Rejected alternative: a random id plus a
+    unique index on the key, which needs a read after the write to learn the winner's id.
+
+    Raises:
+        ValueError: not a str of 1..MAX_NAME_CHARS characters, or not valid UTF-8.
+    """
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_NAME_CHARS:
+        raise ValueError(f"a session key is a str of 1..{MAX_NAME_CHARS} characters")
+    try:
+        raw = key.encode()
+    except UnicodeEncodeError as err:
+        raise ValueError("a session key must be valid UTF-8 (no lone surrogates)") from err
+    digest = hashlib.sha256(b"sessionstore.session-key\0" + raw).digest()
+    return str(uuid.UUID(bytes=digest[:16]))
+
+
+def checkpoint_row_id(session_id: str, namespace: str, checkpoint_id: str) -> str:
+    """The row id of a keyed checkpoint: one row per (session, namespace, checkpoint id)."""
+    raw = dump_json([session_id, namespace, checkpoint_id]).encode()
+    return "c" + hashlib.sha256(raw).hexdigest()[:40]
+
+
+def _check_b64(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise ValueError(f"not base64: {err}") from err
+    return value
+
+
+class PutCheckpoint(_OpBase):
+    """Insert or update a checkpoint keyed by (session, namespace, caller's checkpoint id).
+
+    Last writer wins on ``ts``: an older put applied late (a journal replayed after newer
+    writes) changes nothing. ``blob`` is the binary payload, base64 in the op and the journal,
+    bytes in the database. A put older than a deletion of its session, run or checkpoint is
+    skipped (see :class:`DeleteSession`).
+    """
+
+    PAYLOAD_FIELD: ClassVar[str | None] = "data"
+    kind: Literal["put_checkpoint"] = "put_checkpoint"
+    session_id: SessionId
+    namespace: Namespace = ""
+    checkpoint_id: CheckpointKey
+    parent_id: CheckpointKey | None = None
+    name: Name = "checkpoint"
+    run_id: Token | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    blob: str | None = None
+    data: Any = None
+
+    _metadata_json: str = PrivateAttr(default="{}")
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Check and encode the metadata (a second JSON payload) and the blob, then the op."""
+        _check_b64(self.blob)
+        text, canonical = encode_json(self.metadata)
+        self.__dict__["metadata"] = canonical
+        self._metadata_json = text
+        super().model_post_init(context)
+
+    @property
+    def metadata_json(self) -> str:
+        """The metadata's JSON text, as the database stores it."""
+        return self._metadata_json
+
+    @property
+    def blob_bytes(self) -> bytes | None:
+        """The binary payload, decoded."""
+        return None if self.blob is None else base64.b64decode(self.blob)
+
+
+class PutWrites(_OpBase):
+    """Record writes attached to a checkpoint, one row per ``(task_id, idx)``.
+
+    Idempotent on ``(task_id, idx)``: an existing row is kept, unless ``replace`` (a framework's
+    special channels, such as an error or an interrupt, replace the previous value; last writer
+    wins on ``ts``). Each write is ``{"idx": int, "channel": str, "type": str | None,
+    "blob": base64 str | None}``.
+    """
+
+    PAYLOAD_FIELD: ClassVar[str | None] = "writes"
+    kind: Literal["put_writes"] = "put_writes"
+    session_id: SessionId
+    namespace: Namespace = ""
+    checkpoint_id: CheckpointKey
+    task_id: Token
+    task_path: Text = ""
+    replace: bool = False
+    writes: list[dict[str, Any]]
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Check each write's shape, then encode the op."""
+        for w in self.writes:
+            if set(w) != {"idx", "channel", "type", "blob"}:
+                raise ValueError("a write is {'idx', 'channel', 'type', 'blob'}")
+            idx, channel, type_ = w["idx"], w["channel"], w["type"]
+            if isinstance(idx, bool) or not isinstance(idx, int):
+                raise ValueError("a write's idx is an int")
+            if not isinstance(channel, str) or not 0 < len(channel) <= MAX_NAME_CHARS:
+                raise ValueError("a write's channel is a non-empty str")
+            if type_ is not None and not isinstance(type_, str):
+                raise ValueError("a write's type is a str or None")
+            if w["blob"] is not None and not isinstance(w["blob"], str):
+                raise ValueError("a write's blob is base64 text or None")
+            _check_b64(w["blob"])
+        super().model_post_init(context)
+
+
+class DeleteSession(_OpBase):
+    """Delete a session (a thread) and everything in it, as of the op's ``ts``.
+
+    The ordering rule, shared by every deleting op: a deletion at time T removes only rows
+    written at or before T, and leaves a tombstone at T; any op made before T that is applied
+    after it (a journal replayed late) finds the tombstone and changes nothing. So a late
+    delete never destroys newer rows, and a late write never resurrects deleted ones. The
+    session row itself goes once nothing newer than T is left in it; a keyed session asked for
+    again after T is created afresh.
+    """
+
+    kind: Literal["delete_session"] = "delete_session"
+    session_id: SessionId
+
+
+class PruneCheckpoints(_OpBase):
+    """Keep the ``keep`` newest checkpoints per namespace (of those written by ``ts``).
+
+    Newest is by checkpoint id (see :meth:`SessionStore.find_checkpoints`); the pruned ones
+    and their writes are deleted and tombstoned. It acts on the rows present when it is
+    applied: a put made before it but applied after it (a journal replayed late) is not pruned
+    by it. Rejected alternative: a per-namespace id watermark, which still could not say which
+    of the kept rows a late, newer-id put should have displaced.
+    """
+
+    kind: Literal["prune_checkpoints"] = "prune_checkpoints"
+    session_id: SessionId
+    keep: Annotated[int, Field(ge=0, le=INT64_MAX)]
+    namespace: Namespace | None = None  # None: every namespace, each kept separately
+
+
+class DeleteRuns(_OpBase):
+    """Delete every checkpoint (and its writes) made by the given runs, as of ``ts``."""
+
+    kind: Literal["delete_runs"] = "delete_runs"
+    run_ids: Annotated[list[Token], Field(min_length=1, max_length=10_000)]
+
+
+class CopySession(_OpBase):
+    """Copy a session's checkpoints and their writes (written by ``ts``) into another session.
+
+    Rows the target already has are kept as they are (never overwritten by the copy). Like a
+    prune, it acts on the rows present when it is applied.
+    """
+
+    kind: Literal["copy_session"] = "copy_session"
+    source_id: SessionId
+    target_id: SessionId
+
+
+class PopCheckpoint(_OpBase):
+    """Delete and return the newest checkpoint of a namespace (of those written by ``ts``).
+
+    One statement's worth of work inside one ``BEGIN IMMEDIATE``: two processes popping at
+    once get two different checkpoints, never the same one twice. The popped checkpoint is
+    tombstoned like any deleted one.
+    """
+
+    kind: Literal["pop_checkpoint"] = "pop_checkpoint"
+    session_id: SessionId
+    namespace: Namespace = ""
+
+
+_Member = Annotated[
+    CreateSession
+    | SetStatus
+    | Heartbeat
+    | SaveCheckpoint
+    | LogEvent
+    | AddChild
+    | RemoveChild
+    | PutCheckpoint
+    | PutWrites
+    | DeleteSession
+    | PruneCheckpoints
+    | DeleteRuns
+    | CopySession
+    | PopCheckpoint,
+    Field(discriminator="kind"),
+]
+
+
+class Batch(_OpBase):
+    """Several ops applied all or nothing, in order, in one transaction.
+
+    One op in every sense: one entry in the pending queue while the store closes, one journal
+    line after it closed, one savepoint when replayed. If any member fails (an unknown session,
+    a refused transition) nothing of the batch is applied.
+    """
+
+    kind: Literal["batch"] = "batch"
+    ops: Annotated[list[_Member], Field(min_length=1, max_length=10_000)]
+
+    def model_post_init(self, context: Any, /) -> None:
+        """The line is the members' own canonical lines inside one object: nothing re-encoded."""
+        head = dump_json({"op_id": self.op_id, "ts": self.ts, "kind": self.kind})
+        members = b",".join(op.line[:-1] for op in self.ops)
+        line = head[:-1].encode() + b',"ops":[' + members + b"]}\n"
+        if len(line) > MAX_OP_BYTES:
+            raise ValueError(f"batch encodes to {len(line)} bytes, over {MAX_OP_BYTES}")
+        self._line = line
+
+
 Op = Annotated[
-    CreateSession | SetStatus | Heartbeat | SaveCheckpoint | LogEvent | AddChild | RemoveChild,
+    CreateSession
+    | SetStatus
+    | Heartbeat
+    | SaveCheckpoint
+    | LogEvent
+    | AddChild
+    | RemoveChild
+    | PutCheckpoint
+    | PutWrites
+    | DeleteSession
+    | PruneCheckpoints
+    | DeleteRuns
+    | CopySession
+    | PopCheckpoint
+    | Batch,
     Field(discriminator="kind"),
 ]
 op_adapter: TypeAdapter[Op] = TypeAdapter(Op)
@@ -445,10 +694,13 @@ def _require_session(conn: apsw.Connection, session_id: str) -> tuple[str, float
 
 
 def _apply_create(conn: apsw.Connection, op: CreateSession) -> None:
+    if _buried(conn, op.ts, ("session", op.session_id)):
+        return  # made before the session was deleted: never resurrects it
     conn.execute(
         "INSERT INTO sessions (id, name, objective, status, metadata, owner_pid, "
-        "owner_start_ticks, owner_boot_id, owner_host, created_at, updated_at, status_at) "
-        "VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+        "owner_start_ticks, owner_boot_id, owner_host, created_at, updated_at, status_at, "
+        "app_key) "
+        "VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
         (
             op.session_id,
             op.name,
@@ -461,6 +713,7 @@ def _apply_create(conn: apsw.Connection, op: CreateSession) -> None:
             op.ts,
             op.ts,
             op.ts,
+            op.key,
         ),
     ).fetchall()
 
@@ -478,6 +731,7 @@ def session_from_create(op: CreateSession) -> Session:
         objective=op.objective,
         status=SessionStatus.ACTIVE,
         metadata=op.metadata,
+        key=op.key,
         owner=owner,
         owner_host=op.owner_host,
         created_at=op.ts,
@@ -519,12 +773,14 @@ def _apply_heartbeat(conn: apsw.Connection, op: Heartbeat) -> None:
 
 
 def _apply_checkpoint(conn: apsw.Connection, op: SaveCheckpoint) -> None:
+    if _buried(conn, op.ts, ("session", op.session_id)):
+        return
     _insert(
         conn,
         op.session_id,
-        "INSERT INTO checkpoints (id, session_id, name, data, created_at) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-        (op.checkpoint_id, op.session_id, op.name, op.payload_json, op.ts),
+        "INSERT INTO checkpoints (id, session_id, name, data, created_at, checkpoint_id, "
+        "written_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+        (op.checkpoint_id, op.session_id, op.name, op.payload_json, op.ts, op.checkpoint_id, op.ts),
     )
 
 
@@ -535,7 +791,9 @@ def checkpoint_from_op(op: SaveCheckpoint) -> Checkpoint:
     )
 
 
-def _apply_event(conn: apsw.Connection, op: LogEvent) -> int:
+def _apply_event(conn: apsw.Connection, op: LogEvent) -> int | None:
+    if _buried(conn, op.ts, ("session", op.session_id)):
+        return None
     rows = _insert(
         conn,
         op.session_id,
@@ -622,6 +880,241 @@ def _apply_remove_child(conn: apsw.Connection, op: RemoveChild) -> bool:
     return False  # unknown child or already ended: idempotent no-op
 
 
+def _deleted_at(conn: apsw.Connection, scope: str, key: str) -> float | None:
+    rows = conn.execute(
+        "SELECT deleted_at FROM tombstones WHERE scope = ? AND key = ?", (scope, key)
+    ).fetchall()
+    return float(rows[0][0]) if rows else None  # type: ignore[arg-type]
+
+
+def _buried(conn: apsw.Connection, ts: float, *targets: tuple[str, str | None]) -> bool:
+    """True if any target was deleted at or after ``ts`` (the op predates the deletion)."""
+    for scope, key in targets:
+        if key is None:
+            continue
+        at = _deleted_at(conn, scope, key)
+        if at is not None and at >= ts:
+            return True
+    return False
+
+
+def _bury(conn: apsw.Connection, scope: str, key: str, ts: float) -> None:
+    conn.execute(
+        "INSERT INTO tombstones (scope, key, deleted_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(scope, key) DO UPDATE SET deleted_at = max(deleted_at, excluded.deleted_at)",
+        (scope, key, ts),
+    ).fetchall()
+
+
+def _checkpoint_key(session_id: str, namespace: str, checkpoint_id: str) -> str:
+    return dump_json([session_id, namespace, checkpoint_id])
+
+
+def _apply_put_checkpoint(conn: apsw.Connection, op: PutCheckpoint) -> None:
+    key = _checkpoint_key(op.session_id, op.namespace, op.checkpoint_id)
+    if _buried(conn, op.ts, ("session", op.session_id), ("run", op.run_id), ("checkpoint", key)):
+        return
+    _insert(
+        conn,
+        op.session_id,
+        "INSERT INTO checkpoints (id, session_id, name, data, created_at, namespace, "
+        "checkpoint_id, parent_id, metadata, blob, run_id, written_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+        "name = excluded.name, data = excluded.data, parent_id = excluded.parent_id, "
+        "metadata = excluded.metadata, blob = excluded.blob, run_id = excluded.run_id, "
+        "written_at = excluded.written_at WHERE excluded.written_at >= checkpoints.written_at",
+        (
+            checkpoint_row_id(op.session_id, op.namespace, op.checkpoint_id),
+            op.session_id,
+            op.name,
+            op.payload_json,
+            op.ts,
+            op.namespace,
+            op.checkpoint_id,
+            op.parent_id,
+            op.metadata_json,
+            op.blob_bytes,
+            op.run_id,
+            op.ts,
+        ),
+    )
+
+
+def _apply_put_writes(conn: apsw.Connection, op: PutWrites) -> None:
+    key = _checkpoint_key(op.session_id, op.namespace, op.checkpoint_id)
+    if _buried(conn, op.ts, ("session", op.session_id), ("checkpoint", key)):
+        return
+    # Replace: last writer wins on ts. Otherwise the first write of (task_id, idx) stays.
+    conflict = (
+        "DO UPDATE SET channel = excluded.channel, type = excluded.type, blob = excluded.blob, "
+        "task_path = excluded.task_path, written_at = excluded.written_at "
+        "WHERE excluded.written_at >= checkpoint_writes.written_at"
+        if op.replace
+        else "DO NOTHING"
+    )
+    sql = (
+        "INSERT INTO checkpoint_writes (session_id, namespace, checkpoint_id, task_id, idx, "
+        "channel, type, blob, task_path, written_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        f"ON CONFLICT(session_id, namespace, checkpoint_id, task_id, idx) {conflict}"
+    )
+    for w in op.writes:
+        blob = None if w["blob"] is None else base64.b64decode(w["blob"])
+        _insert(
+            conn,
+            op.session_id,
+            sql,
+            (
+                op.session_id,
+                op.namespace,
+                op.checkpoint_id,
+                op.task_id,
+                w["idx"],
+                w["channel"],
+                w["type"],
+                blob,
+                op.task_path,
+                op.ts,
+            ),
+        )
+
+
+def _delete_checkpoint_rows(
+    conn: apsw.Connection, rows: list[tuple[str, str, str]], ts: float
+) -> None:
+    """Delete checkpoints (session, namespace, checkpoint id), their writes, and bury them."""
+    for session_id, namespace, checkpoint_id in rows:
+        conn.execute(
+            "DELETE FROM checkpoints WHERE session_id = ? AND namespace = ? "
+            "AND checkpoint_id = ? AND written_at <= ?",
+            (session_id, namespace, checkpoint_id, ts),
+        ).fetchall()
+        conn.execute(
+            "DELETE FROM checkpoint_writes WHERE session_id = ? AND namespace = ? "
+            "AND checkpoint_id = ? AND written_at <= ?",
+            (session_id, namespace, checkpoint_id, ts),
+        ).fetchall()
+        _bury(conn, "checkpoint", _checkpoint_key(session_id, namespace, checkpoint_id), ts)
+
+
+def _apply_delete_session(conn: apsw.Connection, op: DeleteSession) -> None:
+    sid, ts = op.session_id, op.ts
+    _bury(conn, "session", sid, ts)
+    for sql in (
+        "DELETE FROM checkpoint_writes WHERE session_id = ? AND written_at <= ?",
+        "DELETE FROM checkpoints WHERE session_id = ? AND coalesce(written_at, created_at) <= ?",
+        "DELETE FROM events WHERE session_id = ? AND created_at <= ?",
+        "DELETE FROM child_processes WHERE session_id = ? AND registered_at <= ?",
+    ):
+        conn.execute(sql, (sid, ts)).fetchall()
+    # The row goes once nothing newer than the deletion is left in it.
+    conn.execute(
+        "DELETE FROM sessions WHERE id = ?1 AND created_at <= ?2 "
+        "AND NOT EXISTS (SELECT 1 FROM checkpoints WHERE session_id = ?1) "
+        "AND NOT EXISTS (SELECT 1 FROM checkpoint_writes WHERE session_id = ?1) "
+        "AND NOT EXISTS (SELECT 1 FROM events WHERE session_id = ?1) "
+        "AND NOT EXISTS (SELECT 1 FROM child_processes WHERE session_id = ?1)",
+        (sid, ts),
+    ).fetchall()
+
+
+def _apply_prune(conn: apsw.Connection, op: PruneCheckpoints) -> None:
+    where = "session_id = ? AND written_at <= ?"
+    params: tuple[Any, ...] = (op.session_id, op.ts)
+    if op.namespace is not None:
+        where += " AND namespace = ?"
+        params += (op.namespace,)
+    rows = conn.execute(
+        f"SELECT namespace, checkpoint_id FROM checkpoints WHERE {where} "
+        "ORDER BY namespace, checkpoint_id DESC",
+        params,
+    ).fetchall()
+    doomed: list[tuple[str, str, str]] = []
+    kept: dict[str, int] = {}
+    for namespace, checkpoint_id in rows:
+        ns = str(namespace)
+        n = kept.get(ns, 0)
+        if n < op.keep:
+            kept[ns] = n + 1
+        else:
+            doomed.append((op.session_id, ns, str(checkpoint_id)))
+    _delete_checkpoint_rows(conn, doomed, op.ts)
+
+
+def _apply_delete_runs(conn: apsw.Connection, op: DeleteRuns) -> None:
+    for run_id in op.run_ids:
+        _bury(conn, "run", run_id, op.ts)
+        rows = conn.execute(
+            "SELECT session_id, namespace, checkpoint_id FROM checkpoints "
+            "WHERE run_id = ? AND written_at <= ?",
+            (run_id, op.ts),
+        ).fetchall()
+        _delete_checkpoint_rows(conn, [(str(a), str(b), str(c)) for a, b, c in rows], op.ts)
+
+
+def _apply_copy(conn: apsw.Connection, op: CopySession) -> None:
+    if _buried(conn, op.ts, ("session", op.target_id)):
+        return
+    _require_session(conn, op.target_id)
+    rows = conn.execute(
+        "SELECT namespace, checkpoint_id, name, data, created_at, parent_id, metadata, blob, "
+        "run_id FROM checkpoints WHERE session_id = ? AND written_at <= ?",
+        (op.source_id, op.ts),
+    ).fetchall()
+    for ns, cid, name, data, created_at, parent_id, metadata, blob, run_id in rows:
+        key = _checkpoint_key(op.target_id, str(ns), str(cid))
+        if _buried(conn, op.ts, ("checkpoint", key)):
+            continue
+        conn.execute(
+            "INSERT INTO checkpoints (id, session_id, name, data, created_at, namespace, "
+            "checkpoint_id, parent_id, metadata, blob, run_id, written_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                checkpoint_row_id(op.target_id, str(ns), str(cid)),
+                op.target_id,
+                name,
+                data,
+                created_at,
+                ns,
+                cid,
+                parent_id,
+                metadata,
+                blob,
+                run_id,
+                op.ts,
+            ),
+        ).fetchall()
+    conn.execute(
+        "INSERT INTO checkpoint_writes (session_id, namespace, checkpoint_id, task_id, idx, "
+        "channel, type, blob, task_path, written_at) "
+        "SELECT ?, namespace, checkpoint_id, task_id, idx, channel, type, blob, task_path, ? "
+        "FROM checkpoint_writes WHERE session_id = ? AND written_at <= ? "
+        "AND EXISTS (SELECT 1 FROM checkpoints c WHERE c.session_id = ? "
+        "AND c.namespace = checkpoint_writes.namespace "
+        "AND c.checkpoint_id = checkpoint_writes.checkpoint_id) "
+        "ORDER BY rowid ON CONFLICT DO NOTHING",
+        (op.target_id, op.ts, op.source_id, op.ts, op.target_id),
+    ).fetchall()
+
+
+def _apply_pop(conn: apsw.Connection, op: PopCheckpoint) -> tuple[str, str, str] | None:
+    """Returns ``(checkpoint id, name, data JSON)`` of the popped checkpoint, or None."""
+    rows = conn.execute(
+        "SELECT checkpoint_id, name, data FROM checkpoints WHERE session_id = ? AND namespace = ? "
+        "AND written_at <= ? ORDER BY checkpoint_id DESC LIMIT 1",
+        (op.session_id, op.namespace, op.ts),
+    ).fetchall()
+    if not rows:
+        return None
+    checkpoint_id, name, data = (str(v) for v in rows[0])
+    _delete_checkpoint_rows(conn, [(op.session_id, op.namespace, checkpoint_id)], op.ts)
+    return checkpoint_id, name, data
+
+
+def _apply_batch(conn: apsw.Connection, op: Batch) -> list[Any]:
+    # Any member's error propagates: the caller's transaction (or savepoint) rolls back all.
+    return [apply(member, conn) for member in op.ops]
+
+
 _APPLY: dict[type[Any], Callable[[apsw.Connection, Any], Any]] = {
     LogEvent: _apply_event,
     Heartbeat: _apply_heartbeat,
@@ -630,6 +1123,14 @@ _APPLY: dict[type[Any], Callable[[apsw.Connection, Any], Any]] = {
     CreateSession: _apply_create,
     AddChild: _apply_add_child,
     RemoveChild: _apply_remove_child,
+    PutCheckpoint: _apply_put_checkpoint,
+    PutWrites: _apply_put_writes,
+    DeleteSession: _apply_delete_session,
+    PruneCheckpoints: _apply_prune,
+    DeleteRuns: _apply_delete_runs,
+    CopySession: _apply_copy,
+    PopCheckpoint: _apply_pop,
+    Batch: _apply_batch,
 }
 
 

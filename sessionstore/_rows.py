@@ -22,7 +22,7 @@ __all__ = [
 
 SESSION_COLUMNS = (
     "id, name, objective, status, metadata, owner_pid, owner_start_ticks, owner_boot_id, "
-    "owner_host, created_at, updated_at, paused_at, resumed_at, stopped_at, heartbeat_at"
+    "owner_host, created_at, updated_at, paused_at, resumed_at, stopped_at, heartbeat_at, app_key"
 )
 CHILD_COLUMNS = (
     "session_id, pid, start_ticks, boot_id, pgid, argv, registered_at, exited_at, exit_code, state"
@@ -50,6 +50,7 @@ def session_from_row(row: Sequence[Any]) -> Session:
         resumed_at=row[12],
         stopped_at=row[13],
         heartbeat_at=row[14],
+        key=row[15],
     )
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import apsw
@@ -33,6 +34,7 @@ from ._migrate import FileKind, apply_migrations, identify, latest_version
 from ._models import (
     Checkpoint,
     CheckpointResult,
+    CheckpointWrite,
     ChildProcess,
     ChildState,
     CloseReport,
@@ -47,10 +49,15 @@ from ._models import (
 )
 from ._ops import (
     AddChild,
+    CopySession,
     CreateSession,
+    DeleteRuns,
+    DeleteSession,
     Heartbeat,
     LogEvent,
     Op,
+    PopCheckpoint,
+    PruneCheckpoints,
     RemoveChild,
     SaveCheckpoint,
     SetStatus,
@@ -59,6 +66,7 @@ from ._ops import (
     event_from_op,
     owner_fields,
     session_from_create,
+    session_id_for_key,
 )
 from ._readers import ReaderPool
 from ._rows import (
@@ -70,6 +78,14 @@ from ._rows import (
     child_from_row,
     event_from_row,
     session_from_row,
+)
+from ._threads import MAX_PAGE, find_checkpoints, get_writes, metadata_filter
+from ._transaction import (
+    Transaction,
+    checkpoint_from_put,
+    make_keyed_create,
+    make_put_checkpoint,
+    make_put_writes,
 )
 from ._writer import BATCH, OP_ERRORS, Writer
 from .errors import (
@@ -583,12 +599,12 @@ class SessionStore:
         """
         if status is None:
             rows = self._read(
-                "list_sessions", f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY id"
+                "list_sessions", f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id"
             )
         else:
             rows = self._read(
                 "list_sessions",
-                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE status = ? ORDER BY id",
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE status = ? ORDER BY created_at, id",
                 (SessionStatus(status).value,),
             )
         return [session_from_row(r) for r in rows]
@@ -674,6 +690,295 @@ class SessionStore:
         if not rows:
             self.get_session(session_id)  # SessionNotFoundError for an unknown id
         return [checkpoint_from_row(r) for r in rows]
+
+    # ----------------------------------------------------------------------------- threads
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Collect writes and apply them all or nothing: ``with store.transaction() as tx:``.
+
+        On leaving the block normally, every op of ``tx`` is written as one unit: one
+        ``BEGIN IMMEDIATE`` transaction while the store is open, one queued entry while it
+        closes, one journal line after it closed (replayed as one transaction). If the block
+        raises, nothing is written and the exception propagates. A ``tx`` method given bad
+        input raises ``ValueError`` at once and adds nothing.
+
+        Raises:
+            SessionNotFoundError, InvalidTransitionError: an op was refused when applied (store
+                open); nothing of the transaction was applied.
+        """
+        tx = Transaction()
+        try:
+            yield tx
+        except BaseException:
+            tx._finish()  # discarded: nothing applied, queued or journaled
+            raise
+        batch = tx._finish()
+        if batch is not None:
+            self._write(batch)
+
+    def get_or_create_session_by_key(
+        self,
+        key: str,
+        *,
+        name: str | None = None,
+        objective: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Session:
+        """Return the session of a caller's key (a thread or conversation id), creating it.
+
+        Race-free across processes: the session id is derived from the key, and creating it
+        is ``INSERT ... ON CONFLICT DO NOTHING`` in ``BEGIN IMMEDIATE``, so any number of
+        processes asking for one new key at once get one session. ``name`` (default: the key),
+        ``objective`` and ``metadata`` are used only when it is created. A deleted session's
+        key makes a new session (deletion is ordered by op time, see :meth:`delete_session`).
+
+        Returns:
+            The session as stored (the first creator's); while the store is closing or closed,
+            the session as this call's op would create it (queued or journaled).
+
+        Raises:
+            ValueError: a key, name or metadata the rules refuse.
+        """
+        op = make_keyed_create(key, name, objective, metadata)
+        self._write(op)
+        if self._gate.state is StoreState.OPEN:
+            with contextlib.suppress(StoreClosedError, SessionNotFoundError):
+                return self.get_session(op.session_id)
+        return session_from_create(op)
+
+    def find_session_by_key(self, key: str) -> Session | None:
+        """Return the session of a caller's key, or None.
+
+        Raises:
+            ValueError: not a valid key.
+            StoreClosedError: the store is closing or closed.
+        """
+        try:
+            return self.get_session(session_id_for_key(key))
+        except SessionNotFoundError:
+            return None
+
+    def put_checkpoint(
+        self,
+        session_id: str,
+        checkpoint_id: str,
+        data: Any = None,
+        *,
+        namespace: str = "",
+        parent_id: str | None = None,
+        name: str = "checkpoint",
+        metadata: dict[str, Any] | None = None,
+        blob: bytes | None = None,
+        run_id: str | None = None,
+    ) -> Checkpoint:
+        """Insert or update the checkpoint ``(session_id, namespace, checkpoint_id)``.
+
+        Args:
+            session_id: the session (thread).
+            checkpoint_id: the caller's id; ids should sort in creation order (uuid6/uuid7),
+                since reads list newest first by id.
+            data: a JSON payload.
+            namespace: separates checkpoint histories within one session (subgraphs).
+            parent_id: the checkpoint this one follows.
+            name: a label.
+            metadata: a JSON object, filterable by :meth:`find_checkpoints`.
+            blob: a binary payload.
+            run_id: the run that made it (see :meth:`delete_runs`).
+
+        Upsert, last writer wins on the op's time: an older put applied late changes nothing.
+
+        Raises:
+            ValueError: a field the op rules refuse.
+            SessionNotFoundError: no such session (checked while the store is open).
+        """
+        op = make_put_checkpoint(
+            session_id,
+            checkpoint_id,
+            data,
+            namespace=namespace,
+            parent_id=parent_id,
+            name=name,
+            metadata=metadata,
+            blob=blob,
+            run_id=run_id,
+        )
+        self._write(op)
+        return checkpoint_from_put(op)
+
+    def get_checkpoint(
+        self, session_id: str, checkpoint_id: str, *, namespace: str = ""
+    ) -> Checkpoint | None:
+        """Return one checkpoint by the caller's id, or None (also for an unknown session).
+
+        Raises:
+            StoreClosedError: the store is closing or closed.
+        """
+        found = self.find_checkpoints(
+            session_id, namespace=namespace, checkpoint_id=checkpoint_id, limit=1
+        )
+        return found[0] if found else None
+
+    def find_checkpoints(
+        self,
+        session_id: str | None = None,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        checkpoint_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> list[Checkpoint]:
+        """Return checkpoints newest first (by checkpoint id), filtered by every given argument.
+
+        Args:
+            session_id: one session, or None for every session.
+            namespace: one namespace, or None for all.
+            name: only checkpoints with this name (label).
+            checkpoint_id: one checkpoint id.
+            metadata: each key's value must equal (as JSON) the checkpoint's metadata value.
+            run_id: made by this run.
+            before: only checkpoints whose id sorts before this one.
+            limit: at most this many (1..100000), or None for all.
+
+        Returns:
+            The matches; empty (never an error) for an unknown session.
+
+        Raises:
+            ValueError: ``limit`` out of range, or a bad metadata filter.
+            StoreClosedError: the store is closing or closed.
+        """
+        if limit is not None and not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be within 1..{MAX_PAGE}")
+        if metadata:
+            metadata_filter(metadata)  # ValueError before anything is read
+        return self._run_read(
+            lambda conn: find_checkpoints(
+                conn,
+                session_id=session_id,
+                namespace=namespace,
+                name=name,
+                checkpoint_id=checkpoint_id,
+                metadata=metadata,
+                run_id=run_id,
+                before=before,
+                limit=limit,
+            ),
+            "find_checkpoints",
+        )
+
+    def put_writes(
+        self,
+        session_id: str,
+        checkpoint_id: str,
+        task_id: str,
+        writes: Iterable[tuple[int, str, str | None, bytes | None]],
+        *,
+        namespace: str = "",
+        task_path: str = "",
+        replace: bool = False,
+    ) -> None:
+        """Record writes ``(idx, channel, type, blob)`` of a task, attached to a checkpoint.
+
+        Idempotent on ``(task_id, idx)``: a write already there is kept, unless ``replace``
+        (last writer wins on the op's time).
+
+        Raises:
+            ValueError: a write the op rules refuse.
+            SessionNotFoundError: no such session (checked while the store is open).
+        """
+        self._write(
+            make_put_writes(
+                session_id,
+                checkpoint_id,
+                task_id,
+                writes,
+                namespace=namespace,
+                task_path=task_path,
+                replace=replace,
+            )
+        )
+
+    def checkpoint_writes(
+        self, session_id: str, checkpoint_id: str, *, namespace: str = ""
+    ) -> list[CheckpointWrite]:
+        """Return a checkpoint's writes, by task id then idx (empty if none).
+
+        Raises:
+            StoreClosedError: the store is closing or closed.
+        """
+        return self._run_read(
+            lambda conn: get_writes(conn, session_id, namespace, checkpoint_id),
+            "checkpoint_writes",
+        )
+
+    def delete_session(self, session_id: str) -> None:
+        """Delete a session (thread): its checkpoints, writes, events and children records.
+
+        Ordered by op time: only rows written before this call go, and any op made before
+        it and applied later (a journal replayed late) is skipped, so nothing deleted comes
+        back and nothing newer is destroyed. Deleting an unknown session changes nothing.
+        """
+        self._write(DeleteSession(session_id=session_id))
+
+    def prune_checkpoints(
+        self, session_id: str, keep: int, *, namespace: str | None = None
+    ) -> None:
+        """Keep only the ``keep`` newest checkpoints per namespace (0: delete them all).
+
+        Their writes go with them. Ordered by op time as :meth:`delete_session`.
+
+        Raises:
+            ValueError: ``keep`` < 0.
+        """
+        self._write(PruneCheckpoints(session_id=session_id, keep=keep, namespace=namespace))
+
+    def delete_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete every checkpoint made by these runs, with its writes, in every session.
+
+        Ordered by op time as :meth:`delete_session`.
+
+        Raises:
+            ValueError: no run id, or a bad one.
+        """
+        self._write(DeleteRuns(run_ids=list(run_ids)))
+
+    def pop_checkpoint(self, session_id: str, *, namespace: str = "") -> Checkpoint | None:
+        """Delete and return the newest checkpoint of a namespace (by checkpoint id).
+
+        Race-free: concurrent pops (any process) each get a different checkpoint.
+
+        Returns:
+            The popped checkpoint (its id, session, namespace and data), or None when there
+            was none, and also when the store is closing or closed: the pop is then queued or
+            journaled and takes effect, ordered by its time, when applied.
+        """
+        op = PopCheckpoint(session_id=session_id, namespace=namespace)
+        result = self._write(op)
+        if not isinstance(result, tuple):
+            return None
+        checkpoint_id, name, data = result
+        return Checkpoint(
+            id=checkpoint_id,
+            session_id=session_id,
+            name=name,
+            data=json.loads(data),
+            created_at=op.ts,
+            namespace=namespace,
+        )
+
+    def copy_session(self, source_id: str, target_id: str) -> None:
+        """Copy every checkpoint (and its writes) of one session into another, existing one.
+
+        The target keeps the rows it already has. Ordered by op time as
+        :meth:`delete_session`: rows written after this call are not copied by a late replay.
+
+        Raises:
+            SessionNotFoundError: no target session (checked while the store is open).
+        """
+        self._write(CopySession(source_id=source_id, target_id=target_id))
 
     # ----------------------------------------------------------------------------- events
 

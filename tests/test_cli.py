@@ -48,6 +48,7 @@ SESSION_KEYS = {
     "objective",
     "status",
     "metadata",
+    "key",
     "owner",
     "owner_host",
     "created_at",
