@@ -25,6 +25,7 @@ from ._cli_common import (
     open_store,
     resolve_db,
 )
+from ._cli_session import resolve_session
 from ._migrate import latest_version
 from ._store import SessionStore
 
@@ -226,7 +227,7 @@ def cmd_replay(args: argparse.Namespace, out: Output) -> int:
 def cmd_resume(args: argparse.Namespace, out: Output) -> int:
     """``resume SESSION``: make the session active again and print its last checkpoint."""
     with open_store(resolve_db(args.db), args.timeout) as store:
-        before = store.get_session(args.session)
+        before = resolve_session(store, args.session)
         # Resume first: it is the step that may be refused (a completed session), and a refused
         # command must leave the file unchanged. The journal is applied after it; status changes
         # are last-writer-wins by time, so an older journaled "stop" cannot undo this resume.

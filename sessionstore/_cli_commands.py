@@ -27,6 +27,7 @@ from ._cli_common import (
     open_store,
     resolve_db,
 )
+from ._cli_session import resolve_session
 from ._identity import IdentityStatus
 from ._models import Checkpoint, ChildProcess, Event, Session, SessionStatus
 from ._store import SessionStore
@@ -253,7 +254,7 @@ def _event_line(e: Event) -> str:
 def cmd_show(args: argparse.Namespace, out: Output) -> int:
     """``show SESSION``: the session, its children, last checkpoint and recent events."""
     with open_store(resolve_db(args.db), args.timeout) as store:
-        session = store.get_session(args.session)
+        session = resolve_session(store, args.session)
         children = [_child_doc(c) for c in store.children(session.id, include_exited=True)]
         last = store.latest_checkpoint(session.id)
         events = recent_events(store, session.id, args.events)
@@ -291,7 +292,8 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
 def cmd_events(args: argparse.Namespace, out: Output) -> int:
     """``events SESSION``: a page of events, or ``--follow`` new ones as they are written."""
     with open_store(resolve_db(args.db), args.timeout) as store:
-        store.get_session(args.session)  # an unknown id fails before anything is printed
+        # An unknown id fails before anything is printed; a prefix or name becomes the id.
+        args.session = resolve_session(store, args.session).id
         if args.follow:
             return _follow(store, args, out)
         events = store.events(args.session, after_id=args.after, limit=args.limit)
@@ -335,6 +337,8 @@ def cmd_children(args: argparse.Namespace, out: Output) -> int:
     """``children``: recorded child processes, with whether each is alive now."""
     with open_store(resolve_db(args.db), args.timeout) as store:
         include_exited = bool(args.all)
+        if args.session:
+            args.session = resolve_session(store, args.session).id
         rows = (
             store.children(args.session, include_exited=include_exited)
             if args.session

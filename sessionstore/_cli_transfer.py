@@ -31,6 +31,7 @@ from ._cli_common import (
     open_store,
     resolve_db,
 )
+from ._cli_session import resolve_session
 from ._models import Checkpoint, ChildProcess, ChildState, Event, Session, SessionStatus
 from ._ops import (
     AddChild,
@@ -108,7 +109,7 @@ def _write_atomically(path: str, text: str) -> None:
 def cmd_export(args: argparse.Namespace, out: Output) -> int:
     """``export SESSION [-o FILE]``: the export document on stdout or into FILE."""
     with open_store(resolve_db(args.db), args.timeout) as store:
-        doc = export_document(store, args.session)
+        doc = export_document(store, resolve_session(store, args.session).id)
     text = json.dumps(doc.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
     if args.output in (None, "-"):
         sys.stdout.write(text)

@@ -29,8 +29,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, get_args
 
+from . import __version__
 from ._cli_common import (
     DEFAULT_DB,
     ENV_DB,
@@ -45,7 +46,7 @@ from ._cli_common import (
     one_line,
     resolve_db,
 )
-from ._models import SessionStatus
+from ._models import EventLevel, SessionStatus
 from .errors import (
     InvalidTransitionError,
     SchemaVersionError,
@@ -74,14 +75,52 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{command + ': ' if command else ''}{message} (see --help)")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
+# Upper bounds for durations: a typo'd `--grace 1e308` must be refused, not hang the program.
+MAX_TIMEOUT_S = 600.0  # SQLite's busy timeout as the store accepts it (StoreConfig)
+MAX_SECONDS = 86_400.0
+
+
+def _seconds(high: float, *, zero: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        low_ok = value >= 0 if zero else value > 0
+        if not low_ok or not value <= high:  # also refuses nan and inf
+            low = "0" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be {low} and at most {high:g} s: {text!r}")
+        return value
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+_positive_float = _seconds(MAX_SECONDS)
+_grace = _seconds(3600.0, zero=True)
+_LEVELS = list(get_args(EventLevel))
+
+_EPILOG = f"""\
+database: --db, else ${ENV_DB}, else {DEFAULT_DB} in the working directory.
+
+environment:
+  {ENV_DB}     the database file
+  SESSIONSTORE_SESSION  set by `run` for the command: its session id
+  SESSIONSTORE_DEBUG    print a traceback for an internal error
+
+exit codes:
+  0    success (a hook write that was journaled instead of applied is a success)
+  1    the command ran and found a problem (doctor unhealthy, owner did not end ...)
+  2    bad arguments or a bad input file
+  3    no usable database (missing, not a database, newer schema, cannot open)
+  4    the database stayed locked by other processes past --timeout
+  5    unknown session
+  6    a hook write could be neither applied nor journaled
+  126  run: the command cannot be executed; 127: not found
+  128+N  ended by signal N (run passes on the command's or its own)
+
+SESSION may be a full id, a unique id prefix, or a session name.
+"""
 
 
 def _int_range(low: int, high: int) -> Callable[[str], int]:
@@ -113,7 +152,10 @@ def _common_options() -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS, help="the database file")
     common.add_argument(
-        "--timeout", type=_positive_float, default=argparse.SUPPRESS, help="lock wait, seconds"
+        "--timeout",
+        type=_seconds(MAX_TIMEOUT_S),
+        default=argparse.SUPPRESS,
+        help="lock wait (stop/pause/kill: wait for the owner), seconds",
     )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
@@ -126,32 +168,75 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sessionstore",
         description="Sessions in one SQLite file shared by processes, and an ordered shutdown.",
-        epilog=f"Database: --db, else ${ENV_DB}, else {DEFAULT_DB} in the working directory.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--db", default=None, help=f"the database file (default: ${ENV_DB} or {DEFAULT_DB})"
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
-        default=5.0,
-        help="how long to wait for other processes' locks, seconds (default 5)",
+        type=_seconds(MAX_TIMEOUT_S),
+        default=None,
+        help="how long to wait for other processes' locks, seconds (default 5); for "
+        "stop/pause/kill how long to wait for the owner to end (default 30)",
     )
+    parser.add_argument("--version", action="version", version=f"sessionstore {__version__}")
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help="log the store's info lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = [_common_options()]
 
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Handler, help_text: str, *, timeout: float = 5.0
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=common, help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, default_timeout=timeout)
         return p
 
     p = add("demo", _lazy("._demo", "cmd_demo"), "run a small orchestrator and shut it down")
     p.add_argument("--seconds", type=_positive_float, default=5.0, help="run time (default 5)")
+    p.add_argument("--grace", type=_grace, default=1.0, help="SIGTERM->SIGKILL grace (default 1)")
+
+    p = add("run", _lazy("._cli_run", "cmd_run"), "run CMD under the process layer (after --)")
+    p.add_argument("--name", help="session name (default: the command's file name)")
     p.add_argument(
-        "--grace", type=_positive_float, default=1.0, help="SIGTERM->SIGKILL grace (default 1)"
+        "--grace", type=_grace, default=5.0, help="SIGTERM->SIGKILL grace at the end (default 5)"
     )
+    p.add_argument("--session", metavar="SESSION", help="continue this session (id/prefix/name)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no start/end lines on stderr")
+    p.set_defaults(cmd=[])
+
+    for name, help_text in (
+        ("stop", "end a session's owner gracefully (SIGTERM); session stopped"),
+        ("pause", "end a session's owner gracefully; session paused (resumable)"),
+        ("kill", "end a session's owner without grace; orphans reaped"),
+    ):
+        p = add(name, _lazy("._cli_control", f"cmd_{name}"), help_text, timeout=30.0)
+        p.add_argument("session", metavar="SESSION")
+        p.add_argument("--reap", action="store_true", help="end the orphans of dead owners")
+        p.add_argument("--grace", type=_grace, default=5.0, help="grace when reaping (default 5)")
+    p = add("complete", _lazy("._cli_control", "cmd_complete"), "mark a session completed")
+    p.add_argument("session", metavar="SESSION")
+
+    p = add("log", _lazy("._cli_hooks", "cmd_log"), "hook: append an event (bounded write)")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("message", metavar="MESSAGE")
+    p.add_argument("--level", choices=_LEVELS, default="info", help="default info")
+    p.add_argument("--data", metavar="JSON|@FILE", help="event data: JSON, @file or @- (stdin)")
+    p = add("heartbeat", _lazy("._cli_hooks", "cmd_heartbeat"), "hook: the owner is alive now")
+    p.add_argument("session", metavar="SESSION")
+    p = add("child", _lazy("._cli_hooks", "cmd_child_add"), "hook: record a child's start/end")
+    child = p.add_subparsers(dest="child_action", metavar="ACTION", required=True)
+    c = child.add_parser("add", parents=common, help="record a running process")
+    c.set_defaults(handler=_lazy("._cli_hooks", "cmd_child_add"))
+    c.add_argument("session", metavar="SESSION")
+    c.add_argument("pid", type=_int_range(2, 2**31 - 1), metavar="PID")
+    c = child.add_parser("remove", parents=common, help="record that a child ended")
+    c.set_defaults(handler=_lazy("._cli_hooks", "cmd_child_remove"))
+    c.add_argument("session", metavar="SESSION")
+    c.add_argument("pid", type=_int_range(2, 2**31 - 1), metavar="PID")
+    c.add_argument("--exit-code", type=_int_range(-255, 255), default=None)
 
     p = add("status", _lazy("._cli_commands", "cmd_status"), "sessions, staleness, file sizes")
     p.add_argument(
@@ -187,7 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alive", action="store_true", help="only those alive now")
     p.add_argument("--all", action="store_true", help="include the ones that ended")
 
-    add("checkpoint", _lazy("._cli_admin", "cmd_checkpoint"), "TRUNCATE the WAL now")
+    p = add(
+        "checkpoint",
+        _lazy("._cli_admin", "cmd_checkpoint"),
+        "TRUNCATE the WAL now; `checkpoint save` saves a session checkpoint",
+    )
+    cps = p.add_subparsers(dest="checkpoint_action", metavar="save", required=False)
+    c = cps.add_parser("save", parents=common, help="hook: save a named JSON checkpoint")
+    c.set_defaults(handler=_lazy("._cli_hooks", "cmd_checkpoint_save"))
+    c.add_argument("session", metavar="SESSION")
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("--data", required=True, metavar="JSON|@FILE", help="JSON, @file or @-")
     add("doctor", _lazy("._cli_admin", "cmd_doctor"), "check health; exit 1 when unhealthy")
     add("replay", _lazy("._cli_admin", "cmd_replay"), "apply the op journal now")
     p = add("resume", _lazy("._cli_admin", "cmd_resume"), "make a session active again")
@@ -276,6 +371,21 @@ def _quiet_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+def _parse(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    # `run OPTIONS -- CMD ARGS...`: everything after the first `--` is the command, untouched
+    # (its own options must never be read as ours). Rejected: argparse.REMAINDER, whose
+    # handling of `--` changed between the Python versions we support.
+    if "--" in argv:
+        cut = argv.index("--")
+        args, rest = parser.parse_known_args(argv[:cut])
+        if args.command == "run":
+            args.cmd = argv[cut + 1 :]
+            return args, rest
+    return parser.parse_known_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI.
 
@@ -287,11 +397,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ended it: the process dies by that signal, so a shell sees 130 or 143.
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args, rest = parser.parse_known_args(argv)
+        args, rest = _parse(parser, argv)
         args.rest = rest
         if rest and args.command != "stress":
             raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
+        if args.timeout is None:
+            args.timeout = getattr(args, "default_timeout", 5.0)
         _setup_logging(args.verbose)
         handler: Handler = args.handler
         return handler(args, Output.for_args(args))

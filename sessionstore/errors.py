@@ -93,8 +93,7 @@ class ForeignDatabaseError(StoreOpenError):
     def __init__(self, path: str, detail: str) -> None:
         super().__init__(path, detail)
         self.args = (
-            f"{path!r} is a SQLite database but not a sessionstore one: {detail} "
-            "(left untouched)",
+            f"{path!r} is a SQLite database but not a sessionstore one: {detail} (left untouched)",
         )
 
 
