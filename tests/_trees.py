@@ -53,6 +53,14 @@ class Tree:
         _, err = self.wrapper.communicate(timeout=timeout)
         return self.wrapper.returncode, err
 
+    def reap(self, timeout: float = 60) -> int:
+        """Wait for the wrapper only (orphans may still hold its pipes) and close the pipes."""
+        code = self.wrapper.wait(timeout)
+        for pipe in (self.wrapper.stdout, self.wrapper.stderr):
+            if pipe is not None:
+                pipe.close()
+        return code
+
     def left(self) -> list[psutil.Process]:
         """Processes of the tree still alive anywhere (the wrapper itself excluded)."""
         return marked(self.mark, exclude=[self.wrapper.pid])
