@@ -252,7 +252,9 @@ def cmd_resume(args: argparse.Namespace, out: Output) -> int:
         if last is None:
             con.print("no checkpoint saved: start from scratch")
         else:
-            con.print(f"last checkpoint {last.name!r} at {fmt_time(last.created_at)}:")
+            con.print(
+                f"last checkpoint {last.name!r} at {fmt_time(last.created_at)}:", markup=False
+            )
             con.print_json(data=last.data)
 
     out.result(data, human)

@@ -108,7 +108,7 @@ def check_database(path: str, timeout_s: float) -> None:
         CliError: missing, not a file, empty, not SQLite, not sessionstore's, newer schema
             (exit 3), or locked past ``timeout_s`` (exit 4). The file is never modified.
     """
-    hint = "only `demo` creates one; pass --db PATH or set SESSIONSTORE_DB"
+    hint = "`sessionstore new PATH` creates one; pass --db PATH or set SESSIONSTORE_DB"
     if not os.path.exists(path):
         raise CliError(f"no database at {path} ({hint})", EXIT_NO_DB)
     if not os.path.isfile(path):

@@ -39,7 +39,16 @@ import psutil
 from rich.console import Console
 from rich.markup import escape
 
-from ._cli_common import EXIT_FAILED, EXIT_OK, CliError, Output, dump, open_store, resolve_db
+from ._cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CliError,
+    Output,
+    dump,
+    open_store,
+    resolve_db,
+    store_config,
+)
 from ._cli_run import RUN_CHECKPOINT
 from ._cli_session import resolve_session
 from ._identity import IdentityStatus, ProcessIdentity, check_signal_target, hostname
@@ -47,7 +56,7 @@ from ._models import Session, SessionStatus
 from ._store import SessionStore
 from .errors import InvalidTransitionError, UnsafeSignalError
 
-__all__ = ["cmd_complete", "cmd_kill", "cmd_pause", "cmd_stop"]
+__all__ = ["cmd_complete", "cmd_kill", "cmd_new", "cmd_pause", "cmd_stop"]
 
 _SIGNALS = {"stop": signal.SIGTERM, "pause": signal.SIGTERM, "kill": signal.SIGQUIT}
 _SHUTDOWN_CHECKPOINT = "shutdown"  # ProcessLayer's default checkpoint_name
@@ -313,6 +322,21 @@ def cmd_pause(args: argparse.Namespace, out: Output) -> int:
 def cmd_kill(args: argparse.Namespace, out: Output) -> int:
     """``kill SESSION``: shutdown without grace; SIGKILL at --timeout; orphans reaped."""
     return _control(args, out, "kill")
+
+
+def cmd_new(args: argparse.Namespace, out: Output) -> int:
+    """``new PATH``: create an empty store (refuses a path that exists)."""
+    path = os.path.abspath(args.path)
+    if os.path.lexists(path):
+        raise CliError(f"{path} already exists (new creates a database, never opens one)", 2)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise CliError(f"no directory {parent}", 2)
+    SessionStore.open(path, config=store_config(args.timeout)).close()
+    out.result(
+        {"db": path, "created": True}, lambda con: con.print(f"created {path}", markup=False)
+    )
+    return EXIT_OK
 
 
 def cmd_complete(args: argparse.Namespace, out: Output) -> int:

@@ -130,7 +130,8 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
         con.print(
             f"exported session {doc.session.id} ({doc.session.name}): "
             f"{summary['checkpoints']} checkpoint(s), {summary['events']} event(s), "
-            f"{summary['children']} child row(s) -> {args.output}"
+            f"{summary['children']} child row(s) -> {args.output}",
+            markup=False,  # names and paths are data, never markup
         )
 
     out.result(summary, human)
@@ -306,13 +307,14 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
 
     def human(con: Console) -> None:
         if not ops:
-            con.print(f"session {doc.session.id} already imported: nothing to do")
+            con.print(f"session {doc.session.id} already imported: nothing to do", markup=False)
             return
         con.print(
             f"{'created' if summary['created'] else 'updated'} session {doc.session.id} "
             f"({doc.session.name}): +{summary['checkpoints']['added']} checkpoint(s), "
             f"+{summary['events']['added']} event(s), +{summary['children']['added']} "
-            f"child row(s)"
+            f"child row(s)",
+            markup=False,
         )
 
     out.result(dump(summary), human)

@@ -16,8 +16,8 @@ code  meaning
 130   interrupted (SIGINT); 143 terminated (SIGTERM)
 ====  ==========================================================================
 
-Only ``demo`` creates a database; every other command checks first that the path is an existing
-sessionstore database, and a command that fails leaves the file byte-identical.
+Only ``demo``, ``run`` and ``new`` create a database; every other command checks first that the
+path is an existing sessionstore database, and a command that fails leaves the file byte-identical.
 """
 
 from __future__ import annotations
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("session", metavar="SESSION")
         p.add_argument("--reap", action="store_true", help="end the orphans of dead owners")
         p.add_argument("--grace", type=_grace, default=5.0, help="grace when reaping (default 5)")
+    p = add("new", _lazy("._cli_control", "cmd_new"), "create an empty database at PATH")
+    p.add_argument("path", metavar="PATH")
     p = add("complete", _lazy("._cli_control", "cmd_complete"), "mark a session completed")
     p.add_argument("session", metavar="SESSION")
 
