@@ -22,6 +22,27 @@ import psutil
 
 CLI = [sys.executable, "-m", "sessionstore"]
 
+_started: list[str] = []
+
+
+def new_mark() -> str:
+    """A fresh marker, remembered so that :func:`kill_leftovers` can find its tree."""
+    mark = uuid.uuid4().hex
+    _started.append(mark)
+    return mark
+
+
+def kill_leftovers() -> list[int]:
+    """SIGKILL every process of every tree started so far (after a failed test); their pids."""
+    killed = []
+    for mark in _started:
+        for proc in marked(mark):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed.append(proc.pid)
+    _started.clear()
+    return killed
+
 
 def marked(mark: str, *, exclude: Sequence[int] = ()) -> list[psutil.Process]:
     """Every living (non-zombie) process on the machine whose environment carries ``mark``."""
@@ -70,7 +91,7 @@ def start(
     db: str, command: Sequence[str], *, ready: int, run_args: Sequence[str] = (), cwd: str = "."
 ) -> Tree:
     """Start ``sessionstore run -- command`` and read ``ready`` lines from its stdout."""
-    mark = uuid.uuid4().hex
+    mark = new_mark()
     env = dict(os.environ, TREE_MARK=mark, PYTHONUNBUFFERED="1")
     wrapper = subprocess.Popen(
         [*CLI, "--db", db, "run", *run_args, "--", *command],

@@ -12,16 +12,25 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from _trees import CLI, start, wait_all_gone
+from _trees import CLI, kill_leftovers, start, wait_all_gone
 
 from sessionstore import ProcessIdentity, SessionStatus, SessionStore
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _no_tree_left() -> Iterator[None]:
+    """Kill what a failed test left of its trees (orphans escape the per-test child check)."""
+    yield
+    assert kill_leftovers() == []
+
 
 # Three workers; the last one ignores SIGTERM (only SIGKILL ends it).
 WORKERS = """\

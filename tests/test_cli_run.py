@@ -12,14 +12,23 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _trees import CLI, marked, start
+from _trees import CLI, kill_leftovers, marked, new_mark, start
 
 from sessionstore import SessionStatus, SessionStore
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _no_tree_left() -> Iterator[None]:
+    """Kill what a failed test left of its trees (orphans escape the per-test child check)."""
+    yield
+    assert kill_leftovers() == []
+
 
 # Three workers: two backgrounded, one double-forked into its own session (escapes the group).
 SHELL_TREE = """\
@@ -89,7 +98,7 @@ def test_shell_script_exiting_on_its_own_takes_its_workers_with_it(tmp_path: Pat
     script = tmp_path / "tree.sh"
     script.write_text(SHELL_TREE.format(tail="read line; exit 3"))
     db = _db(tmp_path)
-    mark = "shell-exit-" + tmp_path.name
+    mark = new_mark()
     proc = subprocess.Popen(
         [*CLI, "--db", db, "run", "--grace", "2", "--", "sh", str(script)],
         stdin=subprocess.PIPE,
