@@ -42,6 +42,7 @@ from ._config import StoreConfig
 from ._identity import ProcessIdentity, hostname
 from ._models import Session, SessionStatus
 from ._store import SessionStore
+from .errors import SessionStoreError
 from .process import ProcessLayer, ShutdownPhase, ShutdownReport
 
 __all__ = ["ENV_SESSION", "RUN_CHECKPOINT", "cmd_run"]
@@ -213,9 +214,14 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             layer.shutdown(reason=f"command exited with status {rc}")
 
     threading.Thread(target=on_exit, name="sessionstore-run-wait", daemon=True).start()
-    done = layer.wait()
-    while done is None:  # pragma: no cover - wait() without a timeout returns the report
-        done = layer.wait()
+    # Heartbeats while the command runs, so `status` does not report a long run as stale. The
+    # wait is on the shutdown's own event: the loop wakes at once when the tree has ended.
+    done = layer.wait(args.heartbeat)
+    while done is None:
+        if layer.state == "idle":  # once shutdown began the session's last word is its own
+            with contextlib.suppress(SessionStoreError):
+                store.heartbeat(session.id)
+        done = layer.wait(args.heartbeat)
     forwarder.uninstall()
     layer.uninstall()
     return _finish(args, done, proc.returncode)

@@ -205,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--session", metavar="SESSION", help="continue this session (id/prefix/name)")
     p.add_argument("-q", "--quiet", action="store_true", help="no start/end lines on stderr")
+    p.add_argument(
+        "--heartbeat",
+        type=_seconds(3600.0),
+        default=10.0,
+        help="heartbeat interval while the command runs (default 10 s)",
+    )
     p.set_defaults(cmd=[])
 
     for name, help_text in (

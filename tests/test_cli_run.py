@@ -200,3 +200,14 @@ def test_run_without_a_command_is_a_usage_error(tmp_path: Path) -> None:
     r = subprocess.run([*CLI, "--db", _db(tmp_path), "run", "--"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "no command" in r.stderr
+
+
+def test_the_wrapper_heartbeats_while_the_command_runs(tmp_path: Path) -> None:
+    """A command living 0.5 s under ``--heartbeat 0.1`` leaves a heartbeat after the start."""
+    db = _db(tmp_path)
+    command = [sys.executable, "-c", "import time; time.sleep(0.5)"]
+    r = subprocess.run([*CLI, "--db", db, "run", "-q", "--heartbeat", "0.1", "--", *command])
+    assert r.returncode == 0
+    with SessionStore.open(db) as store:
+        (session,) = store.list_sessions()
+    assert session.heartbeat_at is not None and session.heartbeat_at > session.created_at
