@@ -175,7 +175,28 @@ def read_document(path: str) -> ExportDocument:
         raise CliError(
             f"{path}: {len(strays)} row(s) belong to another session than {sid}", EXIT_USAGE
         )
+    _check_timestamps(path, doc)
     return doc
+
+
+# 9999-12-31T23:59:59Z: the last instant every reader (time.localtime, RFC 3339) can print.
+# One 1e308 accepted here once broke `sessions` for the whole database.
+_MAX_TS = 253_402_300_799.0
+
+
+def _check_timestamps(path: str, doc: ExportDocument) -> None:
+    rows: list[tuple[str, BaseModel]] = [("session", doc.session)]
+    rows += [(f"checkpoints[{i}]", c) for i, c in enumerate(doc.checkpoints)]
+    rows += [(f"events[{i}]", e) for i, e in enumerate(doc.events)]
+    rows += [(f"children[{i}]", c) for i, c in enumerate(doc.children)]
+    for where, row in rows:
+        for key, value in row.model_dump().items():
+            # `not 0 <= v <= max` also refuses nan and inf.
+            if key.endswith("_at") and isinstance(value, int | float) and not 0 <= value <= _MAX_TS:
+                raise CliError(
+                    f"{path}: {where}.{key} = {value!r} is not a time between 1970 and 9999",
+                    EXIT_USAGE,
+                )
 
 
 def _status_ts(s: Session) -> float:

@@ -73,3 +73,24 @@ def test_version_and_out_of_range_durations(tmp_path: Path) -> None:
     for r in (grace, timeout, demo):
         assert r.returncode == 2 and "at most" in r.stderr, r.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_import_refuses_an_out_of_range_timestamp_and_writes_nothing(tmp_path: Path) -> None:
+    """An export whose event time is 1e308 is refused (exit 2); the target file is unchanged."""
+    db = str(tmp_path / "a.db")
+    with SessionStore.open(db) as store:
+        sid = store.create_session("t").id
+        store.log_event(sid, "one")
+    export = tmp_path / "e.json"
+    assert _cli("--db", db, "export", sid, "-o", str(export)).returncode == 0
+    doc = json.loads(export.read_text())
+    doc["events"][0]["created_at"] = 1e308
+    export.write_text(json.dumps(doc))
+    target = str(tmp_path / "b.db")
+    assert _cli("new", target).returncode == 0
+    before = Path(target).read_bytes()
+    r = _cli("--db", target, "import", str(export))
+    sessions = _cli("--db", target, "sessions")
+    assert r.returncode == 2 and "events[0].created_at" in r.stderr
+    assert Path(target).read_bytes() == before
+    assert sessions.returncode == 0
