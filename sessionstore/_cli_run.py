@@ -43,7 +43,7 @@ from ._identity import ProcessIdentity, hostname
 from ._models import Session, SessionStatus
 from ._store import SessionStore
 from .errors import SessionStoreError
-from .process import ProcessLayer, ShutdownPhase, ShutdownReport
+from .process import ProcessLayer, ShutdownInProgressError, ShutdownPhase, ShutdownReport
 
 __all__ = ["ENV_SESSION", "RUN_CHECKPOINT", "cmd_run"]
 
@@ -57,6 +57,7 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_COMMAND_NOT_FOUND = 127
 
 _FORWARDED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 
 def _open_store(db: str, timeout_s: float) -> SessionStore:
@@ -146,26 +147,35 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     if not argv:
         raise CliError("run: no command: sessionstore run [OPTIONS] -- CMD [ARGS...]", 2)
     db = os.path.abspath(resolve_db(args.db))
-    store = _open_store(db, args.timeout)
+    # A stop signal between creating the session and installing the layer would kill us by its
+    # default action and leave the session active with a dead owner: hold those signals until
+    # the layer's handlers are in place, then let a pending one start the ordered shutdown.
+    # Unblocked before anything is spawned (a child inherits the mask).
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        session = _session(store, args, argv)
-    except BaseException:
-        store.close()
-        raise
-    # exit_on_signal=False: after a signal the layer's thread runs the shutdown, and this thread
-    # ends the process by that signal once the report is in (one exit, decided here).
-    layer = ProcessLayer(store, session.id, grace_s=args.grace, exit_on_signal=False)
-    layer.install()
+        store = _open_store(db, args.timeout)
+        try:
+            session = _session(store, args, argv)
+        except BaseException:
+            store.close()
+            raise
+        # exit_on_signal=False: after a signal the layer's thread runs the shutdown, and this
+        # thread ends the process by that signal once the report is in (one exit, decided here).
+        layer = ProcessLayer(store, session.id, grace_s=args.grace, exit_on_signal=False)
+        layer.install()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     forwarder = _Forwarder()
     forwarder.install()
     started: dict[str, Any] = {}
 
     def log_exit() -> None:
         proc = forwarder.proc
+        if proc is None:
+            return  # never started: that was logged where it failed
         code = None
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(timeout=layer.kill_verify_s)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = proc.wait(timeout=layer.kill_verify_s)
         store.log_event(
             session.id,
             "run: command exited" if code is not None else "run: command did not exit",
@@ -178,6 +188,12 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     code: int | None = None
     try:
         proc = layer.spawn(argv, env=env)
+    except ShutdownInProgressError:
+        # A stop signal arrived during setup: nothing was started; the same shutdown decides.
+        report = layer.shutdown(reason="signalled before the command started")
+        forwarder.uninstall()
+        layer.uninstall()
+        return _finish(args, report, None)
     except OSError as err:
         code = EXIT_COMMAND_NOT_FOUND if isinstance(err, FileNotFoundError) else EXIT_CANNOT_EXECUTE
         store.log_event(

@@ -63,7 +63,7 @@ for i in range(3):
     if pid == 0:
         if i == 2:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("ready", flush=True)
+        os.write(1, b"ready\\n")  # one write: forked siblings must not interleave
         while True:
             conn, _ = sock.accept()
             conn.close()
@@ -211,3 +211,44 @@ def test_the_wrapper_heartbeats_while_the_command_runs(tmp_path: Path) -> None:
     with SessionStore.open(db) as store:
         (session,) = store.list_sessions()
     assert session.heartbeat_at is not None and session.heartbeat_at > session.created_at
+
+
+def _signal_round(db: str, mark: str, sig: int, when: str) -> tuple[int, str]:
+    """One wrapper signalled at once (``now``) or as its first stderr byte arrives (``started``)."""
+    proc = subprocess.Popen(
+        [*CLI, "--db", db, "run", "--grace", "1", "--", "sh", "-c", "sleep 1000 & sleep 1000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TREE_MARK": mark},
+    )
+    assert proc.stderr is not None
+    if when == "started":
+        proc.stderr.read(1)  # written right after the spawn and its rows: the busiest moment
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err.decode(errors="replace")
+
+
+def test_a_signal_at_any_moment_of_start_up_leaves_no_orphan_and_no_active_session(
+    tmp_path: Path,
+) -> None:
+    """20 rounds: SIGTERM/SIGINT at once or right after the spawn: dies by it, nothing left."""
+    rounds = [
+        (sig, when)
+        for sig in (signal.SIGTERM, signal.SIGINT)
+        for when in ("now", "started")
+        for _ in range(5)
+    ]
+    db = _db(tmp_path)
+    mark = new_mark()
+    bad = []
+    for sig, when in rounds:
+        code, err = _signal_round(db, mark, sig, when)
+        if code != -sig:
+            bad.append((sig, when, code, err))
+    assert bad == []
+    assert marked(mark) == []
+    with SessionStore.open(db) as store:
+        sessions = store.list_sessions()
+        assert [s.status for s in sessions if s.status is SessionStatus.ACTIVE] == []
+        assert all(store.children(s.id) == [] for s in sessions)
