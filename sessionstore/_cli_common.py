@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -52,6 +53,7 @@ __all__ = [
     "fmt_time",
     "one_line",
     "open_store",
+    "quiet_store_warnings",
     "resolve_db",
     "store_config",
 ]
@@ -155,19 +157,43 @@ def store_config(timeout_s: float) -> StoreConfig:
 
 
 @contextlib.contextmanager
-def open_store(path: str, timeout_s: float) -> Iterator[SessionStore]:
+def open_store(
+    path: str, timeout_s: float, *, config: StoreConfig | None = None
+) -> Iterator[SessionStore]:
     """Check that ``path`` is a sessionstore database, open it, and close it afterwards.
+
+    Args:
+        path: the database file.
+        timeout_s: how long to wait for other processes' locks.
+        config: the store settings; default :func:`store_config` of ``timeout_s``.
 
     Raises:
         CliError: see :func:`check_database`.
         SessionStoreError: from :meth:`SessionStore.open`.
     """
     check_database(path, timeout_s)
-    store = SessionStore.open(path, config=store_config(timeout_s))
+    store = SessionStore.open(path, config=config or store_config(timeout_s))
     try:
         yield store
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def quiet_store_warnings(verbose: bool) -> Iterator[None]:
+    """Hold back the store's own warnings (a journaled op) where the command reports it itself.
+
+    One line per outcome: without this, a journaled write printed the store's warning and then
+    the command's own line about the same op.
+    """
+    log = logging.getLogger("sessionstore")
+    level = log.level
+    if not verbose:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def dump(value: Any) -> Any:

@@ -35,6 +35,7 @@ from ._cli_common import (
     Output,
     check_database,
     dump,
+    quiet_store_warnings,
     resolve_db,
 )
 from ._cli_session import resolve_session
@@ -111,6 +112,18 @@ def _hook(
     t0 = time.monotonic()
     path = resolve_db(args.db)
     check_database(path, args.timeout)
+    with quiet_store_warnings(args.verbose):
+        return _hook_write(args, out, what, write, path, t0)
+
+
+def _hook_write(
+    args: argparse.Namespace,
+    out: Output,
+    what: str,
+    write: Callable[[SessionStore, str], Any],
+    path: str,
+    t0: float,
+) -> int:
     store = SessionStore.open(path, config=hook_config(args.timeout))
     journaled = False
     try:

@@ -206,3 +206,26 @@ def test_child_add_and_remove_record_a_shell_process(tmp_path: Path) -> None:
     with SessionStore.open(db) as store:
         (row,) = store.children(session, include_exited=True)
         assert (row.state.value, row.exit_code) == ("exited", -9)
+
+
+def test_resume_under_a_held_lock_says_so_in_one_line_within_its_timeout(tmp_path: Path) -> None:
+    """Locked out, ``resume`` exits 4 with one line in about --timeout; it applies later."""
+    db = str(tmp_path / "resume.db")
+    with SessionStore.open(db) as store:
+        session = store.create_session("r").id
+        store.pause_session(session)
+    holder = start("hold_write", db)
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [*CLI, "--db", db, "--timeout", "1", "resume", session], capture_output=True, text=True
+        )
+        wall = time.monotonic() - t0
+    finally:
+        release([holder])
+        finish(holder)
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.count("\n") == 1 and "journaled" in r.stderr
+    assert wall <= 1.0 + 30  # the timeout plus a generous start-up on a loaded machine
+    with SessionStore.open(db) as store:  # the open replays the journaled resume
+        assert store.get_session(session).status.value == "active"
