@@ -204,6 +204,27 @@ def _status_ts(s: Session) -> float:
     return max(ts if ts is not None else s.updated_at, s.created_at)
 
 
+def _not_stored(
+    store: SessionStore, session_id: str, ops: list[Op], errors: list[Exception | None]
+) -> list[tuple[str, str]]:
+    """Applied checkpoint and event ops whose rows are not in the session afterwards."""
+    applied = [op for op, err in zip(ops, errors, strict=True) if err is None]
+    want_cp = {op.checkpoint_id for op in applied if isinstance(op, SaveCheckpoint)}
+    want_ev = {op.op_id for op in applied if isinstance(op, LogEvent)}
+    have_cp = {c.id for c in store.list_checkpoints(session_id)} if want_cp else set()
+    have_ev: set[str] = set()
+    after: int | None = None
+    while want_ev:
+        page = store.events(session_id, after_id=after, limit=_PAGE)
+        have_ev.update(e.op_id for e in page)
+        if len(page) < _PAGE:
+            break
+        after = page[-1].id
+    return [("checkpoint", i) for i in sorted(want_cp - have_cp)] + [
+        ("event", i) for i in sorted(want_ev - have_ev)
+    ]
+
+
 def plan_import(store: SessionStore, doc: ExportDocument) -> tuple[list[Op], dict[str, Any]]:
     """The ops that bring ``doc`` into the store, and what they amount to.
 
@@ -323,8 +344,17 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
         errors: list[Exception | None] = []
         if ops:
             errors = store.apply_ops(ops)
+            # An id the target already uses elsewhere (another session's checkpoint or event)
+            # is ignored by the idempotent insert: count what landed, never what was planned.
+            unstored = _not_stored(store, doc.session.id, ops, errors)
+        else:
+            unstored = []
     rejected = [(op, err) for op, err in zip(ops, errors, strict=True) if err is not None]
     summary["rejected"] = len(rejected)
+    summary["not_stored"] = len(unstored)
+    if unstored:
+        summary["checkpoints"]["added"] -= sum(k == "checkpoint" for k, _ in unstored)
+        summary["events"]["added"] -= sum(k == "event" for k, _ in unstored)
 
     def human(con: Console) -> None:
         if not ops:
@@ -339,6 +369,14 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
         )
 
     out.result(dump(summary), human)
+    if unstored:
+        kind, ident = unstored[0]
+        print(
+            f"sessionstore: import: {len(unstored)} row(s) not stored: their ids are already "
+            f"used by another session in this database (first: {kind} {ident})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if rejected:
         first_op, first_err = rejected[0]
         print(

@@ -94,3 +94,24 @@ def test_import_refuses_an_out_of_range_timestamp_and_writes_nothing(tmp_path: P
     assert r.returncode == 2 and "events[0].created_at" in r.stderr
     assert Path(target).read_bytes() == before
     assert sessions.returncode == 0
+
+
+def test_import_reports_rows_whose_ids_collide_as_not_stored(tmp_path: Path) -> None:
+    """A checkpoint id already used by another session is reported not stored (exit 1)."""
+    db = str(tmp_path / "a.db")
+    with SessionStore.open(db) as store:
+        sid = store.create_session("orig").id
+        store.save_checkpoint(sid, "plan", {"n": 1})
+    export = tmp_path / "e.json"
+    assert _cli("--db", db, "export", sid, "-o", str(export)).returncode == 0
+    doc = json.loads(export.read_text())
+    other = "00000000-0000-7000-8000-000000000001"
+    doc["session"]["id"] = other
+    for row in doc["checkpoints"]:
+        row["session_id"] = other
+    export.write_text(json.dumps(doc))
+    r = _cli("--db", db, "--json", "import", str(export))
+    assert r.returncode == 1, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["not_stored"] == 1 and summary["checkpoints"]["added"] == 0
+    assert "not stored" in r.stderr and r.stderr.count("\n") == 1
