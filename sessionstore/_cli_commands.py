@@ -294,10 +294,21 @@ def cmd_events(args: argparse.Namespace, out: Output) -> int:
     with open_store(resolve_db(args.db), args.timeout) as store:
         # An unknown id fails before anything is printed; a prefix or name becomes the id.
         args.session = resolve_session(store, args.session).id
+        if args.after is None:
+            # Like tail: -n N is the latest N; --follow starts near the end (the last 10) unless
+            # --after asks for an earlier start, so a long log is not replayed in full.
+            lines = args.lines if args.lines is not None else (10 if args.follow else None)
+            if lines is not None:
+                tail = recent_events(store, args.session, lines) if lines else []
+                newest = recent_events(store, args.session, 1)
+                start = tail[0].id if tail else (newest[0].id if newest else None)
+                args.after = max((start or 1) - (1 if tail else 0), 0)
+        after = args.after or 0
         if args.follow:
+            args.after = after
             return _follow(store, args, out)
-        events = store.events(args.session, after_id=args.after, limit=args.limit)
-    last_id = events[-1].id if events else args.after
+        events = store.events(args.session, after_id=after, limit=args.limit)
+    last_id = events[-1].id if events else after
     data = {"session_id": args.session, "events": dump(events), "last_id": last_id}
 
     def human(con: Console) -> None:

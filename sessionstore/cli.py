@@ -265,9 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("events", _lazy("._cli_commands", "cmd_events"), "a session's events")
     p.add_argument("session", metavar="SESSION")
-    p.add_argument("--after", type=_int_range(0, 2**63 - 1), default=0, help="after this id")
+    p.add_argument("--after", type=_int_range(0, 2**63 - 1), default=None, help="after this id")
     p.add_argument("--limit", type=_int_range(1, _MAX_PAGE), default=100, help="default 100")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "-n",
+        "--lines",
+        type=_int_range(0, _MAX_PAGE),
+        default=None,
+        help="only the latest N (with --follow: N before following, default 10)",
+    )
+    p.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new events (like tail -f)"
+    )
     p.add_argument(
         "--follow-timeout", type=_positive_float, default=None, help="stop following after S s"
     )
