@@ -195,6 +195,12 @@ def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
     """``sessions``: every session (optionally of one status), oldest first."""
     with open_store(resolve_db(args.db), args.timeout) as store:
         sessions = store.list_sessions(args.status)
+    if args.name is not None:
+        sessions = [s for s in sessions if s.name == args.name]
+    if args.since is not None:
+        sessions = [s for s in sessions if s.created_at >= args.since]
+    if args.limit is not None:
+        sessions = sessions[-args.limit :] if args.limit else []  # the newest, still oldest first
     now = time.time()
 
     def human(con: Console) -> None:

@@ -28,7 +28,9 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import NoReturn, get_args
 
 from . import __version__
@@ -121,6 +123,29 @@ exit codes:
 
 SESSION may be a full id, a unique id prefix, or a session name.
 """
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _time_arg(text: str) -> float:
+    """An epoch time from ISO 8601 (naive = local time) or ``<number><s|m|h|d|w>`` ago."""
+    text = text.strip()
+    if text[-1:] in _UNITS:
+        try:
+            amount = float(text[:-1])
+        except ValueError:
+            amount = -1.0
+        if 0 <= amount <= 10**6:
+            return time.time() - amount * _UNITS[text[-1]]
+    try:
+        # 3.10's fromisoformat does not read a trailing Z.
+        stamp = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (ISO 8601 like 2024-05-01T12:00, or 30s, 10m, 2h, 3d)"
+        ) from None
+    return stamp.timestamp()
 
 
 def _int_range(low: int, high: int) -> Callable[[str], int]:
@@ -256,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sessions", _lazy("._cli_commands", "cmd_sessions"), "list sessions")
     p.add_argument("--status", choices=[s.value for s in SessionStatus], help="only this status")
+    p.add_argument("--name", help="only sessions of this name")
+    p.add_argument(
+        "--since", type=_time_arg, help="created since: ISO 8601 or relative (30s, 10m, 2h, 3d)"
+    )
+    p.add_argument("--limit", type=_int_range(0, 10**9), help="only the newest N")
 
     p = add("show", _lazy("._cli_commands", "cmd_show"), "one session in detail")
     p.add_argument("session", metavar="SESSION")

@@ -641,3 +641,22 @@ def test_events_latest_n_and_follow_starts_near_the_end(db: Fixture) -> None:
     assert none.json()["events"] == []
     lines = [json.loads(line)["message"] for line in follow.out.splitlines()]
     assert lines == [f"event {i}" for i in range(15, 25)]
+
+
+def test_sessions_filters_by_name_since_and_limit(db: Fixture) -> None:
+    """``--name``, ``--since`` (relative or ISO) and ``--limit`` narrow the list; bad times: 2."""
+    d = str(db.path)
+    by_name, recent, future, newest, bad = run_many(
+        [
+            ["--db", d, "sessions", "--name", "beta", "--json"],
+            ["--db", d, "sessions", "--since", "1h", "--json"],
+            ["--db", d, "sessions", "--since", "9999-01-01T00:00Z", "--json"],
+            ["--db", d, "sessions", "--limit", "2", "--json"],
+            ["--db", d, "sessions", "--since", "yesterday"],
+        ]
+    )
+    assert [s["id"] for s in by_name.json()["sessions"]] == [db.beta]
+    assert len(recent.json()["sessions"]) == 3
+    assert future.json()["sessions"] == []
+    assert [s["id"] for s in newest.json()["sessions"]] == [db.beta, db.gamma]
+    assert_one_line_failure(bad, 2)
