@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -125,11 +126,14 @@ def _exit_by(signum: int) -> None:
     os._exit(128 + signum)  # only reached when the signal did not end us (PID 1)
 
 
-def _say(args: argparse.Namespace, message: str) -> None:
-    if not args.quiet:
-        with contextlib.suppress(OSError):
-            sys.stderr.write(f"sessionstore: run: {message}\n")
-            sys.stderr.flush()
+def _say(args: argparse.Namespace, message: str, **doc: Any) -> None:
+    # stderr, never stdout: stdout is the command's. With --json, one JSON line each.
+    if args.quiet:
+        return
+    line = json.dumps(doc, ensure_ascii=False) if args.json else f"sessionstore: run: {message}"
+    with contextlib.suppress(OSError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def cmd_run(args: argparse.Namespace, out: Output) -> int:
@@ -202,7 +206,13 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             level="error",
             data={"argv": argv, "error": f"{err.strerror or err}"},
         )
-        _say(args, f"cannot run {argv[0]!r}: {err.strerror or err}")
+        _say(
+            args,
+            f"cannot run {argv[0]!r}: {err.strerror or err}",
+            event="not_started",
+            session_id=session.id,
+            error=str(err.strerror or err),
+        )
         report = layer.shutdown(reason="command could not start")
         forwarder.uninstall()
         layer.uninstall()
@@ -220,7 +230,15 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     }
     store.save_checkpoint(session.id, RUN_CHECKPOINT, record)
     store.log_event(session.id, "run: command started", data=record)
-    _say(args, f"session {session.id} ({session.name}): pid {proc.pid}: {' '.join(argv)}")
+    _say(
+        args,
+        f"session {session.id} ({session.name}): pid {proc.pid}: {' '.join(argv)}",
+        event="started",
+        session_id=session.id,
+        name=session.name,
+        pid=proc.pid,
+        argv=argv,
+    )
 
     # The command's end on one thread, a signal's shutdown on another: whichever comes first
     # starts the one shutdown, and this thread waits for its report.
@@ -247,7 +265,18 @@ def _finish(args: argparse.Namespace, report: ShutdownReport, code: int | None) 
     ended = len(report.children) + len(report.descendants)
     orphans = "no orphans (verified)" if report.verified_no_orphans else "orphans NOT verified gone"
     cause = report.cause if report.signal_number else f"status {code}"
-    _say(args, f"ended by {cause}; {ended} process(es) ended; {orphans}")
+    _say(
+        args,
+        f"ended by {cause}; {ended} process(es) ended; {orphans}",
+        event="ended",
+        session_id=report.session_id,
+        cause=report.cause,
+        signal=report.signal_number,
+        exit_code=code,
+        processes_ended=ended,
+        verified_no_orphans=report.verified_no_orphans,
+        session_status=None if report.session_status is None else report.session_status.value,
+    )
     if report.signal_number:
         _exit_by(report.signal_number)  # the first signal decides
     if code is None:

@@ -8,6 +8,7 @@ table, the wrapper's exit status and the database afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -252,3 +253,17 @@ def test_a_signal_at_any_moment_of_start_up_leaves_no_orphan_and_no_active_sessi
         sessions = store.list_sessions()
         assert [s.status for s in sessions if s.status is SessionStatus.ACTIVE] == []
         assert all(store.children(s.id) == [] for s in sessions)
+
+
+def test_json_mode_reports_start_and_end_as_json_lines_on_stderr(tmp_path: Path) -> None:
+    """``run --json``: stdout stays the command's; stderr carries one JSON line per event."""
+    r = subprocess.run(
+        [*CLI, "--db", _db(tmp_path), "run", "--json", "--", "sh", "-c", "echo out; exit 2"],
+        capture_output=True,
+        text=True,
+    )
+    started, ended = (json.loads(line) for line in r.stderr.splitlines())
+    assert r.returncode == 2 and r.stdout == "out\n"
+    assert started["event"] == "started" and started["argv"] == ["sh", "-c", "echo out; exit 2"]
+    assert ended["event"] == "ended" and ended["exit_code"] == 2
+    assert ended["verified_no_orphans"] is True and ended["session_status"] == "stopped"
