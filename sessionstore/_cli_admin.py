@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ._cli_commands import file_sizes
 from ._cli_common import (
+    EXIT_BUSY,
     EXIT_FAILED,
     EXIT_OK,
     CliError,
@@ -23,10 +24,15 @@ from ._cli_common import (
     fmt_bytes,
     fmt_time,
     open_store,
+    quiet_store_warnings,
     resolve_db,
 )
+from ._cli_hooks import hook_config
+from ._cli_session import resolve_session
 from ._migrate import file_journal_mode, latest_version
+from ._models import ReplayReport
 from ._store import SessionStore
+from .errors import StoreBusyError
 
 if TYPE_CHECKING:
     from .process import ReapReport
@@ -227,13 +233,28 @@ def cmd_replay(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_resume(args: argparse.Namespace, out: Output) -> int:
     """``resume SESSION``: make the session active again and print its last checkpoint."""
-    with open_store(resolve_db(args.db), args.timeout) as store:
-        before = store.get_session(args.session)
+    # Bounded like a hook write (the whole command within --timeout), and one line when the
+    # lock could not be had: the resume is then journaled and applies at the next open.
+    with (
+        quiet_store_warnings(args.verbose),
+        open_store(resolve_db(args.db), args.timeout, config=hook_config(args.timeout)) as store,
+    ):
+        before = resolve_session(store, args.session)
+        journaled = store.stats().journaled
         # Resume first: it is the step that may be refused (a completed session), and a refused
         # command must leave the file unchanged. The journal is applied after it; status changes
         # are last-writer-wins by time, so an older journaled "stop" cannot undo this resume.
         store.resume_session(before.id)
-        replayed = store.replay()
+        if store.stats().journaled > journaled:
+            raise CliError(
+                f"resume: {store.path} stayed locked past {args.timeout:g} s; the resume was "
+                "journaled and applies when the database is next opened",
+                EXIT_BUSY,
+            )
+        try:
+            replayed = store.replay()
+        except StoreBusyError:
+            replayed = ReplayReport()  # resumed; the journal stays for the next open
         session = store.get_session(before.id)
         last = store.latest_checkpoint(before.id)
     data = {
@@ -253,7 +274,9 @@ def cmd_resume(args: argparse.Namespace, out: Output) -> int:
         if last is None:
             con.print("no checkpoint saved: start from scratch")
         else:
-            con.print(f"last checkpoint {last.name!r} at {fmt_time(last.created_at)}:")
+            con.print(
+                f"last checkpoint {last.name!r} at {fmt_time(last.created_at)}:", markup=False
+            )
             con.print_json(data=last.data)
 
     out.result(data, human)

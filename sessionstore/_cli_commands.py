@@ -27,6 +27,7 @@ from ._cli_common import (
     open_store,
     resolve_db,
 )
+from ._cli_session import resolve_session
 from ._identity import IdentityStatus
 from ._models import Checkpoint, ChildProcess, Event, Session, SessionStatus
 from ._store import SessionStore
@@ -194,6 +195,12 @@ def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
     """``sessions``: every session (optionally of one status), oldest first."""
     with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         sessions = store.list_sessions(args.status)
+    if args.name is not None:
+        sessions = [s for s in sessions if s.name == args.name]
+    if args.since is not None:
+        sessions = [s for s in sessions if s.created_at >= args.since]
+    if args.limit is not None:
+        sessions = sessions[-args.limit :] if args.limit else []  # the newest, still oldest first
     now = time.time()
 
     def human(con: Console) -> None:
@@ -253,7 +260,7 @@ def _event_line(e: Event) -> str:
 def cmd_show(args: argparse.Namespace, out: Output) -> int:
     """``show SESSION``: the session, its children, last checkpoint and recent events."""
     with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
-        session = store.get_session(args.session)
+        session = resolve_session(store, args.session)
         children = [_child_doc(c) for c in store.children(session.id, include_exited=True)]
         last = store.latest_checkpoint(session.id)
         events = recent_events(store, session.id, args.events)
@@ -291,11 +298,23 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
 def cmd_events(args: argparse.Namespace, out: Output) -> int:
     """``events SESSION``: a page of events, or ``--follow`` new ones as they are written."""
     with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
-        store.get_session(args.session)  # an unknown id fails before anything is printed
+        # An unknown id fails before anything is printed; a prefix or name becomes the id.
+        args.session = resolve_session(store, args.session).id
+        if args.after is None:
+            # Like tail: -n N is the latest N; --follow starts near the end (the last 10) unless
+            # --after asks for an earlier start, so a long log is not replayed in full.
+            lines = args.lines if args.lines is not None else (10 if args.follow else None)
+            if lines is not None:
+                tail = recent_events(store, args.session, lines) if lines else []
+                newest = recent_events(store, args.session, 1)
+                start = tail[0].id if tail else (newest[0].id if newest else None)
+                args.after = max((start or 1) - (1 if tail else 0), 0)
+        after = args.after or 0
         if args.follow:
+            args.after = after
             return _follow(store, args, out)
-        events = store.events(args.session, after_id=args.after, limit=args.limit)
-    last_id = events[-1].id if events else args.after
+        events = store.events(args.session, after_id=after, limit=args.limit)
+    last_id = events[-1].id if events else after
     data = {"session_id": args.session, "events": dump(events), "last_id": last_id}
 
     def human(con: Console) -> None:
@@ -335,6 +354,8 @@ def cmd_children(args: argparse.Namespace, out: Output) -> int:
     """``children``: recorded child processes, with whether each is alive now."""
     with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         include_exited = bool(args.all)
+        if args.session:
+            args.session = resolve_session(store, args.session).id
         rows = (
             store.children(args.session, include_exited=include_exited)
             if args.session

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -52,6 +53,7 @@ __all__ = [
     "fmt_time",
     "one_line",
     "open_store",
+    "quiet_store_warnings",
     "resolve_db",
     "store_config",
 ]
@@ -108,7 +110,7 @@ def check_database(path: str, timeout_s: float) -> None:
         CliError: missing, not a file, empty, not SQLite, not sessionstore's, newer schema
             (exit 3), or locked past ``timeout_s`` (exit 4). The file is never modified.
     """
-    hint = "only `demo` creates one; pass --db PATH or set SESSIONSTORE_DB"
+    hint = "`sessionstore new PATH` creates one; pass --db PATH or set SESSIONSTORE_DB"
     if not os.path.exists(path):
         raise CliError(f"no database at {path} ({hint})", EXIT_NO_DB)
     if not os.path.isfile(path):
@@ -155,12 +157,19 @@ def store_config(timeout_s: float) -> StoreConfig:
 
 
 @contextlib.contextmanager
-def open_store(path: str, timeout_s: float, *, read_only: bool = False) -> Iterator[SessionStore]:
+def open_store(
+    path: str,
+    timeout_s: float,
+    *,
+    config: StoreConfig | None = None,
+    read_only: bool = False,
+) -> Iterator[SessionStore]:
     """Check that ``path`` is a sessionstore database, open it, and close it afterwards.
 
     Args:
-        path: the database.
+        path: the database file.
         timeout_s: how long to wait for other processes' locks.
+        config: the store settings; default :func:`store_config` of ``timeout_s``.
         read_only: for commands that only read: the store writes nothing at all, not even
             ``-wal``/``-shm`` (another user can run them on a shared database).
 
@@ -169,11 +178,28 @@ def open_store(path: str, timeout_s: float, *, read_only: bool = False) -> Itera
         SessionStoreError: from :meth:`SessionStore.open`.
     """
     check_database(path, timeout_s)
-    store = SessionStore.open(path, config=store_config(timeout_s), read_only=read_only)
+    store = SessionStore.open(path, config=config or store_config(timeout_s), read_only=read_only)
     try:
         yield store
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def quiet_store_warnings(verbose: bool) -> Iterator[None]:
+    """Hold back the store's own warnings (a journaled op) where the command reports it itself.
+
+    One line per outcome: without this, a journaled write printed the store's warning and then
+    the command's own line about the same op.
+    """
+    log = logging.getLogger("sessionstore")
+    level = log.level
+    if not verbose:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def dump(value: Any) -> Any:

@@ -31,6 +31,7 @@ from ._cli_common import (
     open_store,
     resolve_db,
 )
+from ._cli_session import resolve_session
 from ._models import Checkpoint, ChildProcess, ChildState, Event, Session, SessionStatus
 from ._ops import (
     AddChild,
@@ -108,7 +109,7 @@ def _write_atomically(path: str, text: str) -> None:
 def cmd_export(args: argparse.Namespace, out: Output) -> int:
     """``export SESSION [-o FILE]``: the export document on stdout or into FILE."""
     with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
-        doc = export_document(store, args.session)
+        doc = export_document(store, resolve_session(store, args.session).id)
     text = json.dumps(doc.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
     if args.output in (None, "-"):
         sys.stdout.write(text)
@@ -129,7 +130,8 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
         con.print(
             f"exported session {doc.session.id} ({doc.session.name}): "
             f"{summary['checkpoints']} checkpoint(s), {summary['events']} event(s), "
-            f"{summary['children']} child row(s) -> {args.output}"
+            f"{summary['children']} child row(s) -> {args.output}",
+            markup=False,  # names and paths are data, never markup
         )
 
     out.result(summary, human)
@@ -173,12 +175,54 @@ def read_document(path: str) -> ExportDocument:
         raise CliError(
             f"{path}: {len(strays)} row(s) belong to another session than {sid}", EXIT_USAGE
         )
+    _check_timestamps(path, doc)
     return doc
+
+
+# 9999-12-31T23:59:59Z: the last instant every reader (time.localtime, RFC 3339) can print.
+# One 1e308 accepted here once broke `sessions` for the whole database.
+_MAX_TS = 253_402_300_799.0
+
+
+def _check_timestamps(path: str, doc: ExportDocument) -> None:
+    rows: list[tuple[str, BaseModel]] = [("session", doc.session)]
+    rows += [(f"checkpoints[{i}]", c) for i, c in enumerate(doc.checkpoints)]
+    rows += [(f"events[{i}]", e) for i, e in enumerate(doc.events)]
+    rows += [(f"children[{i}]", c) for i, c in enumerate(doc.children)]
+    for where, row in rows:
+        for key, value in row.model_dump().items():
+            # `not 0 <= v <= max` also refuses nan and inf.
+            if key.endswith("_at") and isinstance(value, int | float) and not 0 <= value <= _MAX_TS:
+                raise CliError(
+                    f"{path}: {where}.{key} = {value!r} is not a time between 1970 and 9999",
+                    EXIT_USAGE,
+                )
 
 
 def _status_ts(s: Session) -> float:
     ts = s.paused_at if s.status is SessionStatus.PAUSED else s.stopped_at
     return max(ts if ts is not None else s.updated_at, s.created_at)
+
+
+def _not_stored(
+    store: SessionStore, session_id: str, ops: list[Op], errors: list[Exception | None]
+) -> list[tuple[str, str]]:
+    """Applied checkpoint and event ops whose rows are not in the session afterwards."""
+    applied = [op for op, err in zip(ops, errors, strict=True) if err is None]
+    want_cp = {op.checkpoint_id for op in applied if isinstance(op, SaveCheckpoint)}
+    want_ev = {op.op_id for op in applied if isinstance(op, LogEvent)}
+    have_cp = {c.id for c in store.list_checkpoints(session_id)} if want_cp else set()
+    have_ev: set[str] = set()
+    after: int | None = None
+    while want_ev:
+        page = store.events(session_id, after_id=after, limit=_PAGE)
+        have_ev.update(e.op_id for e in page)
+        if len(page) < _PAGE:
+            break
+        after = page[-1].id
+    return [("checkpoint", i) for i in sorted(want_cp - have_cp)] + [
+        ("event", i) for i in sorted(want_ev - have_ev)
+    ]
 
 
 def plan_import(store: SessionStore, doc: ExportDocument) -> tuple[list[Op], dict[str, Any]]:
@@ -300,21 +344,39 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
         errors: list[Exception | None] = []
         if ops:
             errors = store.apply_ops(ops)
+            # An id the target already uses elsewhere (another session's checkpoint or event)
+            # is ignored by the idempotent insert: count what landed, never what was planned.
+            unstored = _not_stored(store, doc.session.id, ops, errors)
+        else:
+            unstored = []
     rejected = [(op, err) for op, err in zip(ops, errors, strict=True) if err is not None]
     summary["rejected"] = len(rejected)
+    summary["not_stored"] = len(unstored)
+    if unstored:
+        summary["checkpoints"]["added"] -= sum(k == "checkpoint" for k, _ in unstored)
+        summary["events"]["added"] -= sum(k == "event" for k, _ in unstored)
 
     def human(con: Console) -> None:
         if not ops:
-            con.print(f"session {doc.session.id} already imported: nothing to do")
+            con.print(f"session {doc.session.id} already imported: nothing to do", markup=False)
             return
         con.print(
             f"{'created' if summary['created'] else 'updated'} session {doc.session.id} "
             f"({doc.session.name}): +{summary['checkpoints']['added']} checkpoint(s), "
             f"+{summary['events']['added']} event(s), +{summary['children']['added']} "
-            f"child row(s)"
+            f"child row(s)",
+            markup=False,
         )
 
     out.result(dump(summary), human)
+    if unstored:
+        kind, ident = unstored[0]
+        print(
+            f"sessionstore: import: {len(unstored)} row(s) not stored: their ids are already "
+            f"used by another session in this database (first: {kind} {ident})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if rejected:
         first_op, first_err = rejected[0]
         print(

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import selectors
+import shlex
 import signal
 import subprocess
 import sys
@@ -301,7 +302,7 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         report = layer.shutdown(reason=reason)
         layer.uninstall()
     rows, replayed, status = _final_rows(db, session.id)
-    resume = f"python -m sessionstore --db {db} resume {session.id}"
+    resume = f"python -m sessionstore --db {shlex.quote(db)} resume {session.id}"
     exit_code = 128 + report.signal_number if report.signal_number else EXIT_OK
     data: dict[str, Any] = {
         "db": db,

@@ -16,8 +16,8 @@ code  meaning
 130   interrupted (SIGINT); 143 terminated (SIGTERM)
 ====  ==========================================================================
 
-Only ``demo`` creates a database; every other command checks first that the path is an existing
-sessionstore database, and a command that fails leaves the file byte-identical.
+Only ``demo``, ``run`` and ``new`` create a database; every other command checks first that the
+path is an existing sessionstore database, and a command that fails leaves the file byte-identical.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from datetime import datetime
+from typing import NoReturn, get_args
 
+from . import __version__
 from ._cli_common import (
     DEFAULT_DB,
     ENV_DB,
@@ -45,7 +48,7 @@ from ._cli_common import (
     one_line,
     resolve_db,
 )
-from ._models import SessionStatus
+from ._models import EventLevel, SessionStatus
 from .errors import (
     InvalidTransitionError,
     SchemaVersionError,
@@ -74,14 +77,75 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{command + ': ' if command else ''}{message} (see --help)")
 
 
-def _positive_float(text: str) -> float:
+# Upper bounds for durations: a typo'd `--grace 1e308` must be refused, not hang the program.
+MAX_TIMEOUT_S = 600.0  # SQLite's busy timeout as the store accepts it (StoreConfig)
+MAX_SECONDS = 86_400.0
+
+
+def _seconds(high: float, *, zero: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        low_ok = value >= 0 if zero else value > 0
+        if not low_ok or not value <= high:  # also refuses nan and inf
+            low = "0" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be {low} and at most {high:g} s: {text!r}")
+        return value
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+_positive_float = _seconds(MAX_SECONDS)
+_grace = _seconds(3600.0, zero=True)
+_LEVELS = list(get_args(EventLevel))
+
+_EPILOG = f"""\
+database: --db, else ${ENV_DB}, else {DEFAULT_DB} in the working directory.
+
+environment:
+  {ENV_DB}     the database file
+  SESSIONSTORE_SESSION  set by `run` for the command: its session id
+  SESSIONSTORE_DEBUG    print a traceback for an internal error
+
+exit codes:
+  0    success (a hook write that was journaled instead of applied is a success)
+  1    the command ran and found a problem (doctor unhealthy, owner did not end ...)
+  2    bad arguments or a bad input file
+  3    no usable database (missing, not a database, newer schema, cannot open)
+  4    the database stayed locked by other processes past --timeout
+  5    unknown session
+  6    a hook write could be neither applied nor journaled
+  126  run: the command cannot be executed; 127: not found
+  128+N  ended by signal N (run passes on the command's or its own)
+
+SESSION may be a full id, a unique id prefix, or a session name.
+"""
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _time_arg(text: str) -> float:
+    """An epoch time from ISO 8601 (naive = local time) or ``<number><s|m|h|d|w>`` ago."""
+    text = text.strip()
+    if text[-1:] in _UNITS:
+        try:
+            amount = float(text[:-1])
+        except ValueError:
+            amount = -1.0
+        if 0 <= amount <= 10**6:
+            return time.time() - amount * _UNITS[text[-1]]
     try:
-        value = float(text)
+        # 3.10's fromisoformat does not read a trailing Z.
+        stamp = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (ISO 8601 like 2024-05-01T12:00, or 30s, 10m, 2h, 3d)"
+        ) from None
+    return stamp.timestamp()
 
 
 def _int_range(low: int, high: int) -> Callable[[str], int]:
@@ -113,7 +177,10 @@ def _common_options() -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS, help="the database file")
     common.add_argument(
-        "--timeout", type=_positive_float, default=argparse.SUPPRESS, help="lock wait, seconds"
+        "--timeout",
+        type=_seconds(MAX_TIMEOUT_S),
+        default=argparse.SUPPRESS,
+        help="lock wait (stop/pause/kill: wait for the owner), seconds",
     )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
@@ -126,32 +193,83 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sessionstore",
         description="Sessions in one SQLite file shared by processes, and an ordered shutdown.",
-        epilog=f"Database: --db, else ${ENV_DB}, else {DEFAULT_DB} in the working directory.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--db", default=None, help=f"the database file (default: ${ENV_DB} or {DEFAULT_DB})"
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
-        default=5.0,
-        help="how long to wait for other processes' locks, seconds (default 5)",
+        type=_seconds(MAX_TIMEOUT_S),
+        default=None,
+        help="how long to wait for other processes' locks, seconds (default 5); for "
+        "stop/pause/kill how long to wait for the owner to end (default 30)",
     )
+    parser.add_argument("--version", action="version", version=f"sessionstore {__version__}")
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help="log the store's info lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = [_common_options()]
 
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Handler, help_text: str, *, timeout: float = 5.0
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=common, help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, default_timeout=timeout)
         return p
 
     p = add("demo", _lazy("._demo", "cmd_demo"), "run a small orchestrator and shut it down")
     p.add_argument("--seconds", type=_positive_float, default=5.0, help="run time (default 5)")
+    p.add_argument("--grace", type=_grace, default=1.0, help="SIGTERM->SIGKILL grace (default 1)")
+
+    p = add("run", _lazy("._cli_run", "cmd_run"), "run CMD under the process layer (after --)")
+    p.add_argument("--name", help="session name (default: the command's file name)")
     p.add_argument(
-        "--grace", type=_positive_float, default=1.0, help="SIGTERM->SIGKILL grace (default 1)"
+        "--grace", type=_grace, default=5.0, help="SIGTERM->SIGKILL grace at the end (default 5)"
     )
+    p.add_argument("--session", metavar="SESSION", help="continue this session (id/prefix/name)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no start/end lines on stderr")
+    p.add_argument(
+        "--heartbeat",
+        type=_seconds(3600.0),
+        default=10.0,
+        help="heartbeat interval while the command runs (default 10 s)",
+    )
+    p.set_defaults(cmd=[])
+
+    for name, help_text in (
+        ("stop", "end a session's owner gracefully (SIGTERM); session stopped"),
+        ("pause", "end a session's owner gracefully; session paused (resumable)"),
+        ("kill", "end a session's owner without grace; orphans reaped"),
+    ):
+        p = add(name, _lazy("._cli_control", f"cmd_{name}"), help_text, timeout=30.0)
+        p.add_argument("session", metavar="SESSION")
+        p.add_argument("--reap", action="store_true", help="end the orphans of dead owners")
+        p.add_argument("--grace", type=_grace, default=5.0, help="grace when reaping (default 5)")
+    p = add("new", _lazy("._cli_control", "cmd_new"), "create an empty database at PATH")
+    p.add_argument("path", metavar="PATH")
+    p = add("complete", _lazy("._cli_control", "cmd_complete"), "mark a session completed")
+    p.add_argument("session", metavar="SESSION")
+
+    p = add("log", _lazy("._cli_hooks", "cmd_log"), "hook: append an event (bounded write)")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("message", metavar="MESSAGE")
+    p.add_argument("--level", choices=_LEVELS, default="info", help="default info")
+    p.add_argument("--data", metavar="JSON|@FILE", help="event data: JSON, @file or @- (stdin)")
+    p = add("heartbeat", _lazy("._cli_hooks", "cmd_heartbeat"), "hook: the owner is alive now")
+    p.add_argument("session", metavar="SESSION")
+    p = add("child", _lazy("._cli_hooks", "cmd_child_add"), "hook: record a child's start/end")
+    child = p.add_subparsers(dest="child_action", metavar="ACTION", required=True)
+    c = child.add_parser("add", parents=common, help="record a running process")
+    c.set_defaults(handler=_lazy("._cli_hooks", "cmd_child_add"))
+    c.add_argument("session", metavar="SESSION")
+    c.add_argument("pid", type=_int_range(2, 2**31 - 1), metavar="PID")
+    c = child.add_parser("remove", parents=common, help="record that a child ended")
+    c.set_defaults(handler=_lazy("._cli_hooks", "cmd_child_remove"))
+    c.add_argument("session", metavar="SESSION")
+    c.add_argument("pid", type=_int_range(2, 2**31 - 1), metavar="PID")
+    c.add_argument("--exit-code", type=_int_range(-255, 255), default=None)
 
     p = add("status", _lazy("._cli_commands", "cmd_status"), "sessions, staleness, file sizes")
     p.add_argument(
@@ -163,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sessions", _lazy("._cli_commands", "cmd_sessions"), "list sessions")
     p.add_argument("--status", choices=[s.value for s in SessionStatus], help="only this status")
+    p.add_argument("--name", help="only sessions of this name")
+    p.add_argument(
+        "--since", type=_time_arg, help="created since: ISO 8601 or relative (30s, 10m, 2h, 3d)"
+    )
+    p.add_argument("--limit", type=_int_range(0, 10**9), help="only the newest N")
 
     p = add("show", _lazy("._cli_commands", "cmd_show"), "one session in detail")
     p.add_argument("session", metavar="SESSION")
@@ -172,9 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("events", _lazy("._cli_commands", "cmd_events"), "a session's events")
     p.add_argument("session", metavar="SESSION")
-    p.add_argument("--after", type=_int_range(0, 2**63 - 1), default=0, help="after this id")
+    p.add_argument("--after", type=_int_range(0, 2**63 - 1), default=None, help="after this id")
     p.add_argument("--limit", type=_int_range(1, _MAX_PAGE), default=100, help="default 100")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "-n",
+        "--lines",
+        type=_int_range(0, _MAX_PAGE),
+        default=None,
+        help="only the latest N (with --follow: N before following, default 10)",
+    )
+    p.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new events (like tail -f)"
+    )
     p.add_argument(
         "--follow-timeout", type=_positive_float, default=None, help="stop following after S s"
     )
@@ -187,7 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alive", action="store_true", help="only those alive now")
     p.add_argument("--all", action="store_true", help="include the ones that ended")
 
-    add("checkpoint", _lazy("._cli_admin", "cmd_checkpoint"), "TRUNCATE the WAL now")
+    p = add(
+        "checkpoint",
+        _lazy("._cli_admin", "cmd_checkpoint"),
+        "TRUNCATE the WAL now; `checkpoint save` saves a session checkpoint",
+    )
+    cps = p.add_subparsers(dest="checkpoint_action", metavar="save", required=False)
+    c = cps.add_parser("save", parents=common, help="hook: save a named JSON checkpoint")
+    c.set_defaults(handler=_lazy("._cli_hooks", "cmd_checkpoint_save"))
+    c.add_argument("session", metavar="SESSION")
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("--data", required=True, metavar="JSON|@FILE", help="JSON, @file or @-")
     add("doctor", _lazy("._cli_admin", "cmd_doctor"), "check health; exit 1 when unhealthy")
     add("replay", _lazy("._cli_admin", "cmd_replay"), "apply the op journal now")
     p = add("resume", _lazy("._cli_admin", "cmd_resume"), "make a session active again")
@@ -255,10 +397,12 @@ def _error_code(err: BaseException) -> int:
         return EXIT_BUSY
     if isinstance(err, StoreCorruptError | StoreOpenError | SchemaVersionError):
         return EXIT_NO_DB
+    if isinstance(err, ValueError):
+        # pydantic's ValidationError, or an UnsafeSignalError (a pid no process can have):
+        # input the store refused, before the catch-all for its other errors below.
+        return EXIT_USAGE
     if isinstance(err, InvalidTransitionError | SessionStoreError):
         return EXIT_FAILED
-    if isinstance(err, ValueError):
-        return EXIT_USAGE  # pydantic's ValidationError: input the store refused
     return EXIT_FAILED
 
 
@@ -276,6 +420,21 @@ def _quiet_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+def _parse(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    # `run OPTIONS -- CMD ARGS...`: everything after the first `--` is the command, untouched
+    # (its own options must never be read as ours). Rejected: argparse.REMAINDER, whose
+    # handling of `--` changed between the Python versions we support.
+    if "--" in argv:
+        cut = argv.index("--")
+        args, rest = parser.parse_known_args(argv[:cut])
+        if args.command == "run":
+            args.cmd = argv[cut + 1 :]
+            return args, rest
+    return parser.parse_known_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI.
 
@@ -287,11 +446,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ended it: the process dies by that signal, so a shell sees 130 or 143.
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args, rest = parser.parse_known_args(argv)
+        args, rest = _parse(parser, argv)
         args.rest = rest
         if rest and args.command != "stress":
             raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
+        if args.timeout is None:
+            args.timeout = getattr(args, "default_timeout", 5.0)
         _setup_logging(args.verbose)
         handler: Handler = args.handler
         return handler(args, Output.for_args(args))

@@ -1,8 +1,9 @@
-"""Shared fixtures: a fresh database path per test, and leak checks that fail the test."""
+"""Shared fixtures: a fresh database path per test, and leak checks (stores, children, fds)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +23,29 @@ def _living_children() -> dict[int, psutil.Process]:
     return found
 
 
+# A few descriptors may outlive a test for good reasons (a logging handler, a lazily opened
+# /dev/urandom); dozens mean pidfds or files nobody closes.
+_FD_SLACK = 8
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _describe(fds: set[int]) -> list[str]:
+    out = []
+    for fd in sorted(fds)[:10]:
+        with contextlib.suppress(OSError):
+            out.append(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
     """Fail a test that leaves a store open or a child process alive (and clean up after it)."""
     stores_before = {id(s) for s in live_stores()}
     children_before = set(_living_children())
+    fds_before = _open_fds()
     yield
     leaked_stores = [s for s in live_stores() if id(s) not in stores_before]
     leaked_children = {
@@ -46,6 +65,9 @@ def _no_leaks() -> Iterator[None]:
             f"{p.pid} {p.info if hasattr(p, 'info') else ''}" for p in leaked_children.values()
         ]
         problems.append(f"left {len(leaked_children)} child process(es) alive: {described}")
+    leaked_fds = _open_fds() - fds_before
+    if len(leaked_fds) > _FD_SLACK:
+        problems.append(f"left {len(leaked_fds)} file descriptors open: {_describe(leaked_fds)}")
     if problems:
         pytest.fail("; ".join(problems))
 

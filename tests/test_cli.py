@@ -626,3 +626,38 @@ def test_stress_reports_bad_numbers_first_and_never_uses_the_embedded_db(tmp_pat
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--procs" in proc.stderr
     assert not (tmp_path / ".sessionstore" / "sessions.db").exists()
+
+
+def test_events_latest_n_and_follow_starts_near_the_end(db: Fixture) -> None:
+    """``-n 3`` prints the last three; ``--follow`` without --after starts at the last ten."""
+    d = str(db.path)
+    latest, none, follow = run_many(
+        [
+            ["--db", d, "events", db.alpha, "-n", "3", "--json"],
+            ["--db", d, "events", db.alpha, "-n", "0", "--json"],
+            ["--db", d, "events", db.alpha, "--follow", "--json", "--follow-timeout", "0.2"],
+        ]
+    )
+    assert [e["message"] for e in latest.json()["events"]] == ["event 22", "event 23", "event 24"]
+    assert none.json()["events"] == []
+    lines = [json.loads(line)["message"] for line in follow.out.splitlines()]
+    assert lines == [f"event {i}" for i in range(15, 25)]
+
+
+def test_sessions_filters_by_name_since_and_limit(db: Fixture) -> None:
+    """``--name``, ``--since`` (relative or ISO) and ``--limit`` narrow the list; bad times: 2."""
+    d = str(db.path)
+    by_name, recent, future, newest, bad = run_many(
+        [
+            ["--db", d, "sessions", "--name", "beta", "--json"],
+            ["--db", d, "sessions", "--since", "1h", "--json"],
+            ["--db", d, "sessions", "--since", "9999-01-01T00:00Z", "--json"],
+            ["--db", d, "sessions", "--limit", "2", "--json"],
+            ["--db", d, "sessions", "--since", "yesterday"],
+        ]
+    )
+    assert [s["id"] for s in by_name.json()["sessions"]] == [db.beta]
+    assert len(recent.json()["sessions"]) == 3
+    assert future.json()["sessions"] == []
+    assert [s["id"] for s in newest.json()["sessions"]] == [db.beta, db.gamma]
+    assert_one_line_failure(bad, 2)

@@ -567,7 +567,13 @@ class ProcessLayer:
     def _descendant_outcomes(self, result: TerminationResult | None) -> list[ChildOutcome]:
         if result is None:
             return []
-        return [_outcome_of(p) for p in result.pins if p.source == "descendant"]
+        found = [p for p in result.pins if p.source == "descendant"]
+        outcomes = [_outcome_of(p) for p in found]
+        for pin in found:
+            # Pinned during the enumeration, so ours to close (the registry closes the roots).
+            # Left open, a pid hopper alone leaked thousands of pidfds per shutdown.
+            pin.close()
+        return outcomes
 
     def _final_state(
         self, outcomes: list[ChildOutcome], result: TerminationResult, errors: list[str]

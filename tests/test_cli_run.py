@@ -1,0 +1,269 @@
+"""``sessionstore run``: real trees (shell, make -j, node, a prefork server) end with no orphan.
+
+Each test runs the real CLI in a subprocess, counts the tree in the whole process table before
+(by an environment marker every descendant inherits), ends it the way it ends in production
+(the command exiting, SIGTERM from systemd/docker/``timeout``, Ctrl+C) and checks the process
+table, the wrapper's exit status and the database afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _trees import CLI, kill_leftovers, marked, new_mark, start
+
+from sessionstore import SessionStatus, SessionStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _no_tree_left() -> Iterator[None]:
+    """Kill what a failed test left of its trees (orphans escape the per-test child check)."""
+    yield
+    assert kill_leftovers() == []
+
+
+# Three workers: two backgrounded, one double-forked into its own session (escapes the group).
+SHELL_TREE = """\
+sh -c 'echo ready; exec sleep 1000' &
+sh -c 'echo ready; exec sleep 1000' &
+( setsid sh -c 'echo ready; exec sleep 1000' & )
+{tail}
+"""
+
+NODE_TREE = """\
+const {spawn} = require('child_process');
+const worker = 'console.log("ready"); setInterval(() => {}, 1000)';
+for (let i = 0; i < 2; i++) {
+  spawn(process.execPath, ['-e', worker], {stdio: ['ignore', 'inherit', 'inherit']});
+}
+// A detached grandchild: its own session, unref'd, as daemons are started.
+spawn(process.execPath, ['-e', worker], {stdio: ['ignore', 'inherit', 'inherit'],
+      detached: true}).unref();
+setInterval(() => {}, 1000);
+"""
+
+# A prefork server: the parent forwards SIGTERM to its workers and exits; one worker is stuck
+# (ignores SIGTERM) so the layer must escalate to SIGKILL after the grace.
+SERVER = """\
+import os, signal, socket, sys
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+sock.listen()
+workers = []
+for i in range(3):
+    pid = os.fork()
+    if pid == 0:
+        if i == 2:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.write(1, b"ready\\n")  # one write: forked siblings must not interleave
+        while True:
+            conn, _ = sock.accept()
+            conn.close()
+    workers.append(pid)
+
+def stop(signum, frame):
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+while True:
+    signal.pause()
+"""
+
+
+def _db(tmp_path: Path) -> str:
+    return str(tmp_path / "run.db")
+
+
+def _session(db: str) -> tuple[str, SessionStatus, list[str], int]:
+    """(name, status, event messages, running child rows) of the only session."""
+    with SessionStore.open(db) as store:
+        (session,) = store.list_sessions()
+        events = [e.message for e in store.events(session.id)]
+        running = len(store.children(session.id))
+        return session.name, session.status, events, running
+
+
+def test_shell_script_exiting_on_its_own_takes_its_workers_with_it(tmp_path: Path) -> None:
+    """The command exits 3, leaving background and setsid workers: all end, wrapper exits 3."""
+    script = tmp_path / "tree.sh"
+    script.write_text(SHELL_TREE.format(tail="read line; exit 3"))
+    db = _db(tmp_path)
+    mark = new_mark()
+    proc = subprocess.Popen(
+        [*CLI, "--db", db, "run", "--grace", "2", "--", "sh", str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TREE_MARK": mark},
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    assert [proc.stdout.readline().strip() for _ in range(3)] == ["ready"] * 3
+    before = marked(mark, exclude=[proc.pid])
+    assert len(before) >= 4  # the script and its three workers
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert marked(mark, exclude=[proc.pid]) == []
+    name, status, events, running = _session(db)
+    assert name == "sh"
+    assert status is SessionStatus.STOPPED
+    assert events[0] == "run: command started" and "run: command exited" in events
+    assert running == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_wrapper_ends_the_whole_shell_tree(tmp_path: Path, sig: int) -> None:
+    """SIGTERM (systemd, docker, timeout) or SIGINT ends every process; the wrapper dies by it."""
+    script = tmp_path / "tree.sh"
+    script.write_text(SHELL_TREE.format(tail="wait"))
+    db = _db(tmp_path)
+    tree = start(db, ["sh", str(script)], ready=3, run_args=["--name", "web", "--grace", "2"])
+    assert len(tree.before) >= 4
+    tree.wrapper.send_signal(sig)
+    code, err = tree.finish()
+    assert code == -sig, err
+    assert tree.left() == []
+    name, status, events, running = _session(db)
+    assert (name, status, running) == ("web", SessionStatus.PAUSED, 0)
+    assert "run: command exited" in events
+
+
+def test_make_j_tree_ends_on_sigterm(tmp_path: Path) -> None:
+    """``make -j3`` with three long recipes: SIGTERM to the wrapper leaves nothing running."""
+    (tmp_path / "Makefile").write_text(
+        "all: a b c\n" + "".join(f"{t}:\n\t@sh -c 'echo ready; exec sleep 1000'\n" for t in "abc")
+    )
+    db = _db(tmp_path)
+    tree = start(db, ["make", "-j3"], ready=3, cwd=str(tmp_path), run_args=["--grace", "2"])
+    assert len(tree.before) >= 4
+    tree.wrapper.send_signal(signal.SIGTERM)
+    code, err = tree.finish()
+    assert code == -signal.SIGTERM, err
+    assert tree.left() == []
+
+
+def test_node_tree_with_a_detached_grandchild_ends_on_ctrl_c(tmp_path: Path) -> None:
+    """A node process, two workers and a detached (setsid) one: Ctrl+C ends all four."""
+    script = tmp_path / "tree.js"
+    script.write_text(NODE_TREE)
+    db = _db(tmp_path)
+    tree = start(db, ["node", str(script)], ready=3, run_args=["--grace", "2"])
+    assert len(tree.before) == 4
+    tree.wrapper.send_signal(signal.SIGINT)
+    code, err = tree.finish()
+    assert code == -signal.SIGINT, err
+    assert tree.left() == []
+    _, status, _, running = _session(db)
+    assert (status, running) == (SessionStatus.PAUSED, 0)
+
+
+def test_prefork_server_with_a_stuck_worker_is_killed_after_the_grace(tmp_path: Path) -> None:
+    """A Python server whose one worker ignores SIGTERM: SIGKILL after --grace, nothing left."""
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    db = _db(tmp_path)
+    tree = start(db, [sys.executable, str(script)], ready=3, run_args=["--grace", "1"])
+    assert len(tree.before) == 4
+    tree.wrapper.send_signal(signal.SIGTERM)
+    code, err = tree.finish()
+    assert code == -signal.SIGTERM, err
+    assert tree.left() == []
+
+
+def test_exit_status_passes_through(tmp_path: Path) -> None:
+    """0-255 as is; killed by a signal: the wrapper dies by it; not found: 127."""
+    db = _db(tmp_path)
+    statuses = []
+    for command in (["sh", "-c", "exit 0"], ["sh", "-c", "exit 42"], ["sh", "-c", "kill -9 $$"]):
+        statuses.append(subprocess.run([*CLI, "--db", db, "run", "-q", "--", *command]).returncode)
+    missing = subprocess.run(
+        [*CLI, "--db", db, "run", "-q", "--", "no-such-command-here"], capture_output=True
+    )
+    assert statuses == [0, 42, -9]
+    assert missing.returncode == 127
+
+
+def test_run_without_a_command_is_a_usage_error(tmp_path: Path) -> None:
+    """``run`` with nothing after ``--`` starts nothing and exits 2 with one line."""
+    r = subprocess.run([*CLI, "--db", _db(tmp_path), "run", "--"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "no command" in r.stderr
+
+
+def test_the_wrapper_heartbeats_while_the_command_runs(tmp_path: Path) -> None:
+    """A command living 0.5 s under ``--heartbeat 0.1`` leaves a heartbeat after the start."""
+    db = _db(tmp_path)
+    command = [sys.executable, "-c", "import time; time.sleep(0.5)"]
+    r = subprocess.run([*CLI, "--db", db, "run", "-q", "--heartbeat", "0.1", "--", *command])
+    assert r.returncode == 0
+    with SessionStore.open(db) as store:
+        (session,) = store.list_sessions()
+    assert session.heartbeat_at is not None and session.heartbeat_at > session.created_at
+
+
+def _signal_round(db: str, mark: str, sig: int, when: str) -> tuple[int, str]:
+    """One wrapper signalled at once (``now``) or as its first stderr byte arrives (``started``)."""
+    proc = subprocess.Popen(
+        [*CLI, "--db", db, "run", "--grace", "1", "--", "sh", "-c", "sleep 1000 & sleep 1000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TREE_MARK": mark},
+    )
+    assert proc.stderr is not None
+    if when == "started":
+        proc.stderr.read(1)  # written right after the spawn and its rows: the busiest moment
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err.decode(errors="replace")
+
+
+def test_a_signal_at_any_moment_of_start_up_leaves_no_orphan_and_no_active_session(
+    tmp_path: Path,
+) -> None:
+    """20 rounds: SIGTERM/SIGINT at once or right after the spawn: dies by it, nothing left."""
+    rounds = [
+        (sig, when)
+        for sig in (signal.SIGTERM, signal.SIGINT)
+        for when in ("now", "started")
+        for _ in range(5)
+    ]
+    db = _db(tmp_path)
+    mark = new_mark()
+    bad = []
+    for sig, when in rounds:
+        code, err = _signal_round(db, mark, sig, when)
+        if code != -sig:
+            bad.append((sig, when, code, err))
+    assert bad == []
+    assert marked(mark) == []
+    with SessionStore.open(db) as store:
+        sessions = store.list_sessions()
+        assert [s.status for s in sessions if s.status is SessionStatus.ACTIVE] == []
+        assert all(store.children(s.id) == [] for s in sessions)
+
+
+def test_json_mode_reports_start_and_end_as_json_lines_on_stderr(tmp_path: Path) -> None:
+    """``run --json``: stdout stays the command's; stderr carries one JSON line per event."""
+    r = subprocess.run(
+        [*CLI, "--db", _db(tmp_path), "run", "--json", "--", "sh", "-c", "echo out; exit 2"],
+        capture_output=True,
+        text=True,
+    )
+    started, ended = (json.loads(line) for line in r.stderr.splitlines())
+    assert r.returncode == 2 and r.stdout == "out\n"
+    assert started["event"] == "started" and started["argv"] == ["sh", "-c", "echo out; exit 2"]
+    assert ended["event"] == "ended" and ended["exit_code"] == 2
+    assert ended["verified_no_orphans"] is True and ended["session_status"] == "stopped"
