@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
 import os
 import sys
@@ -378,10 +379,21 @@ def _cmd_stress(args: argparse.Namespace, out: Output) -> int:
     return int(cli_main(stress_args, db))
 
 
-def _setup_logging(verbose: bool) -> None:
+class _JsonLines(logging.Formatter):
+    """Under ``--json`` a log record is a JSON line too, so stderr stays machine-readable."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {"event": "log", "level": record.levelname.lower(), "message": record.getMessage()}
+        )
+
+
+def _setup_logging(verbose: bool, as_json: bool = False) -> None:
     # One line per record on stderr; stdout stays the command's (JSON) result.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("sessionstore: %(levelname)s: %(message)s"))
+    handler.setFormatter(
+        _JsonLines() if as_json else logging.Formatter("sessionstore: %(levelname)s: %(message)s")
+    )
     log = logging.getLogger("sessionstore")
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -454,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"{args.command}: unrecognized arguments: {' '.join(rest)}")
         if args.timeout is None:
             args.timeout = getattr(args, "default_timeout", 5.0)
-        _setup_logging(args.verbose)
+        _setup_logging(args.verbose, bool(getattr(args, "json", False)))
         handler: Handler = args.handler
         return handler(args, Output.for_args(args))
     except KeyboardInterrupt:
