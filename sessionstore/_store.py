@@ -92,9 +92,11 @@ from .errors import (
     ProcessNotFoundError,
     SchemaVersionError,
     SessionNotFoundError,
+    SessionStoreError,
     StoreBusyError,
     StoreClosedError,
     StoreCorruptError,
+    StoreIOError,
     StoreOpenError,
     StoreReadOnlyError,
 )
@@ -435,9 +437,20 @@ class SessionStore:
 
         Raises:
             JournalFullError: the journal is at its size bound (the op is not recorded).
-            OSError: the journal itself could not be written.
+            StoreOpenError: the journal is not a file this store may write (a link, a FIFO,
+                another user's).
+            StoreIOError: the journal itself could not be written (disk full, a file size
+                limit, a directory made read-only); an ``OSError`` too. Each op's JSON is
+                logged at error level first, and ``stats().failures`` lists it as unrecorded.
         """
-        self._journal.append(ops)
+        try:
+            self._journal.append(ops)
+        except Exception as err:
+            detail = f"{type(err).__name__}: {err}"
+            self._unrecorded(ops, f"{reason}; the journal could not be written: {detail}")
+            if isinstance(err, OSError) and not isinstance(err, SessionStoreError):
+                raise StoreIOError(self.path, "journal a write", detail) from err
+            raise
         now = time.time()
         with self._counter_lock:
             self._n_journaled += len(ops)
@@ -484,31 +497,29 @@ class SessionStore:
             return
         try:
             self._journal_ops(ops, reason)
-        except Exception as err:  # the journal cannot take them: say so, loudly, with the data
+        except Exception as err:  # logged and counted as unrecorded by _journal_ops
             why = f"{reason}; the journal could not be written: {type(err).__name__}: {err}"
             out.errors.append(f"{len(ops)} queued op(s) neither applied nor journaled: {why}")
-            now = time.time()
+            out.unrecorded.extend(op.line.decode().rstrip("\n") for op in ops)
+
+    def _unrecorded(self, ops: Sequence[Op], why: str) -> None:
+        """Ops neither applied nor journaled: each one's JSON at error level, and stats()."""
+        now = time.time()
+        for op in ops:
+            log.error(
+                "op %s (%s) neither applied nor journaled (%s): %s",
+                op.op_id,
+                op.kind,
+                why,
+                op.line.decode().rstrip("\n"),
+            )
+        with self._counter_lock:
             for op in ops:
-                text = op.line.decode().rstrip("\n")
-                out.unrecorded.append(text)
-                log.error(
-                    "op %s (%s) neither applied nor journaled (%s): %s",
-                    op.op_id,
-                    op.kind,
-                    why,
-                    text,
-                )
-            with self._counter_lock:
-                for op in ops:
-                    self._failures.append(
-                        OpFailure(
-                            op_id=op.op_id,
-                            kind=op.kind,
-                            disposition="unrecorded",
-                            reason=why,
-                            at=now,
-                        )
+                self._failures.append(
+                    OpFailure(
+                        op_id=op.op_id, kind=op.kind, disposition="unrecorded", reason=why, at=now
                     )
+                )
 
     # ----------------------------------------------------------------------------- reading
 
@@ -1232,24 +1243,19 @@ class SessionStore:
             How many ops were journaled. Safe from any thread; never raises for a closed store.
 
         Raises:
-            JournalFullError, StoreOpenError, OSError: the journal could not take them; each
-                op's JSON was logged at error level first.
+            JournalFullError, StoreOpenError, StoreIOError: the journal could not take them;
+                each op's JSON was logged at error level first.
         """
         ops = self._gate.drain_pending()
         if ops:
             try:
                 self._journal_ops(ops, "hard exit while closing")
+            except Exception:
+                raise  # _journal_ops logged each op's JSON at error level
             except BaseException as err:
-                # The process is about to exit: the log is the last place these ops can go.
-                for op in ops:
-                    log.error(
-                        "op %s (%s) neither applied nor journaled (%s: %s): %s",
-                        op.op_id,
-                        op.kind,
-                        type(err).__name__,
-                        err,
-                        op.line.decode().rstrip("\n"),
-                    )
+                # Interrupted inside the append: the process is about to exit, and the log is
+                # the last place these ops can go.
+                self._unrecorded(ops, f"hard exit while closing: {type(err).__name__}")
                 raise
         return len(ops)
 

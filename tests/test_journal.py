@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import resource
 import select
 import signal
 import stat
@@ -17,7 +18,7 @@ import pytest
 from _procs import finish, release, start
 from _support import all_event_ids
 
-from sessionstore import JournalFullError, SessionStore, StoreConfig
+from sessionstore import JournalFullError, SessionStore, SessionStoreError, StoreConfig
 from sessionstore._journal import Journal, apply_isolated
 from sessionstore._ops import LogEvent, RemoveChild, new_id, op_adapter
 from sessionstore._store import live_stores
@@ -387,3 +388,44 @@ def test_locked_database_defers_replay_without_failing_open(db_path: str) -> Non
         holder.communicate("go\n", timeout=30)
     with SessionStore.open(db_path) as reopened:
         assert [e.message for e in reopened.events(sid)] == ["journaled"]
+
+
+def test_journal_that_cannot_grow_is_a_store_io_error(db_path: str) -> None:
+    """A write after close on a disk that cannot grow raises StoreIOError, never a bare OSError.
+
+    It is an OSError too; the op's JSON is logged and stats() lists it as unrecorded.
+    """
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    store.log_event(sid, "fits")  # the journal now exists, with one line
+    size = os.path.getsize(store.journal_path)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child, on a "disk" that cannot grow past `size`
+        os.close(read_fd)
+        outcome = "no error"
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+            try:
+                store.log_event(sid, "does not fit")
+            except Exception as err:
+                failures = store.stats().failures
+                outcome = ",".join(
+                    [
+                        type(err).__name__,
+                        str(isinstance(err, OSError)),
+                        str(isinstance(err, SessionStoreError)),
+                        failures[-1].disposition,
+                    ]
+                )
+        finally:
+            os.write(write_fd, outcome.encode())
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert outcome == "StoreIOError,True,True,unrecorded"
+    assert os.path.getsize(store.journal_path) == size
