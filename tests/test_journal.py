@@ -320,17 +320,21 @@ def test_fork_during_replay_leaves_no_lock_in_the_child(
     """A child forked while replay holds the journal's flock does not keep that lock.
 
     Once the parent is done, other processes append at once while the child still lives, and
-    the child itself cannot go on with the parent's replay.
+    the child itself cannot go on with the parent's replay. The child drops its copy in its
+    at-fork hook, which runs when the kernel first schedules it: the parent waits for the
+    child's first word (sent after the hooks) before probing, or it would race that start.
     """
     journal = store._journal
     journal.append([LogEvent(session_id=session_id, message=f"m{i}") for i in range(3)])
     go_r, go_w = os.pipe()
+    up_r, up_w = os.pipe()
     children: list[int] = []
 
     def apply_then_fork(ops: Any) -> list[Exception | None]:
         pid = os.fork()
         if pid == 0:  # the child: wait until told, then try to carry on the parent's replay
             os.close(go_w)
+            os.write(up_w, b"u")  # its at-fork hooks have run
             os.read(go_r, 1)
             return [None] * len(ops)
         children.append(pid)
@@ -346,6 +350,9 @@ def test_fork_during_replay_leaves_no_lock_in_the_child(
         raise
     assert report.applied == 3
     os.close(go_r)
+    os.close(up_w)
+    assert os.read(up_r, 1) == b"u"
+    os.close(up_r)
     try:
         fd = os.open(journal.path, os.O_RDWR)
         try:
