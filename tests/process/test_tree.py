@@ -80,9 +80,10 @@ def test_sigterm_ends_every_escapee_and_says_verified(
             reality_all_gone=gone,
         )
         assert code == -signal.SIGTERM
-        assert gone and after == [], f"left alive: {after}"
+        verdict = (checkpoint.data["verification"], checkpoint.data.get("verification_reason"))
+        assert gone and after == [], f"left alive: {after} (all gone: {gone}); report: {verdict}"
         assert not problems, problems
-        assert claim is True and checkpoint.data["verification"] == "verified"
+        assert claim is True and checkpoint.data["verification"] == "verified", verdict
         assert ("cgroup tier not used" in checkpoint.data["enumeration"]) is (tier != "cgroup")
         assert status is SessionStatus.PAUSED
         assert {r.state.value for r in rows} == {"exited"}  # every launcher exited on its own
