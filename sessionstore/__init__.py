@@ -35,6 +35,7 @@ from .errors import (
 )
 from .process import (
     ChildOutcome,
+    LayerAlreadyInstalledError,
     ProcessLayer,
     ReapReport,
     ShutdownInProgressError,
@@ -56,6 +57,7 @@ __all__ = [
     "Event",
     "InvalidTransitionError",
     "JournalFullError",
+    "LayerAlreadyInstalledError",
     "OpFailure",
     "ProcessIdentity",
     "ProcessLayer",
