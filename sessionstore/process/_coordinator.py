@@ -24,7 +24,9 @@ that was there before ``install()`` (by default the process then ends by it).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import enum
 import logging
@@ -172,6 +174,7 @@ class ProcessLayer:
         self._atexit_registered = False
         self._at_exit_started = False
         self._active_pins: list[Pin] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # running in main at install()
 
     # ------------------------------------------------------------------ setup
 
@@ -227,7 +230,8 @@ class ProcessLayer:
         in a long C call that releases the GIL. Inside ``asyncio.run()`` they are plain
         ``signal`` handlers too, so they outlive the loop. SIGINT/SIGHUP inherited as ignored
         stay ignored. A Python handler found in place is chained: it is called once, with
-        ``(signum, None)``, in the ``before_children`` phase of a shutdown that signal caused.
+        ``(signum, None)``, in the ``before_children`` phase of a shutdown that signal caused
+        (in the loop, when ``install()`` ran inside a running asyncio loop).
         A handler set later for one of these signals is detected and warned about (at
         ``spawn``/``track``, every second on the listener, and in the report).
 
@@ -243,6 +247,8 @@ class ProcessLayer:
                 nothing was installed.
         """
         self._relay.install()
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
         self._callbacks.prepare()
         self._become_subreaper()
         with self._lock:
@@ -555,7 +561,9 @@ class ProcessLayer:
         signum = self._signum
         if signum is not None and self.exit_on_signal:
             exit_by_signal(signum)
-        for late in self._late_signals:
+        with self._lock:
+            late_signals, self._late_signals = self._late_signals, []
+        for late in late_signals:
             # Our handler is in passthrough now: the signal reaches the previous handler.
             with contextlib.suppress(OSError):
                 os.kill(os.getpid(), late)
@@ -573,9 +581,33 @@ class ProcessLayer:
         if previous is None:
             return []
         name = getattr(previous, "__qualname__", repr(previous))
+        loop = self._loop
+        budget = self.callback_timeout_s
 
         def call(handler: Callable[[int, FrameType | None], Any] = previous) -> None:
-            handler(signum, None)
+            if loop is None or loop.is_closed():
+                handler(signum, None)
+                return
+            # A handler found inside a running loop (asyncio.run()'s own SIGINT handler, which
+            # cancels the main task) touches loop objects: it runs in the loop, as a signal
+            # handler would have. Rejected: calling it on this thread (Task.cancel is not
+            # thread-safe).
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def in_loop() -> None:
+                try:
+                    handler(signum, None)
+                except BaseException as err:  # reported by the callback runner, not the loop
+                    done.set_exception(err)
+                else:
+                    done.set_result(None)
+
+            try:
+                loop.call_soon_threadsafe(in_loop)
+            except RuntimeError:  # the loop closed meanwhile: call it here
+                handler(signum, None)
+                return
+            done.result(timeout=budget)
 
         return [(f"{signal.Signals(signum).name} handler {name}", call)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from process_helpers import Orchestrator, is_running, read_line
+from process_helpers import SCRIPTS, Orchestrator, is_running, read_line
 
 from sessionstore import ChildState, SessionStatus, SessionStore
 
@@ -393,3 +394,160 @@ def test_signal_at_a_bad_moment_ends_the_same_way(
     if scenario.startswith("seed"):
         assert all("user handler ran" in rnd.events for rnd in rounds)  # nothing it wrote lost
     assert all(is_running(fd) for fd in bystanders)
+
+
+# ---------------------------------------------------------------- asyncio
+
+
+def test_sigterm_after_asyncio_run_returned(
+    db_path: str, orchestrators: list[Orchestrator]
+) -> None:
+    """Installed inside asyncio.run(), the layer still shuts down on SIGTERM after it returned."""
+    orch = Orchestrator(db_path, "--grace=2", "--coop=1", "--asyncio=closed")
+    orchestrators.append(orch)
+    orch.send(signal.SIGTERM)
+    assert orch.wait(10) == -signal.SIGTERM
+    assert orch.all_gone(5)
+    assert _status(db_path, orch.session_id) is SessionStatus.PAUSED
+
+
+def test_app_loop_handler_for_an_owned_signal_is_warned(
+    db_path: str, orchestrators: list[Orchestrator]
+) -> None:
+    """An app's loop.add_signal_handler(SIGTERM) after install() is reported on stderr."""
+    orch = Orchestrator(db_path, "--grace=2", "--coop=1", "--asyncio=app-handler")
+    orchestrators.append(orch)
+    orch.send(signal.SIGTERM)  # the app's handler ends its loop; the process then exits
+    assert orch.wait(10) == 0
+    assert orch.all_gone(5)  # shut down at exit all the same
+    _, err = orch.close()
+    # Seen while the loop runs (its add_signal_handler took it) or at exit (the loop's close
+    # left SIG_DFL): either way the warning says the layer lost the signal.
+    assert b"the layer no longer hears SIGTERM" in err
+
+
+def test_asyncio_recipe_cancels_the_app_task_before_children(
+    db_path: str, tmp_path: Path, orchestrators: list[Orchestrator]
+) -> None:
+    """The README's asyncio recipe: the app task is cancelled before the children are ended."""
+    log = tmp_path / "callbacks.log"
+    orch = Orchestrator(db_path, "--grace=2", "--coop=1", "--asyncio=cancel", f"--callbacks={log}")
+    orchestrators.append(orch)
+    orch.send(signal.SIGINT)
+    assert orch.wait(10) == -signal.SIGINT
+    assert orch.all_gone(5)
+    assert _status(db_path, orch.session_id) is SessionStatus.PAUSED
+    order = log.read_text().split("\n")
+    assert order.index("app task ended") < order.index("after_children")
+
+
+def test_asyncio_run_own_sigint_handler_is_chained_in_the_loop(
+    db_path: str, tmp_path: Path, orchestrators: list[Orchestrator]
+) -> None:
+    """SIGINT inside asyncio.run(): its handler (3.11+) cancels the app; exit is still -2."""
+    log = tmp_path / "callbacks.log"
+    orch = Orchestrator(db_path, "--grace=2", "--coop=1", "--asyncio=run", f"--callbacks={log}")
+    orchestrators.append(orch)
+    orch.send(signal.SIGINT)
+    assert orch.wait(10) == -signal.SIGINT
+    assert orch.all_gone(5)
+    assert _status(db_path, orch.session_id) is SessionStatus.PAUSED
+    # Python 3.10's asyncio.run() sets no SIGINT handler: there is nothing to chain.
+    cancelled = "app task ended" in log.read_text().split("\n")
+    assert cancelled is (sys.version_info >= (3, 11))
+
+
+# ---------------------------------------------------------------- bounds
+
+
+def test_hung_callback_at_exit_keeps_its_budget(
+    db_path: str, orchestrators: list[Orchestrator]
+) -> None:
+    """At interpreter exit (no new threads on 3.12) a hung callback still gets only its budget."""
+    r, w = os.pipe()
+    try:
+        orch = Orchestrator(
+            db_path,
+            "--coop=1",
+            "--block=return",
+            "--blocking-callback",  # after_children, waits 60 s
+            "--callback-timeout=0.5",
+            f"--notify-fd={w}",
+            pass_fds=[w],
+        )
+        orchestrators.append(orch)
+        os.close(w)
+        w = -1
+        assert read_line(r, 20).strip() == "in-callback"
+        sent = time.monotonic()
+        assert orch.wait(20) == 0
+        assert time.monotonic() - sent < 10.0  # not the callback's 60 s
+        assert _status(db_path, orch.session_id) is SessionStatus.STOPPED
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)
+
+
+def test_sigterm_while_exiting_with_a_hung_callback(
+    db_path: str, orchestrators: list[Orchestrator]
+) -> None:
+    """SIGTERM during an atexit shutdown held by a hung callback: bounded, then exit by -15."""
+    r, w = os.pipe()
+    try:
+        orch = Orchestrator(
+            db_path,
+            "--coop=1",
+            "--block=return",
+            "--blocking-callback",
+            "--callback-timeout=0.5",
+            f"--notify-fd={w}",
+            pass_fds=[w],
+        )
+        orchestrators.append(orch)
+        os.close(w)
+        w = -1
+        assert read_line(r, 20).strip() == "in-callback"
+        sent = orch.send(signal.SIGTERM)
+        assert orch.wait(20) == -signal.SIGTERM
+        assert time.monotonic() - sent < 10.0
+        assert _status(db_path, orch.session_id) is SessionStatus.PAUSED
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)
+
+
+def test_shutdown_bounded_while_a_stopped_peer_holds_the_lock(
+    db_path: str, orchestrators: list[Orchestrator]
+) -> None:
+    """Every write BUSY (stopped peer holds the lock): exit by -15 within the deadline, PAUSED."""
+    orch = Orchestrator(
+        db_path,
+        "--grace=0.5",
+        "--coop=3",
+        "--callback-timeout=0.2",
+        "--write-deadline=0.5",
+        "--close-timeout=0.5",
+        f"--callbacks={db_path}.log",
+    )
+    orchestrators.append(orch)
+    holder = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "lock_holder.py"), db_path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert read_line(holder.stdout.fileno(), 20).strip() == "locked"
+        holder.send_signal(signal.SIGSTOP)
+        sent = orch.send(signal.SIGTERM)
+        assert orch.wait(60) == -signal.SIGTERM
+        took = time.monotonic() - sent
+        assert took < orch.deadline_s, f"{took:.1f} s, deadline {orch.deadline_s:.1f} s"
+        assert orch.all_gone(5)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=10)
+    # What could not be written went to the journal; the next open applies it.
+    assert _status(db_path, orch.session_id) is SessionStatus.PAUSED

@@ -22,8 +22,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from sessionstore import ProcessIdentity, SessionStore
+from sessionstore import ProcessIdentity, SessionStore, StoreConfig
 from sessionstore._identity import boot_id
 from sessionstore.process import ProcessLayer, ShutdownPhase
 
@@ -81,6 +82,8 @@ def parse() -> argparse.Namespace:
         "app task in before_children",
     )
     p.add_argument("--sigterm-keeps-grace", action="store_true")
+    p.add_argument("--write-deadline", type=float, help="StoreConfig.write_deadline_s")
+    p.add_argument("--close-timeout", type=float, help="ProcessLayer close_timeout_s")
     p.add_argument("--no-install", action="store_true", help="no handlers (for kill -9 tests)")
     return p.parse_args()
 
@@ -202,14 +205,20 @@ def install_user_handler(args: argparse.Namespace, store: SessionStore, sid: str
 
 def main() -> None:
     args = parse()
-    store = SessionStore.open(args.db)
+    config = (
+        StoreConfig()
+        if args.write_deadline is None
+        else StoreConfig(write_deadline_s=args.write_deadline)
+    )
+    store = SessionStore.open(args.db, config=config)
     sid = store.create_session("orchestrator").id
+    options: dict[str, Any] = {}
+    if args.sigterm_keeps_grace:
+        options["repeated_sigterm_skips_grace"] = False
+    if args.close_timeout is not None:
+        options["close_timeout_s"] = args.close_timeout
     layer = ProcessLayer(
-        store,
-        sid,
-        grace_s=args.grace,
-        callback_timeout_s=args.callback_timeout,
-        repeated_sigterm_skips_grace=not args.sigterm_keeps_grace,
+        store, sid, grace_s=args.grace, callback_timeout_s=args.callback_timeout, **options
     )
     if args.user_handler and args.user_handler_when == "before":
         install_user_handler(args, store, sid)
@@ -232,7 +241,8 @@ def main() -> None:
             sys.stdin.readline()
 
         atexit.register(hook)  # registered after install(): runs before the layer's hook
-    ready = "READY " + json.dumps({"session_id": sid, "pids": pids})
+    info = {"session_id": sid, "pids": pids, "deadline": layer.shutdown_deadline_s}
+    ready = "READY " + json.dumps(info)
     if args.asyncio:
         asyncio.run(run_async(layer, args, ready))
         if args.asyncio == "closed":
