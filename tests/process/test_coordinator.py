@@ -333,3 +333,24 @@ def test_signal_during_an_explicit_shutdown_decides_the_ending(
         assert report.escalated_by_signal is False
     finally:
         layer.uninstall()
+
+
+@pytest.mark.timeout(60)
+def test_installed_layer_shuts_other_layers_down(store: SessionStore, session_id: str) -> None:
+    """The README's several-layers recipe: one signal ends both layers' children and sessions."""
+    other_id = store.create_session("other").id
+    main = ProcessLayer(store, session_id, grace_s=2, exit_on_signal=False, subreaper=False)
+    other = ProcessLayer(store, other_id, grace_s=2, close_store=False, subreaper=False)
+    main.on_shutdown(lambda: other.shutdown(), "before_children")
+    try:
+        main.install()
+        procs = [main.spawn(["sleep", "600"]), other.spawn(["sleep", "600"])]
+        os.kill(os.getpid(), signal.SIGHUP)
+        report = main.wait(30)
+        assert report is not None and report.session_status is SessionStatus.PAUSED
+        assert [p.wait(5) for p in procs] == [-signal.SIGTERM, -signal.SIGTERM]
+        other_report = other.report
+        assert other_report is not None
+        assert other_report.session_status is SessionStatus.STOPPED
+    finally:
+        main.uninstall()
