@@ -28,7 +28,6 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
-import enum
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from .._models import ChildProcess, SessionStatus
 from ..errors import SessionStoreError
 from ._callbacks import ExitCallbacks, ShutdownCallback
 from ._children import AnyPopen, ChildRegistry, row_state
+from ._ending import Action, Ending, State
 from ._os import exit_by_signal, is_child_subreaper, set_child_subreaper
 from ._pin import Pin
 from ._recorded import gather_roots
@@ -63,14 +63,6 @@ log = logging.getLogger("sessionstore.process")
 _RECORD_WAIT_S = 2.0  # the exit watcher writes each end within milliseconds; this is a backstop
 _SCAN_SLACK_S = 0.5  # enumerating and signalling the trees, outside the grace and verify waits
 _EXIT_SLACK_S = 0.5  # from the watchdog's decision to the process being gone
-_ESCALATING = (signal.SIGINT, signal.SIGQUIT)
-
-
-class _State(str, enum.Enum):
-    IDLE = "idle"
-    REQUESTED = "requested"  # a signal asked; no runner has claimed the sequence yet
-    RUNNING = "running"
-    DONE = "done"
 
 
 def _check_seconds(name: str, value: float, *, positive: bool = False) -> float:
@@ -143,7 +135,6 @@ class ProcessLayer:
             None if close_timeout_s is None else _check_seconds("close_timeout_s", close_timeout_s)
         )
         self.exit_on_signal = exit_on_signal
-        self.repeated_sigterm_skips_grace = repeated_sigterm_skips_grace
         self.checkpoint_name = checkpoint_name
         self._store = store
         self._session_id = session_id
@@ -157,22 +148,12 @@ class ProcessLayer:
         self._relay = SignalRelay(self._on_signal, owner=session_id, on_tick=self._tick)
         self._callbacks = ExitCallbacks(self.callback_timeout_s, self.callbacks_budget_s)
         self._lock = threading.Lock()
-        self._state = _State.IDLE
+        self._ending = Ending(repeated_sigterm_skips_grace=repeated_sigterm_skips_grace)
         self._done = threading.Event()
         self._report: ShutdownReport | None = None
-        self._cause = ""
-        self._signum: int | None = None  # the first signal heard before the final state
-        self._reason: str | None = None
-        self._requested_at: float | None = None  # monotonic
-        self._escalations = 0
-        self._decided = False  # the final state is being written: later signals are late
-        self._late_signals: list[int] = []
-        self._chained: set[int] = set()  # signals whose previous handler was called
-        self._hard_exiting = False
         self._escalate_r, self._escalate_w = os.pipe()
         os.set_blocking(self._escalate_w, False)
         self._atexit_registered = False
-        self._at_exit_started = False
         self._active_pins: list[Pin] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # running in main at install()
 
@@ -186,7 +167,13 @@ class ProcessLayer:
     @property
     def state(self) -> str:
         """``"idle"``, ``"running"`` (shutdown requested or under way) or ``"done"``."""
-        return _State.RUNNING.value if self._state is _State.REQUESTED else self._state.value
+        state = self._ending.state
+        return State.RUNNING.value if state is State.REQUESTED else state.value
+
+    @property
+    def repeated_sigterm_skips_grace(self) -> bool:
+        """Whether a SIGTERM during the grace cuts it short (see the constructor)."""
+        return self._ending.repeated_sigterm_skips_grace
 
     @property
     def report(self) -> ShutdownReport | None:
@@ -273,7 +260,7 @@ class ProcessLayer:
 
     def _become_subreaper(self) -> None:
         with self._lock:
-            if self._state is not _State.IDLE:
+            if self._ending.state is not State.IDLE:
                 return  # shutdown owns the setting now (and undoes it when it is done)
             if self._want_subreaper and not self._set_subreaper and not is_child_subreaper():
                 self._set_subreaper = set_child_subreaper(True)
@@ -372,7 +359,7 @@ class ProcessLayer:
                 f"this ProcessLayer belongs to process {self._owner_pid}; a forked child must "
                 "not end its parent's children"
             )
-        if self._claim("explicit", reason):
+        if self._ending.claim("explicit", reason):
             self._run()
             self._end_process()
         elif not self._done.wait(self._remaining_s()):
@@ -410,32 +397,30 @@ class ProcessLayer:
         if threading.current_thread() is threading.main_thread():
             self.uninstall()
 
-    def _claim(self, cause: str, reason: str | None) -> bool:
-        """Take the runner's role if nobody has it; True when the caller must run the sequence."""
-        with self._lock:
-            if self._state in (_State.RUNNING, _State.DONE):
-                return False
-            if self._state is _State.IDLE:
-                self._cause, self._reason = cause, reason
-                self._requested_at = time.monotonic()
-            self._state = _State.RUNNING
-            return True
+    # The ending's facts, read where the sequence (and its final state) needs them.
+    @property
+    def _signum(self) -> int | None:
+        return self._ending.signum
+
+    @property
+    def _cause(self) -> str:
+        return self._ending.cause
+
+    @property
+    def _reason(self) -> str | None:
+        return self._ending.reason
 
     def _remaining_s(self) -> float:
         """Seconds left of the deadline of the sequence under way (the whole of it if none)."""
-        started = self._requested_at
-        if started is None:
-            return self.shutdown_deadline_s
-        return max(0.0, started + self.shutdown_deadline_s - time.monotonic())
+        return self._ending.remaining_s(self.shutdown_deadline_s)
 
     def _at_exit(self) -> None:
         # A forked child that exits normally runs the atexit hooks it inherited: it must not
         # end its parent's children or close its parent's store.
         if os.getpid() != self._owner_pid:
             return
-        with self._lock:
-            self._at_exit_started = True
-        if self._claim("atexit", None):
+        self._ending.mark_at_exit()
+        if self._ending.claim("atexit"):
             self._run()
         elif not self._done.wait(self._remaining_s()):
             # The runner is stuck past every budget: end the process now, as the watchdog would.
@@ -445,52 +430,21 @@ class ProcessLayer:
     def _on_signal(self, signum: int) -> None:
         """Runs on the listener thread (or a draining thread) once per handled delivery."""
         name = signal.Signals(signum).name
-        with self._lock:
-            state = self._state
-            if state is _State.DONE:
-                return  # our main-thread handler forwards it to the previous handler
-            action = "ignore"
-            if self._signum is None and self._decided:
-                self._late_signals.append(signum)
-                action = "late"
-            elif self._signum is None:
-                self._signum = signum
-                self._cause = name
-                if state is _State.IDLE:
-                    self._state = _State.REQUESTED
-                    self._requested_at = time.monotonic()
-                    action = "start"
-                else:
-                    action = "adopt"  # atexit or shutdown() runs it: now it is signal-caused
-                if signum == signal.SIGQUIT:  # "now": no grace (celery's cold shutdown)
-                    self._escalations += 1
-            elif signum in _ESCALATING or (
-                signum == signal.SIGTERM and self.repeated_sigterm_skips_grace
-            ):
-                self._escalations += 1
-                if self._escalations == 1:
-                    action = "cut"
-                elif signum in _ESCALATING:
-                    action = "hard"
-        if signum == signal.SIGQUIT and action in ("start", "adopt"):
-            self._cut_grace()
-        if action == "start":
-            self._start_runner()
-        elif action == "adopt":
-            log.info("%s during the %s shutdown: it ends by %s", name, self._cause, name)
-        elif action == "cut":
-            log.warning("%s again: skipping the rest of the grace period, killing now", name)
-            self._cut_grace()
-        elif action == "hard":
-            self._hard_exit(signum, f"{name} a third time")
-        elif action == "late":
-            log.info("%s after the final state was written: passed on once shutdown is over", name)
-        else:
-            log.info("%s during shutdown ignored (already shutting down)", name)
-
-    def _cut_grace(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._escalate_w, b"!")
+        for action in self._ending.hear(signum):
+            if action is Action.START:
+                self._start_runner()
+            elif action is Action.ADOPT:
+                log.info("%s during the shutdown already under way: it ends by %s", name, name)
+            elif action is Action.CUT:
+                log.warning("%s again: skipping the rest of the grace period, killing now", name)
+                with contextlib.suppress(OSError):
+                    os.write(self._escalate_w, b"!")
+            elif action is Action.HARD:
+                self._hard_exit(signum, f"{name} a third time")
+            elif action is Action.LATE:
+                log.info("%s after the final state was written: passed on after shutdown", name)
+            elif action is Action.IGNORE:
+                log.info("%s during shutdown ignored (already shutting down)", name)
 
     def _start_runner(self) -> None:
         try:
@@ -500,28 +454,19 @@ class ProcessLayer:
             return
         except RuntimeError:  # interpreter finalizing (Python 3.12 while atexit handlers run)
             pass
-        with self._lock:
-            atexit_will_run = self._atexit_registered and not self._at_exit_started
-        if atexit_will_run:
+        if self._ending.at_exit_will_claim(self._atexit_registered):
             return  # _at_exit claims the request on the main thread
         self._run_requested()  # inline, here: nobody else would run it
 
     def _run_requested(self) -> None:
-        if self._claim("", None):
+        if self._ending.claim(""):
             self._run()
             self._end_process()
 
     def _tick(self) -> None:
         """The watchdog, run by the listener every second."""
-        with self._lock:
-            running = self._state in (_State.REQUESTED, _State.RUNNING)
-            signum, started = self._signum, self._requested_at
-        if (
-            running
-            and signum is not None
-            and started is not None
-            and time.monotonic() - started > self._budget_s()
-        ):
+        signum = self._ending.overdue(self._budget_s())
+        if signum is not None:
             self._hard_exit(signum, "the shutdown outlasted its deadline")
 
     def _hard_exit(self, signum: int | None, why: str) -> None:
@@ -531,12 +476,9 @@ class ProcessLayer:
         flight is journaled), so the pause write goes to the journal and the next ``open()``
         applies it.
         """
-        with self._lock:
-            if self._hard_exiting:
-                return
-            self._hard_exiting = True
-            decided = self._decided
-            first = self._signum if self._signum is not None else signum
+        first_time, decided, first = self._ending.begin_hard_exit(signum)
+        if not first_time:
+            return
         log.error("%s: exiting now", why)
         with contextlib.suppress(Exception):
             self._store.journal_pending()
@@ -554,16 +496,14 @@ class ProcessLayer:
         exit_by_signal(first)
 
     def _escalated(self) -> bool:
-        return self._escalations > 0
+        return self._ending.escalations > 0
 
     def _end_process(self) -> None:
         """After the sequence: end by the signal that caused it, or pass late signals on."""
         signum = self._signum
         if signum is not None and self.exit_on_signal:
             exit_by_signal(signum)
-        with self._lock:
-            late_signals, self._late_signals = self._late_signals, []
-        for late in late_signals:
+        for late in self._ending.take_late():
             # Our handler is in passthrough now: the signal reaches the previous handler.
             with contextlib.suppress(OSError):
                 os.kill(os.getpid(), late)
@@ -573,10 +513,9 @@ class ProcessLayer:
     def _chained_handlers(self) -> list[tuple[str, Callable[[], object]]]:
         """The app's own handler for the causing signal, once (see :meth:`install`)."""
         self._relay.drain()
-        signum = self._signum
-        if signum is None or signum in self._chained:
+        signum = self._ending.take_chain()
+        if signum is None:
             return []
-        self._chained.add(signum)
         previous = self._relay.previous_handler(signum)
         if previous is None:
             return []
@@ -686,9 +625,8 @@ class ProcessLayer:
                 deadline_exceeded=duration > self.shutdown_deadline_s,
                 handlers_replaced=sorted(self._relay.check_handlers().values()),
             )
-            with self._lock:
-                self._report = report
-                self._state = _State.DONE
+            self._report = report
+            self._ending.finish()
             self._relay.passthrough()
             self._done.set()
             log.info(
@@ -706,8 +644,7 @@ class ProcessLayer:
     def _decide(self) -> None:
         """From here on the ending is fixed: signals heard so far count, later ones are late."""
         self._relay.drain()
-        with self._lock:
-            self._decided = True
+        self._ending.decide()
 
     def _end_children(
         self, errors: list[str]
@@ -799,7 +736,7 @@ class ProcessLayer:
 
     def __repr__(self) -> str:
         return (
-            f"<ProcessLayer session={self._session_id!r} state={self._state.value} "
+            f"<ProcessLayer session={self._session_id!r} state={self.state} "
             f"children={len(self._children.pins())} installed={self._relay.installed}>"
         )
 
