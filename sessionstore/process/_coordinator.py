@@ -62,7 +62,8 @@ log = logging.getLogger("sessionstore.process")
 
 _RECORD_WAIT_S = 2.0  # the exit watcher writes each end within milliseconds; this is a backstop
 _SCAN_SLACK_S = 0.5  # enumerating and signalling the trees, outside the grace and verify waits
-_EXIT_SLACK_S = 0.5  # from the watchdog's decision to the process being gone
+_HARD_EXIT_S = 1.0  # the store steps of an exit at once (journal, pause), at most
+_EXIT_SLACK_S = _HARD_EXIT_S + 0.5  # from the watchdog's decision to the process being gone
 
 
 def _check_seconds(name: str, value: float, *, positive: bool = False) -> float:
@@ -186,10 +187,11 @@ class ProcessLayer:
 
         The sum of the phase budgets: ``callbacks_budget_s`` + ``grace_s`` + ``kill_verify_s``
         + the record backstop (2 s) + the final state's two writes (twice the store's
-        ``write_deadline_s``) + the close (``close_timeout_s``, or the store's), plus 2 s of
-        slack for scanning, the watchdog's tick and the exit. A watchdog enforces it: a
-        signal-caused shutdown still running past the phase budgets journals what is pending,
-        SIGKILLs the children it pinned and ends the process by the signal. Set the supervisor's
+        ``write_deadline_s``) + the close (``close_timeout_s``, or the store's), plus 3 s of
+        slack: scanning (0.5 s), the watchdog's tick (1 s) and an exit at once (1.5 s). A
+        watchdog enforces it: a signal-caused shutdown still running past the phase budgets
+        SIGKILLs the children it pinned, journals what is pending (for at most 1 s) and ends
+        the process by the signal. Set the supervisor's
         stop timeout above it (``TimeoutStopSec``, ``docker stop --time``/``--stop-timeout``).
         """
         return self._budget_s() + CHECK_INTERVAL_S + _EXIT_SLACK_S
@@ -470,27 +472,40 @@ class ProcessLayer:
             self._hard_exit(signum, "the shutdown outlasted its deadline")
 
     def _hard_exit(self, signum: int | None, why: str) -> None:
-        """Journal what is pending, pause the session, SIGKILL what we pinned, end by the signal.
+        """SIGKILL what we pinned, journal what is pending, pause the session, end by the signal.
 
-        Every step is best effort and none waits: the store is closed with no wait (what is in
-        flight is journaled), so the pause write goes to the journal and the next ``open()``
-        applies it.
+        The store steps run on a helper thread joined for at most ``_HARD_EXIT_S``: a store
+        stuck behind a stopped peer's lock must not hold the exit, so the session may stay
+        unpaused then. The store is closed with no wait (what is in flight is journaled), so
+        the pause write goes to the journal and the next ``open()`` applies it. Where no thread
+        can be started (Python 3.12 during atexit) the store steps are skipped rather than run
+        unbounded.
         """
         first_time, decided, first = self._ending.begin_hard_exit(signum)
         if not first_time:
             return
         log.error("%s: exiting now", why)
-        with contextlib.suppress(Exception):
-            self._store.journal_pending()
         for pin in [*self._children.pins(), *self._active_pins]:
             with contextlib.suppress(Exception):
                 if not pin.send_group(signal.SIGKILL):
                     pin.send(signal.SIGKILL)
-        if not decided and first is not None:
+
+        def store_steps() -> None:
             with contextlib.suppress(Exception):
-                self._store.close(timeout=0)
-            with contextlib.suppress(Exception):
-                self._store.pause_session(self._session_id)
+                self._store.journal_pending()
+            if not decided and first is not None:
+                with contextlib.suppress(Exception):
+                    self._store.close(timeout=0)
+                with contextlib.suppress(Exception):
+                    self._store.pause_session(self._session_id)
+
+        try:
+            helper = threading.Thread(target=store_steps, name="sessionstore-exit", daemon=True)
+            helper.start()
+        except RuntimeError:
+            log.error("no thread can be started: the store is left as it is")
+        else:
+            helper.join(_HARD_EXIT_S)
         if first is None:
             os._exit(1)
         exit_by_signal(first)

@@ -284,15 +284,15 @@ def test_three_hung_callbacks_cost_the_callbacks_budget(
 
 
 def test_shutdown_deadline_is_the_sum_of_the_budgets(db_path: str) -> None:
-    """The deadline adds callbacks, grace, verify, record, two writes, close and 2 s slack."""
+    """The deadline adds callbacks, grace, verify, record, two writes, close and 3 s slack."""
     with SessionStore.open(db_path, config=StoreConfig(write_deadline_s=3)) as store:
         sid = store.create_session("t").id
         layer = ProcessLayer(
             store, sid, grace_s=1, kill_verify_s=1, callback_timeout_s=0.5, close_timeout_s=2
         )
-        assert layer.shutdown_deadline_s == 1 + 1 + 1 + 2 + 2 * 3 + 2 + 2
+        assert layer.shutdown_deadline_s == 1 + 1 + 1 + 2 + 2 * 3 + 2 + 3
         default = ProcessLayer(store, sid)
-        assert default.shutdown_deadline_s == 10 + 5 + 2 + 2 + 2 * 3 + 5 + 2
+        assert default.shutdown_deadline_s == 10 + 5 + 2 + 2 + 2 * 3 + 5 + 3
         default.shutdown()
         layer.shutdown()
 

