@@ -294,11 +294,12 @@ def _race_round(db: str, args: list[str], sig: int, *, atexit_hook: bool) -> _Ro
             assert orch.proc.stdin is not None
             orch.proc.stdin.write(b"\n")
             orch.proc.stdin.flush()
-        while read_line(r, 20).strip() != "TERM":
-            pass
+        line = "?"
+        while line and line.strip() != "TERM":
+            line = read_line(r, 20)  # '' at EOF: the child died without reporting a SIGTERM
         term_seen = time.monotonic()
         status = orch.wait(30)
-        grace = time.monotonic() - term_seen
+        grace = time.monotonic() - term_seen if line else None
         assert orch.all_gone(5)
         _, err = orch.close()
         (child,) = orch.pids["stubborn"]
