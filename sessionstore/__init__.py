@@ -39,6 +39,7 @@ from .errors import (
 )
 from .process import (
     ChildOutcome,
+    LayerAlreadyInstalledError,
     ProcessLayer,
     ReapReport,
     ShutdownInProgressError,
@@ -61,6 +62,7 @@ __all__ = [
     "ForeignDatabaseError",
     "InvalidTransitionError",
     "JournalFullError",
+    "LayerAlreadyInstalledError",
     "OpFailure",
     "ProcessIdentity",
     "ProcessLayer",

@@ -13,7 +13,7 @@ if sys.platform == "win32":  # pragma: no cover - exercised only on Windows
     )
 
 from ._coordinator import ProcessLayer
-from ._errors import ShutdownInProgressError
+from ._errors import LayerAlreadyInstalledError, ShutdownInProgressError
 from ._reaper import reap_orphans
 from ._reports import (
     CallbackError,
@@ -28,6 +28,7 @@ from ._reports import (
 __all__ = [
     "CallbackError",
     "ChildOutcome",
+    "LayerAlreadyInstalledError",
     "ProcessLayer",
     "ReapReport",
     "ReapedChild",

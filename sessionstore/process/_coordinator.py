@@ -1,29 +1,40 @@
 """ProcessLayer: one ordered, exactly-once shutdown for an orchestrator and its child trees.
 
 Every entry point (a signal, ``atexit``, ``shutdown()`` from any thread, the context manager)
-funnels into one state machine, ``IDLE → RUNNING → DONE``, guarded by a lock: the first request
-records the cause and runs the sequence; later ones escalate (a second SIGINT) or wait for the
-same report. The sequence is::
+funnels into one state machine, ``IDLE → REQUESTED → RUNNING → DONE``, guarded by a lock. A
+signal only *requests* the sequence and tries to start a runner thread; whoever claims the
+request first runs it (that thread, ``atexit`` on the main thread, or a ``shutdown()`` call), so
+the sequence runs exactly once even when no thread can be started (Python 3.12 during
+``atexit``). The sequence is::
 
     before_children callbacks → stop accepting spawns → SIGTERM each child's group → wait on
     pidfds up to grace_s → freeze, SIGKILL, re-enumerate until nothing new → verify gone within
     kill_verify_s → (each child's row records how it ended) → after_children callbacks →
     session PAUSED (signal) / STOPPED (otherwise) + final checkpoint → before_close callbacks →
     store.close(), last → exit by the signal that caused it.
+
+How the ending is decided, whoever runs it: the *first* signal the layer hears before the final
+state is written makes the shutdown signal-caused (session PAUSED, the process ends by that
+signal), even when ``atexit`` or ``shutdown()`` started the sequence; the first signal never cuts
+the grace. Later SIGINT/SIGQUIT (and SIGTERM, unless ``repeated_sigterm_skips_grace=False``) cut
+the grace; a third SIGINT/SIGQUIT exits at once, by the signal. A signal that arrives after the
+final state was written does not change it; once the sequence is over it goes to the handler
+that was there before ``install()`` (by default the process then ends by it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import contextlib
-import enum
 import logging
 import math
 import os
 import signal
 import threading
 import time
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._identity import ProcessIdentity
@@ -31,15 +42,18 @@ from .._models import ChildProcess, SessionStatus
 from ..errors import SessionStoreError
 from ._callbacks import ExitCallbacks, ShutdownCallback
 from ._children import AnyPopen, ChildRegistry, row_state
+from ._ending import Action, Ending, State
 from ._os import exit_by_signal, is_child_subreaper, set_child_subreaper
 from ._pin import Pin
 from ._recorded import gather_roots
 from ._reports import CallbackError, ChildOutcome, ShutdownPhase, ShutdownReport
-from ._signals import SignalRelay
+from ._signals import CHECK_INTERVAL_S, SignalRelay
 from ._terminate import TerminationResult, terminate_trees, wait_exited
 from ._tree import Scope, descends_from_me, marker_value
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._store import SessionStore
 
 __all__ = ["ProcessLayer"]
@@ -47,12 +61,9 @@ __all__ = ["ProcessLayer"]
 log = logging.getLogger("sessionstore.process")
 
 _RECORD_WAIT_S = 2.0  # the exit watcher writes each end within milliseconds; this is a backstop
-
-
-class _State(str, enum.Enum):
-    IDLE = "idle"
-    RUNNING = "running"
-    DONE = "done"
+_SCAN_SLACK_S = 0.5  # enumerating and signalling the trees, outside the grace and verify waits
+_HARD_EXIT_S = 1.0  # the store steps of an exit at once (journal, pause), at most
+_EXIT_SLACK_S = _HARD_EXIT_S + 0.5  # from the watchdog's decision to the process being gone
 
 
 def _check_seconds(name: str, value: float, *, positive: bool = False) -> float:
@@ -74,10 +85,16 @@ class ProcessLayer:
             ``unkillable`` and does not block exit.
         callback_timeout_s: budget of each exit callback; one that outlasts it is logged and
             left running on its (daemon) thread while the sequence goes on.
+        callbacks_budget_s: budget of all exit callbacks of one shutdown together (chained
+            signal handlers included); None means twice ``callback_timeout_s``, so one hung
+            callback leaves the others a full budget. A callback reached once it is spent is
+            skipped and reported.
         close_timeout_s: passed to ``store.close()``; None uses the store's own.
         exit_on_signal: after a signal-caused shutdown, end the process by that signal (default
             disposition, re-raised) so the parent sees the real cause; ``os._exit(128+N)`` when
             that does not work (PID 1). False leaves exiting to the caller (see :meth:`wait`).
+        repeated_sigterm_skips_grace: a SIGTERM during the grace cuts it short like a second
+            SIGINT (systemd, docker and ``timeout`` only ever send SIGTERM, then SIGKILL).
         subreaper: on Linux, make this process a child subreaper at the first ``install``,
             ``spawn`` or ``track``, so descendants that ``setsid`` or double-fork are
             re-parented to us and stay findable; undone after shutdown if we set it.
@@ -102,8 +119,10 @@ class ProcessLayer:
         grace_s: float = 5.0,
         kill_verify_s: float = 2.0,
         callback_timeout_s: float = 5.0,
+        callbacks_budget_s: float | None = None,
         close_timeout_s: float | None = None,
         exit_on_signal: bool = True,
+        repeated_sigterm_skips_grace: bool = True,
         subreaper: bool = True,
         cgroup: bool = True,
         close_store: bool = True,
@@ -113,6 +132,11 @@ class ProcessLayer:
         self.kill_verify_s = _check_seconds("kill_verify_s", kill_verify_s)
         self.callback_timeout_s = _check_seconds(
             "callback_timeout_s", callback_timeout_s, positive=True
+        )
+        self.callbacks_budget_s = (
+            2 * self.callback_timeout_s
+            if callbacks_budget_s is None
+            else _check_seconds("callbacks_budget_s", callbacks_budget_s)
         )
         self.close_timeout_s = (
             None if close_timeout_s is None else _check_seconds("close_timeout_s", close_timeout_s)
@@ -130,20 +154,17 @@ class ProcessLayer:
         self._children = ChildRegistry(
             store, session_id, marker_value(session_id, owner), cgroup=cgroup
         )
-        self._relay = SignalRelay(self._on_signal)
-        self._callbacks = ExitCallbacks(self.callback_timeout_s)
+        self._relay = SignalRelay(self._on_signal, owner=session_id, on_tick=self._tick)
+        self._callbacks = ExitCallbacks(self.callback_timeout_s, self.callbacks_budget_s)
         self._lock = threading.Lock()
-        self._state = _State.IDLE
+        self._ending = Ending(repeated_sigterm_skips_grace=repeated_sigterm_skips_grace)
         self._done = threading.Event()
         self._report: ShutdownReport | None = None
-        self._cause = ""
-        self._signum: int | None = None
-        self._reason: str | None = None
-        self._escalations = 0
         self._escalate_r, self._escalate_w = os.pipe()
         os.set_blocking(self._escalate_w, False)
         self._atexit_registered = False
         self._active_pins: list[Pin] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # running in main at install()
 
     # ------------------------------------------------------------------ setup
 
@@ -154,30 +175,78 @@ class ProcessLayer:
 
     @property
     def state(self) -> str:
-        """``"idle"``, ``"running"`` (shutdown under way) or ``"done"``."""
-        return self._state.value
+        """``"idle"``, ``"running"`` (shutdown requested or under way) or ``"done"``."""
+        state = self._ending.state
+        return State.RUNNING.value if state is State.REQUESTED else state.value
+
+    @property
+    def repeated_sigterm_skips_grace(self) -> bool:
+        """Whether a SIGTERM during the grace cuts it short (see the constructor)."""
+        return self._ending.repeated_sigterm_skips_grace
 
     @property
     def report(self) -> ShutdownReport | None:
         """The shutdown report, once shutdown is done."""
         return self._report
 
+    @property
+    def shutdown_deadline_s(self) -> float:
+        """The longest a signal-caused shutdown can take, from the signal to the process's end.
+
+        The sum of the phase budgets: ``callbacks_budget_s`` + ``grace_s`` + ``kill_verify_s``
+        + the record backstop (2 s) + the final state's two writes (twice the store's
+        ``write_deadline_s``) + the close (``close_timeout_s``, or the store's), plus 3 s of
+        slack: scanning (0.5 s), the watchdog's tick (1 s) and an exit at once (1.5 s). A
+        watchdog enforces it: a signal-caused shutdown still running past the phase budgets
+        SIGKILLs the children it pinned, journals what is pending (for at most 1 s) and ends
+        the process by the signal. Set the supervisor's
+        stop timeout above it (``TimeoutStopSec``, ``docker stop --time``/``--stop-timeout``).
+        """
+        return self._budget_s() + CHECK_INTERVAL_S + _EXIT_SLACK_S
+
+    def _budget_s(self) -> float:
+        config = self._store.config
+        close = 0.0
+        if self._close_store:
+            close = config.close_timeout_s if self.close_timeout_s is None else self.close_timeout_s
+        return (
+            self.callbacks_budget_s
+            + self.grace_s
+            + self.kill_verify_s
+            + _RECORD_WAIT_S
+            + 2 * config.write_deadline_s
+            + close
+            + _SCAN_SLACK_S
+        )
+
     def install(self) -> ProcessLayer:
         """Handle SIGINT, SIGTERM, SIGHUP (and SIGQUIT) and run shutdown at exit. Idempotent.
 
-        The handlers only wake a listener thread (through ``signal.set_wakeup_fd``, or
-        ``loop.add_signal_handler`` when an asyncio loop runs in the main thread), so shutdown
-        starts promptly even while the main thread is blocked in a long C call that releases
-        the GIL. SIGINT/SIGHUP inherited as ignored stay ignored. The previous handlers are
-        saved and restored by :meth:`uninstall`.
+        The handlers only wake a listener thread (through ``signal.set_wakeup_fd`` and the
+        Python-level handler), so shutdown starts promptly even while the main thread is blocked
+        in a long C call that releases the GIL. Inside ``asyncio.run()`` they are plain
+        ``signal`` handlers too, so they outlive the loop. SIGINT/SIGHUP inherited as ignored
+        stay ignored. A Python handler found in place is chained: it is called once, with
+        ``(signum, None)``, in the ``before_children`` phase of a shutdown that signal caused
+        (in the loop, when ``install()`` ran inside a running asyncio loop).
+        A handler set later for one of these signals is detected and warned about (at
+        ``spawn``/``track``, every second on the listener, and in the report).
+
+        Only one layer per process can be installed: a second one would take the handlers
+        silently and orphan the first layer's children.
 
         Returns:
             self, for chaining.
 
         Raises:
             RuntimeError: not called from the main thread; nothing was installed.
+            LayerAlreadyInstalledError: another ProcessLayer of this process is installed;
+                nothing was installed.
         """
         self._relay.install()
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+        self._callbacks.prepare()
         self._become_subreaper()
         with self._lock:
             if not self._atexit_registered:
@@ -201,7 +270,7 @@ class ProcessLayer:
 
     def _become_subreaper(self) -> None:
         with self._lock:
-            if self._state is not _State.IDLE:
+            if self._ending.state is not State.IDLE:
                 return  # shutdown owns the setting now (and undoes it when it is done)
             if self._want_subreaper and not self._set_subreaper and not is_child_subreaper():
                 self._set_subreaper = set_child_subreaper(True)
@@ -227,6 +296,7 @@ class ProcessLayer:
             SessionStoreError: the store refused the row; the child was killed and reaped.
         """
         self._become_subreaper()
+        self._relay.check_handlers()
         return self._children.spawn(args, popen_kwargs)
 
     def track(self, target: int | AnyPopen) -> ChildProcess:
@@ -244,6 +314,7 @@ class ProcessLayer:
             ShutdownInProgressError: shutdown stopped accepting children.
         """
         self._become_subreaper()
+        self._relay.check_handlers()
         return self._children.track(target)
 
     def on_shutdown(
@@ -253,10 +324,10 @@ class ProcessLayer:
     ) -> ShutdownCallback:
         """Register an exit callback, run once in ``phase`` in registration order.
 
-        A callback that raises or outlasts ``callback_timeout_s`` is logged and reported in
-        ``ShutdownReport.callback_errors``; the sequence goes on. Callbacks may write to the
-        store (it is open until after ``before_close``); calling ``shutdown()`` from one
-        raises RuntimeError.
+        A callback that raises or outlasts its budget (``callback_timeout_s``, and what is left
+        of ``callbacks_budget_s``) is logged and reported in ``ShutdownReport.callback_errors``;
+        the sequence goes on. Callbacks may write to the store (it is open until after
+        ``before_close``); calling ``shutdown()`` from one raises RuntimeError.
 
         Returns:
             ``fn``, so this works as a decorator argument.
@@ -281,11 +352,15 @@ class ProcessLayer:
         Raises:
             RuntimeError: called from one of this layer's own exit callbacks, or from a forked
                 child of the process that made the layer.
+            TimeoutError: another thread runs the sequence and it did not finish within
+                :attr:`shutdown_deadline_s`; it goes on.
 
         Afterwards the store is closed (unless ``close_store=False``), the session is STOPPED
-        (PAUSED when a signal caused the shutdown), every child row records how it ended, and
-        new ``spawn``/``track`` calls raise. Installed handlers stay in place but forward each
-        signal to the handler that was there before us; :meth:`uninstall` removes them.
+        (PAUSED when a signal arrived before the final state), every child row records how it
+        ended, and new ``spawn``/``track`` calls raise. When a signal caused it and
+        ``exit_on_signal`` is set, the process ends by that signal instead of returning.
+        Installed handlers stay in place but forward each signal to the handler that was there
+        before us; :meth:`uninstall` removes them.
         """
         if self._callbacks.in_callback:
             raise RuntimeError("shutdown() called from a shutdown callback")
@@ -294,7 +369,15 @@ class ProcessLayer:
                 f"this ProcessLayer belongs to process {self._owner_pid}; a forked child must "
                 "not end its parent's children"
             )
-        report = self._request("explicit", None, reason, run_here=True)
+        if self._ending.claim("explicit", reason):
+            self._run()
+            self._end_process()
+        elif not self._done.wait(self._remaining_s()):
+            raise TimeoutError(
+                f"the shutdown of session {self._session_id!r} did not finish within "
+                f"{self.shutdown_deadline_s:.1f} s"
+            )
+        report = self._report
         assert report is not None
         return report
 
@@ -324,76 +407,171 @@ class ProcessLayer:
         if threading.current_thread() is threading.main_thread():
             self.uninstall()
 
+    # The ending's facts, read where the sequence (and its final state) needs them.
+    @property
+    def _signum(self) -> int | None:
+        return self._ending.signum
+
+    @property
+    def _cause(self) -> str:
+        return self._ending.cause
+
+    @property
+    def _reason(self) -> str | None:
+        return self._ending.reason
+
+    def _remaining_s(self) -> float:
+        """Seconds left of the deadline of the sequence under way (the whole of it if none)."""
+        return self._ending.remaining_s(self.shutdown_deadline_s)
+
     def _at_exit(self) -> None:
         # A forked child that exits normally runs the atexit hooks it inherited: it must not
         # end its parent's children or close its parent's store.
-        if os.getpid() == self._owner_pid:
-            self._request("atexit", None, None, run_here=True)
-
-    def _request(
-        self, cause: str, signum: int | None, reason: str | None, *, run_here: bool
-    ) -> ShutdownReport | None:
-        with self._lock:
-            start = self._state is _State.IDLE
-            if start:
-                self._state = _State.RUNNING
-                self._cause, self._signum, self._reason = cause, signum, reason
-        if start:
-            if not run_here:
-                thread = threading.Thread(
-                    target=self._run_then_exit, name="sessionstore-shutdown", daemon=False
-                )
-                thread.start()
-                return None
+        if os.getpid() != self._owner_pid:
+            return
+        self._ending.mark_at_exit()
+        if self._ending.claim("atexit"):
             self._run()
-        self._done.wait()
-        return self._report
+        elif not self._done.wait(self._remaining_s()):
+            # The runner is stuck past every budget: end the process now, as the watchdog would.
+            self._hard_exit(self._signum, "the shutdown outlasted its deadline at exit")
+        self._end_process()
 
     def _on_signal(self, signum: int) -> None:
-        """Runs on the listener thread for each handled signal."""
-        with self._lock:
-            state = self._state
-            escalations = self._escalations
-            if state is _State.RUNNING and signum in (signal.SIGINT, signal.SIGQUIT):
-                self._escalations += 1
-                escalations = self._escalations
+        """Runs on the listener thread (or a draining thread) once per handled delivery."""
         name = signal.Signals(signum).name
-        if state is _State.IDLE:
-            self._request(name, signum, None, run_here=False)
-            if signum == signal.SIGQUIT:  # SIGQUIT means "now": no grace (celery's cold shutdown)
-                self._on_signal(signum)
-            return
-        if state is _State.DONE:
-            return
-        if signum not in (signal.SIGINT, signal.SIGQUIT):
-            log.info("%s during shutdown ignored (already shutting down)", name)
-        elif escalations == 1:
-            log.warning("%s again: skipping the rest of the grace period, killing now", name)
-            with contextlib.suppress(OSError):
-                os.write(self._escalate_w, b"!")
-        else:
-            self._hard_exit(signum)
+        for action in self._ending.hear(signum):
+            if action is Action.START:
+                self._start_runner()
+            elif action is Action.ADOPT:
+                log.info("%s during the shutdown already under way: it ends by %s", name, name)
+            elif action is Action.CUT:
+                log.warning("%s again: skipping the rest of the grace period, killing now", name)
+                with contextlib.suppress(OSError):
+                    os.write(self._escalate_w, b"!")
+            elif action is Action.HARD:
+                self._hard_exit(signum, f"{name} a third time")
+            elif action is Action.LATE:
+                log.info("%s after the final state was written: passed on after shutdown", name)
+            elif action is Action.IGNORE:
+                log.info("%s during shutdown ignored (already shutting down)", name)
 
-    def _hard_exit(self, signum: int) -> None:
-        """Third signal: journal what is pending, SIGKILL what we pinned, exit at once."""
-        with contextlib.suppress(Exception):
-            self._store.journal_pending()
+    def _start_runner(self) -> None:
+        try:
+            threading.Thread(
+                target=self._run_requested, name="sessionstore-shutdown", daemon=True
+            ).start()
+            return
+        except RuntimeError:  # interpreter finalizing (Python 3.12 while atexit handlers run)
+            pass
+        if self._ending.at_exit_will_claim(self._atexit_registered):
+            return  # _at_exit claims the request on the main thread
+        self._run_requested()  # inline, here: nobody else would run it
+
+    def _run_requested(self) -> None:
+        if self._ending.claim(""):
+            self._run()
+            self._end_process()
+
+    def _tick(self) -> None:
+        """The watchdog, run by the listener every second."""
+        signum = self._ending.overdue(self._budget_s())
+        if signum is not None:
+            self._hard_exit(signum, "the shutdown outlasted its deadline")
+
+    def _hard_exit(self, signum: int | None, why: str) -> None:
+        """SIGKILL what we pinned, journal what is pending, pause the session, end by the signal.
+
+        The store steps run on a helper thread joined for at most ``_HARD_EXIT_S``: a store
+        stuck behind a stopped peer's lock must not hold the exit, so the session may stay
+        unpaused then. The store is closed with no wait (what is in flight is journaled), so
+        the pause write goes to the journal and the next ``open()`` applies it. Where no thread
+        can be started (Python 3.12 during atexit) the store steps are skipped rather than run
+        unbounded.
+        """
+        first_time, decided, first = self._ending.begin_hard_exit(signum)
+        if not first_time:
+            return
+        log.error("%s: exiting now", why)
         for pin in [*self._children.pins(), *self._active_pins]:
             with contextlib.suppress(Exception):
                 if not pin.send_group(signal.SIGKILL):
                     pin.send(signal.SIGKILL)
-        os._exit(128 + (self._signum or signum))
+
+        def store_steps() -> None:
+            with contextlib.suppress(Exception):
+                self._store.journal_pending()
+            if not decided and first is not None:
+                with contextlib.suppress(Exception):
+                    self._store.close(timeout=0)
+                with contextlib.suppress(Exception):
+                    self._store.pause_session(self._session_id)
+
+        try:
+            helper = threading.Thread(target=store_steps, name="sessionstore-exit", daemon=True)
+            helper.start()
+        except RuntimeError:
+            log.error("no thread can be started: the store is left as it is")
+        else:
+            helper.join(_HARD_EXIT_S)
+        if first is None:
+            os._exit(1)
+        exit_by_signal(first)
 
     def _escalated(self) -> bool:
-        return self._escalations > 0
+        return self._ending.escalations > 0
 
-    # ------------------------------------------------------------------ the sequence
-
-    def _run_then_exit(self) -> None:
-        self._run()
+    def _end_process(self) -> None:
+        """After the sequence: end by the signal that caused it, or pass late signals on."""
         signum = self._signum
         if signum is not None and self.exit_on_signal:
             exit_by_signal(signum)
+        for late in self._ending.take_late():
+            # Our handler is in passthrough now: the signal reaches the previous handler.
+            with contextlib.suppress(OSError):
+                os.kill(os.getpid(), late)
+
+    # ------------------------------------------------------------------ the sequence
+
+    def _chained_handlers(self) -> list[tuple[str, Callable[[], object]]]:
+        """The app's own handler for the causing signal, once (see :meth:`install`)."""
+        self._relay.drain()
+        signum = self._ending.take_chain()
+        if signum is None:
+            return []
+        previous = self._relay.previous_handler(signum)
+        if previous is None:
+            return []
+        name = getattr(previous, "__qualname__", repr(previous))
+        loop = self._loop
+        budget = self.callback_timeout_s
+
+        def call(handler: Callable[[int, FrameType | None], Any] = previous) -> None:
+            if loop is None or loop.is_closed():
+                handler(signum, None)
+                return
+            # A handler found inside a running loop (asyncio.run()'s own SIGINT handler, which
+            # cancels the main task) touches loop objects: it runs in the loop, as a signal
+            # handler would have. Rejected: calling it on this thread (Task.cancel is not
+            # thread-safe).
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def in_loop() -> None:
+                try:
+                    handler(signum, None)
+                except BaseException as err:  # reported by the callback runner, not the loop
+                    done.set_exception(err)
+                else:
+                    done.set_result(None)
+
+            try:
+                loop.call_soon_threadsafe(in_loop)
+            except RuntimeError:  # the loop closed meanwhile: call it here
+                handler(signum, None)
+                return
+            done.result(timeout=budget)
+
+        return [(f"{signal.Signals(signum).name} handler {name}", call)]
 
     def _run(self) -> None:
         started_at = time.time()
@@ -407,7 +585,7 @@ class ProcessLayer:
         close_report = None
         try:
             phases["before_children"] = self._callbacks.run(
-                ShutdownPhase.BEFORE_CHILDREN, callback_errors
+                ShutdownPhase.BEFORE_CHILDREN, callback_errors, self._chained_handlers()
             )
 
             self._children.stop_accepting()
@@ -418,10 +596,11 @@ class ProcessLayer:
             phases["record_children"] = time.monotonic() - t
 
             phases["after_children"] = self._callbacks.run(
-                ShutdownPhase.AFTER_CHILDREN, callback_errors
+                ShutdownPhase.AFTER_CHILDREN, callback_errors, self._chained_handlers()
             )
 
             t = time.monotonic()
+            self._decide()
             status = self._final_state(outcomes, result, errors)
             phases["final_state"] = time.monotonic() - t
 
@@ -432,6 +611,7 @@ class ProcessLayer:
             log.exception("shutdown sequence failed; closing the store anyway")
             errors.append(f"sequence: {err!r}")
         finally:
+            self._decide()
             t = time.monotonic()
             if self._close_store:
                 try:
@@ -441,16 +621,18 @@ class ProcessLayer:
                     errors.append(f"close: {err!r}")
             phases["close"] = time.monotonic() - t
             self._children.close()
+            self._callbacks.close()
             if self._set_subreaper:
                 set_child_subreaper(False)
                 self._set_subreaper = False
+            duration = time.monotonic() - t0
             report = ShutdownReport(
                 session_id=self._session_id,
                 cause=self._cause,
                 signal_number=self._signum,
                 reason=self._reason,
                 started_at=started_at,
-                duration_s=time.monotonic() - t0,
+                duration_s=duration,
                 phases=phases,
                 children=[o for o in outcomes if o.source != "descendant"],
                 descendants=self._descendant_outcomes(result),
@@ -461,10 +643,12 @@ class ProcessLayer:
                 close_report=close_report,
                 callback_errors=callback_errors,
                 errors=errors,
+                deadline_s=self.shutdown_deadline_s,
+                deadline_exceeded=duration > self.shutdown_deadline_s,
+                handlers_replaced=sorted(self._relay.check_handlers().values()),
             )
-            with self._lock:
-                self._report = report
-                self._state = _State.DONE
+            self._report = report
+            self._ending.finish()
             self._relay.passthrough()
             self._done.set()
             log.info(
@@ -478,6 +662,11 @@ class ProcessLayer:
             for fd in (self._escalate_r, self._escalate_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    def _decide(self) -> None:
+        """From here on the ending is fixed: signals heard so far count, later ones are late."""
+        self._relay.drain()
+        self._ending.decide()
 
     def _end_children(
         self, errors: list[str]
@@ -617,7 +806,7 @@ class ProcessLayer:
 
     def __repr__(self) -> str:
         return (
-            f"<ProcessLayer session={self._session_id!r} state={self._state.value} "
+            f"<ProcessLayer session={self._session_id!r} state={self.state} "
             f"children={len(self._children.pins())} installed={self._relay.installed}>"
         )
 

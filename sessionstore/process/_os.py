@@ -173,10 +173,15 @@ def exit_by_signal(signum: int) -> NoReturn:
     ctypes is unavailable), ``os._exit(128 + signum)`` does.
     """
     # Flushed from a helper thread: if another thread holds stdout's lock while blocked on a full
-    # pipe, exiting must not wait on it.
-    flusher = threading.Thread(target=_flush_stdio, name="sessionstore-flush", daemon=True)
-    flusher.start()
-    flusher.join(0.5)
+    # pipe, exiting must not wait on it. Python 3.12 starts no thread while atexit handlers run;
+    # there the flush is inline (the alternative, not flushing, loses what was printed last).
+    try:
+        flusher = threading.Thread(target=_flush_stdio, name="sessionstore-flush", daemon=True)
+        flusher.start()
+    except RuntimeError:
+        _flush_stdio()
+    else:
+        flusher.join(0.5)
     libc = _libc()
     if libc is not None:
         libc.signal.restype = ctypes.c_void_p

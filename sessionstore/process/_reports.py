@@ -92,6 +92,9 @@ class ShutdownReport(_Frozen):
     close_report: CloseReport | None = None
     callback_errors: list[CallbackError] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)  # grace that was lost; the sequence went on
+    deadline_s: float | None = None  # ProcessLayer.shutdown_deadline_s when it ran
+    deadline_exceeded: bool = False  # duration_s > deadline_s (then the watchdog may have fired)
+    handlers_replaced: list[str] = Field(default_factory=list)  # our signal handlers taken later
 
 
 ReapAction = Literal[

@@ -87,6 +87,7 @@ class Orchestrator:
         info: dict[str, Any] = json.loads(line[len("READY ") :])
         self.session_id: str = info["session_id"]
         self.pids: dict[str, list[int]] = info["pids"]
+        self.deadline_s: float = info["deadline"]
         self.pidfds: dict[int, int] = {}
         for pid in self.all_pids:
             self.pidfds[pid] = os.pidfd_open(pid)

@@ -16,6 +16,7 @@ from sessionstore import (
     ProcessIdentity,
     SessionStatus,
     SessionStore,
+    StoreConfig,
     UnsafeSignalError,
 )
 from sessionstore._identity import boot_id
@@ -261,3 +262,95 @@ def test_forked_child_cannot_shut_down_parents_children(
     assert proc.poll() is None  # the parent's child was not touched
     layer.shutdown()
     assert proc.wait(5) == -signal.SIGTERM
+
+
+def test_three_hung_callbacks_cost_the_callbacks_budget(
+    store: SessionStore, session_id: str
+) -> None:
+    """Three hung callbacks take the shared budget once: two time out, the third is skipped."""
+    layer = _layer(store, session_id, callback_timeout_s=0.5)
+    assert layer.callbacks_budget_s == 1.0
+    release = threading.Event()
+    for _ in range(3):
+        layer.on_shutdown(lambda: release.wait(30), "before_children")
+    try:
+        report = layer.shutdown()
+    finally:
+        release.set()
+    errors = [e.error for e in report.callback_errors]
+    assert [e.startswith("timed out") for e in errors] == [True, True, False]
+    assert errors[2].startswith("not run")
+    assert report.deadline_s == layer.shutdown_deadline_s and not report.deadline_exceeded
+
+
+def test_shutdown_deadline_is_the_sum_of_the_budgets(db_path: str) -> None:
+    """The deadline adds callbacks, grace, verify, record, two writes, close and 3 s slack."""
+    with SessionStore.open(db_path, config=StoreConfig(write_deadline_s=3)) as store:
+        sid = store.create_session("t").id
+        layer = ProcessLayer(
+            store, sid, grace_s=1, kill_verify_s=1, callback_timeout_s=0.5, close_timeout_s=2
+        )
+        assert layer.shutdown_deadline_s == 1 + 1 + 1 + 2 + 2 * 3 + 2 + 3
+        default = ProcessLayer(store, sid)
+        assert default.shutdown_deadline_s == 10 + 5 + 2 + 2 + 2 * 3 + 5 + 3
+        default.shutdown()
+        layer.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_handler_found_at_install_is_chained_once(store: SessionStore, session_id: str) -> None:
+    """The app's own handler runs once, first in before_children, with the signal number."""
+    calls: list[object] = []
+    old = signal.signal(signal.SIGHUP, lambda signum, frame: calls.append(("handler", signum)))
+    layer = ProcessLayer(store, session_id, grace_s=2, exit_on_signal=False, subreaper=False)
+    layer.on_shutdown(lambda: calls.append("callback"), "before_children")
+    try:
+        layer.install()
+        proc = layer.spawn(["sleep", "600"])
+        os.kill(os.getpid(), signal.SIGHUP)
+        report = layer.wait(30)
+        assert report is not None
+        assert calls == [("handler", signal.SIGHUP), "callback"]
+        assert report.cause == "SIGHUP" and report.session_status is SessionStatus.PAUSED
+        assert proc.wait(5) == -signal.SIGTERM
+    finally:
+        layer.uninstall()
+        signal.signal(signal.SIGHUP, old)
+
+
+@pytest.mark.timeout(60)
+def test_signal_during_an_explicit_shutdown_decides_the_ending(
+    store: SessionStore, session_id: str
+) -> None:
+    """A first signal that arrives while shutdown() runs makes it signal-caused: PAUSED."""
+    layer = ProcessLayer(store, session_id, grace_s=2, exit_on_signal=False, subreaper=False)
+    layer.on_shutdown(lambda: os.kill(os.getpid(), signal.SIGHUP), "after_children")
+    try:
+        layer.install()
+        report = layer.shutdown(reason="done")
+        assert report.signal_number == signal.SIGHUP and report.cause == "SIGHUP"
+        assert report.session_status is SessionStatus.PAUSED
+        assert report.escalated_by_signal is False
+    finally:
+        layer.uninstall()
+
+
+@pytest.mark.timeout(60)
+def test_installed_layer_shuts_other_layers_down(store: SessionStore, session_id: str) -> None:
+    """The README's several-layers recipe: one signal ends both layers' children and sessions."""
+    other_id = store.create_session("other").id
+    main = ProcessLayer(store, session_id, grace_s=2, exit_on_signal=False, subreaper=False)
+    other = ProcessLayer(store, other_id, grace_s=2, close_store=False, subreaper=False)
+    main.on_shutdown(lambda: other.shutdown(), "before_children")
+    try:
+        main.install()
+        procs = [main.spawn(["sleep", "600"]), other.spawn(["sleep", "600"])]
+        os.kill(os.getpid(), signal.SIGHUP)
+        report = main.wait(30)
+        assert report is not None and report.session_status is SessionStatus.PAUSED
+        assert [p.wait(5) for p in procs] == [-signal.SIGTERM, -signal.SIGTERM]
+        other_report = other.report
+        assert other_report is not None
+        assert other_report.session_status is SessionStatus.STOPPED
+    finally:
+        main.uninstall()

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import contextlib
 import json
 import os
 import select
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from sessionstore import ProcessIdentity, SessionStore
+from sessionstore import ProcessIdentity, SessionStore, StoreConfig
 from sessionstore._identity import boot_id
 from sessionstore.process import ProcessLayer, ShutdownPhase
 
@@ -45,9 +51,39 @@ def parse() -> argparse.Namespace:
     p.add_argument("--raising-callback", action="store_true")
     p.add_argument("--blocking-callback", action="store_true", help="after_children blocks")
     p.add_argument("--mismatch-pid", type=int, default=0, help="record this pid, wrong identity")
-    p.add_argument("--block", choices=["stdin", "sqlite", "select"], default="stdin")
+    p.add_argument(
+        "--block",
+        choices=["stdin", "sqlite", "select", "return", "pause", "pause-loop"],
+        default="stdin",
+        help="how the main thread waits: return = exit right after READY, pause = one "
+        "signal.pause() then return, pause-loop = signal.pause() forever",
+    )
+    p.add_argument(
+        "--user-handler",
+        choices=["raise", "exit", "seed"],
+        help="an app SIGINT/SIGTERM handler: raise KeyboardInterrupt, sys.exit(0), or (seed) "
+        "log an event, close the store and sys.exit(0)",
+    )
+    p.add_argument("--user-handler-when", choices=["before", "after"], default="after")
+    p.add_argument(
+        "--atexit-hook",
+        action="store_true",
+        help="an atexit hook that runs before the layer's: writes 'atexit' to notify-fd, then "
+        "waits for a line on stdin",
+    )
     p.add_argument("--on-stdin", choices=["return", "shutdown"], default="return")
-    p.add_argument("--asyncio", action="store_true")
+    p.add_argument(
+        "--asyncio",
+        choices=["", "run", "closed", "app-handler", "cancel"],
+        default="",
+        help="run: install in asyncio.run() and wait there; closed: install in asyncio.run(), "
+        "which returns, then block on stdin; app-handler: the app then calls "
+        "loop.add_signal_handler(SIGTERM) itself; cancel: the README recipe that cancels the "
+        "app task in before_children",
+    )
+    p.add_argument("--sigterm-keeps-grace", action="store_true")
+    p.add_argument("--write-deadline", type=float, help="StoreConfig.write_deadline_s")
+    p.add_argument("--close-timeout", type=float, help="ProcessLayer close_timeout_s")
     p.add_argument("--no-install", action="store_true", help="no handlers (for kill -9 tests)")
     return p.parse_args()
 
@@ -132,6 +168,13 @@ def block_main(args: argparse.Namespace, layer: ProcessLayer) -> None:
     elif args.block == "select":
         r, _ = os.pipe()
         select.select([r], [], [])
+    elif args.block == "return":
+        return
+    elif args.block == "pause":
+        signal.pause()
+    elif args.block == "pause-loop":
+        while True:
+            signal.pause()
     else:
         sys.stdin.readline()
         if args.on_stdin == "shutdown":
@@ -139,13 +182,50 @@ def block_main(args: argparse.Namespace, layer: ProcessLayer) -> None:
             print("REPORT " + report.model_dump_json(), flush=True)
 
 
+def user_handler(
+    kind: str, store: SessionStore, sid: str
+) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if kind == "raise":
+            raise KeyboardInterrupt
+        if kind == "seed":
+            # The seed incident: the app's own handler writes, closes the DB and exits.
+            store.log_event(sid, "user handler ran", data={"signal": signum})
+            store.close()
+        sys.exit(0)
+
+    return handler
+
+
+def install_user_handler(args: argparse.Namespace, store: SessionStore, sid: str) -> None:
+    handler = user_handler(args.user_handler, store, sid)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
     args = parse()
-    store = SessionStore.open(args.db)
+    config = (
+        StoreConfig()
+        if args.write_deadline is None
+        else StoreConfig(write_deadline_s=args.write_deadline)
+    )
+    store = SessionStore.open(args.db, config=config)
     sid = store.create_session("orchestrator").id
-    layer = ProcessLayer(store, sid, grace_s=args.grace, callback_timeout_s=args.callback_timeout)
+    options: dict[str, Any] = {}
+    if args.sigterm_keeps_grace:
+        options["repeated_sigterm_skips_grace"] = False
+    if args.close_timeout is not None:
+        options["close_timeout_s"] = args.close_timeout
+    layer = ProcessLayer(
+        store, sid, grace_s=args.grace, callback_timeout_s=args.callback_timeout, **options
+    )
+    if args.user_handler and args.user_handler_when == "before":
+        install_user_handler(args, store, sid)
     if not args.no_install and not args.asyncio:
         layer.install()
+    if args.user_handler and args.user_handler_when == "after":
+        install_user_handler(args, store, sid)
     register_callbacks(layer, store, sid, args)
     pids = start_children(layer, args)
     if args.mismatch_pid:
@@ -154,17 +234,56 @@ def main() -> None:
             pid=real.pid, start_ticks=real.start_ticks + 12345, boot_id=boot_id()
         )
         store.add_child(sid, args.mismatch_pid, identity=wrong)
+    if args.atexit_hook:
+
+        def hook() -> None:
+            os.write(args.notify_fd, b"atexit\n")
+            sys.stdin.readline()
+
+        atexit.register(hook)  # registered after install(): runs before the layer's hook
+    info = {"session_id": sid, "pids": pids, "deadline": layer.shutdown_deadline_s}
+    ready = "READY " + json.dumps(info)
     if args.asyncio:
-        asyncio.run(run_async(layer, sid, pids))
+        asyncio.run(run_async(layer, args, ready))
+        if args.asyncio == "closed":
+            print(ready, flush=True)
+            sys.stdin.readline()
         return
-    print("READY " + json.dumps({"session_id": sid, "pids": pids}), flush=True)
+    print(ready, flush=True)
     block_main(args, layer)
 
 
-async def run_async(layer: ProcessLayer, sid: str, pids: dict[str, list[int]]) -> None:
-    layer.install()  # a loop runs in the main thread: handlers go through it
-    print("READY " + json.dumps({"session_id": sid, "pids": pids}), flush=True)
-    await asyncio.Event().wait()
+async def run_async(layer: ProcessLayer, args: argparse.Namespace, ready: str) -> None:
+    layer.install()  # inside the loop: plain signal handlers, which outlive the loop
+    if args.asyncio == "closed":
+        return
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    if args.asyncio == "app-handler":
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    app = asyncio.create_task(app_task(args, stop))
+    if args.asyncio == "cancel":
+        # The README recipe: cancel the app's task, and wait for it, before children are ended.
+        async def cancel_app() -> None:
+            app.cancel()
+            await asyncio.gather(app, return_exceptions=True)
+
+        def before_children() -> None:
+            asyncio.run_coroutine_threadsafe(cancel_app(), loop).result(timeout=3)
+
+        layer.on_shutdown(before_children, "before_children")
+    print(ready, flush=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await app
+
+
+async def app_task(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    try:
+        await stop.wait()
+    finally:
+        if args.callbacks:
+            with Path(args.callbacks).open("a", encoding="utf-8") as f:
+                f.write("app task ended\n")
 
 
 if __name__ == "__main__":
