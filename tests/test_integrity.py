@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
@@ -96,17 +93,6 @@ def test_corruption_found_by_a_write_stops_writes_and_journals_them(tmp_path: Pa
     assert os.path.getsize(path) == size_before
     journal = Path(f"{path}-ops.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(journal) == 2 and first.op_id in journal[0]
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory another user can traverse and read (pytest's tmp_path is 0700)."""
-    folder = Path(tempfile.mkdtemp(prefix="sessionstore-integrity-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_file_this_user_cannot_write_is_refused_at_open(shared_dir: Path) -> None:

@@ -11,9 +11,7 @@ import contextlib
 import hashlib
 import io
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,17 +44,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[str, int, int, int, int]]:
         digest = hashlib.sha256(entry.read_bytes()).hexdigest()
         out[entry.name] = (digest, st.st_mtime_ns, st.st_uid, st.st_gid, st.st_mode)
     return out
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory another user can traverse and read (pytest's tmp_path is 0700)."""
-    folder = Path(tempfile.mkdtemp(prefix="sessionstore-shared-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _populated(folder: Path, *, journal: bool = True) -> tuple[Path, str]:
