@@ -219,7 +219,12 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         return _finish(args, report, code)
     forwarder.proc = proc
     owner = ProcessIdentity.current()
-    child = ProcessIdentity.capture(proc.pid) if proc.poll() is None else None
+    try:
+        child: ProcessIdentity | None = ProcessIdentity.capture(proc.pid)
+    except ProcessLookupError:
+        # A command that exits at once (`true`) may be gone, and reaped by the layer's exit
+        # watcher, before this line; its identity is in the child's row either way.
+        child = None
     started.update(pid=proc.pid)
     record = {
         "argv": argv,

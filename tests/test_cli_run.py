@@ -269,3 +269,14 @@ def test_json_mode_reports_start_and_end_as_json_lines_on_stderr(tmp_path: Path)
     assert started["event"] == "started" and started["argv"] == ["sh", "-c", "echo out; exit 2"]
     assert ended["event"] == "ended" and ended["exit_code"] == 2
     assert ended["verified_no_orphans"] is True and ended["session_status"] == "stopped"
+
+
+def test_a_command_that_exits_at_once_never_fails_the_wrapper(tmp_path: Path) -> None:
+    """``run -- true``, 20 rounds: exit 0 every time (its exit used to race the identity read)."""
+    db = _db(tmp_path)
+    bad = []
+    for n in range(20):
+        r = subprocess.run([*CLI, "--db", db, "run", "-q", "--", "true"], capture_output=True)
+        if r.returncode != 0 or b"error" in r.stderr:
+            bad.append((n, r.returncode, r.stderr[-200:]))
+    assert not bad, bad
