@@ -282,8 +282,14 @@ def _locked_by_another(path: str) -> bool:
         os.close(fd)
 
 
-def read_only_mode(path: str) -> str | None:
+def read_only_mode(path: str, timeout_s: float) -> str | None:
     """How a read-only store must read ``path`` without creating or changing any file.
+
+    Args:
+        path: the database.
+        timeout_s: how long to wait while the answer is in flux: SQLite's locks held with no
+            ``-shm`` beside the file (a connection opening, or the last one closing, holds them
+            for a moment; a connection in exclusive locking mode holds them for good).
 
     Returns:
         None when a plain ``mode=ro`` connection creates nothing (``-wal`` and ``-shm`` are
@@ -292,19 +298,25 @@ def read_only_mode(path: str) -> str | None:
         database, owned by whoever reads, and leave them behind: measured).
 
     Raises:
-        StoreBusyError: no ``-shm``, yet another process holds SQLite's locks on the file
-            (exclusive locking mode): neither kind of read is safe.
+        StoreBusyError: for all of ``timeout_s``, no ``-shm``, yet another process held
+            SQLite's locks on the file: neither kind of read is safe.
     """
-    if os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm"):
-        return None
-    if _locked_by_another(path):
-        # No -shm, yet locks are held: a connection in exclusive locking mode (or a rollback
-        # journal writer). Reading without locks could see its half-written pages.
-        raise StoreBusyError(path, "open read-only (locked in exclusive mode)", 0.0)
-    return (
-        "no process has the database open (no -wal/-shm): read as an immutable snapshot, "
-        "without locks; a write that starts while it is read is not seen"
-    )
+    deadline = time.monotonic() + timeout_s
+    pause = 0.001
+    while True:
+        if os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm"):
+            return None
+        if not _locked_by_another(path):
+            return (
+                "no process has the database open (no -wal/-shm): read as an immutable "
+                "snapshot, without locks; a write that starts while it is read is not seen"
+            )
+        left = deadline - time.monotonic()
+        if left <= 0:
+            # Reading without locks could see a half-written page of the lock holder.
+            raise StoreBusyError(path, "open read-only (locked, no -shm)", timeout_s)
+        time.sleep(min(pause, left))  # like SQLite's own busy handler: back off and look again
+        pause = min(pause * 2, 0.05)
 
 
 def open_read_only(path: str, config: StoreConfig, *, snapshot: bool) -> apsw.Connection:

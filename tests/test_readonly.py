@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import io
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,3 +176,43 @@ def test_read_commands_write_nothing_for_another_user(shared_dir: Path, live: bo
     with SessionStore.open(path, config=StoreConfig(write_deadline_s=2)) as store:
         store.log_event(sid, "owner writes after")
         assert store.stats().failures == []
+
+
+CHURN = """
+import sys, select
+from sessionstore import SessionStore
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    with SessionStore.open(sys.argv[1]) as store:
+        store.log_event(sys.argv[2], "churn")
+"""
+
+
+def test_read_only_beside_a_writer_opening_and_closing_never_fails(shared_dir: Path) -> None:
+    """A peer opening and closing the store in a loop never makes a read-only open fail.
+
+    For a moment its locks are held with no -shm beside the file (while it opens, and at the
+    last close); read-only opens wait that moment out: 500 of 500 read.
+    """
+    path, sid = _populated(shared_dir, journal=False)
+    peer = subprocess.Popen(
+        [sys.executable, "-c", CHURN, str(path), sid],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert peer.stdout is not None and peer.stdout.readline().strip() == "ready"
+        failures = []
+        for n in range(500):
+            try:
+                with SessionStore.open(path, read_only=True) as store:
+                    store.events(sid, limit=1)
+            except Exception as err:
+                failures.append((n, repr(err)))
+        assert not failures, failures
+    finally:
+        assert peer.stdin is not None
+        peer.stdin.write("stop\n")
+        peer.stdin.close()
+        assert peer.wait(30) == 0
