@@ -393,7 +393,12 @@ def test_signal_at_a_bad_moment_ends_the_same_way(
     bad = {i: (rnd.problems(sig), rnd.stderr) for i, rnd in enumerate(rounds) if rnd.problems(sig)}
     assert not bad, f"{len(bad)} of {_RACE_ROUNDS} rounds went wrong: {bad}"
     if scenario.startswith("seed"):
-        assert all("user handler ran" in rnd.events for rnd in rounds)  # nothing it wrote lost
+        # Nothing the handler wrote is lost: every write it saw acknowledged ("HANDLER-ACK" on
+        # its stderr) is in the store. Whether it gets that far is a race with the layer's own
+        # ending, which may re-raise the signal first; that is not a loss.
+        acked = [rnd for rnd in rounds if "HANDLER-ACK" in rnd.stderr]
+        assert all("user handler ran" in rnd.events for rnd in acked)
+        assert acked, "the app's handler never completed a write in any round"
     assert all(is_running(fd) for fd in bystanders)
 
 

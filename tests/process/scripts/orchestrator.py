@@ -191,6 +191,7 @@ def user_handler(
         if kind == "seed":
             # The seed incident: the app's own handler writes, closes the DB and exits.
             store.log_event(sid, "user handler ran", data={"signal": signum})
+            print("HANDLER-ACK", file=sys.stderr, flush=True)  # the write returned
             store.close()
         sys.exit(0)
 
