@@ -282,7 +282,7 @@ def _locked_by_another(path: str) -> bool:
         os.close(fd)
 
 
-def read_only_mode(path: str, timeout_s: float) -> str | None:
+def read_only_mode(path: str, timeout_s: float, *, probe_locks: bool = True) -> str | None:
     """How a read-only store must read ``path`` without creating or changing any file.
 
     Args:
@@ -290,6 +290,9 @@ def read_only_mode(path: str, timeout_s: float) -> str | None:
         timeout_s: how long to wait while the answer is in flux: SQLite's locks held with no
             ``-shm`` beside the file (a connection opening, or the last one closing, holds them
             for a moment; a connection in exclusive locking mode holds them for good).
+        probe_locks: False when this process has the file open through SQLite itself:
+            closing the probe's descriptor would drop every POSIX lock the process holds on
+            it. The answer is then "wait for -shm".
 
     Returns:
         None when a plain ``mode=ro`` connection creates nothing (``-wal`` and ``-shm`` are
@@ -306,7 +309,7 @@ def read_only_mode(path: str, timeout_s: float) -> str | None:
     while True:
         if os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm"):
             return None
-        if not _locked_by_another(path):
+        if probe_locks and not _locked_by_another(path):
             return (
                 "no process has the database open (no -wal/-shm): read as an immutable "
                 "snapshot, without locks; a write that starts while it is read is not seen"

@@ -224,9 +224,10 @@ class SessionStore:
         self.config = config
         self.read_only = read_only
         # Why a read-only store reads an immutable snapshot (None: a live, locked view).
-        self.snapshot: str | None = (
-            read_only_mode(path, config.busy_timeout_ms / 1000) if read_only else None
-        )
+        self.snapshot: str | None = None
+        if read_only:
+            own = any(s.path == path and not s.read_only for s in live_stores())
+            self.snapshot = read_only_mode(path, config.busy_timeout_ms / 1000, probe_locks=not own)
         self._clock = clock
         self._policy = RetryPolicy(config.write_deadline_s, clock=clock)
         self._journal = Journal(path, max_bytes=config.max_journal_bytes)
@@ -548,7 +549,11 @@ class SessionStore:
         # process has the database open) or only as an immutable snapshot can change between
         # two reads, and a snapshot connection would never see later commits (`events
         # --follow`). About 0.1 ms a read, for a store that never writes.
-        self.snapshot = read_only_mode(self.path, self.config.busy_timeout_ms / 1000)
+        # Never probe locks on a file this process has open read-write (see read_only_mode).
+        own = any(s.path == self.path and not s.read_only for s in live_stores())
+        self.snapshot = read_only_mode(
+            self.path, self.config.busy_timeout_ms / 1000, probe_locks=not own
+        )
         conn = open_read_only(self.path, self.config, snapshot=self.snapshot is not None)
         try:
             return self._policy.call(lambda: _gated(fn, conn), path=self.path, operation=borrower)
