@@ -249,21 +249,14 @@ def _reap_session(
         pin.close()
 
     # Crashed only now, after its trees were ended and the verification is known.
+    new_status = session.status
     if _crashes(session, running):
         try:
             store.set_status(session.id, SessionStatus.CRASHED)
         except SessionStoreError:
-            pass  # reported as unchanged below
+            pass  # reported as unchanged
         else:
-            return _session_report(
-                session,
-                reports,
-                descendants=descendants,
-                verification=result.verification,
-                reason=result.verification_reason,
-                tier=result.enumeration,
-                new_status=SessionStatus.CRASHED,
-            )
+            new_status = SessionStatus.CRASHED
     return _session_report(
         session,
         reports,
@@ -271,7 +264,7 @@ def _reap_session(
         verification=result.verification,
         reason=result.verification_reason,
         tier=result.enumeration,
-        new_status=session.status,
+        new_status=new_status,
     )
 
 
