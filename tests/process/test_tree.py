@@ -166,6 +166,7 @@ def _adopted() -> list[int]:
     return [p.pid for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.timeout(400)  # each round a hopper escapes costs up to its 8 s lifetime to clean up
 def test_pid_hopper_is_caught_every_round(store: SessionStore, subreaper: None) -> None:
     """A process forking-and-exiting in a loop (new session each hop): never a false "verified".
 
@@ -197,7 +198,7 @@ def test_pid_hopper_is_caught_every_round(store: SessionStore, subreaper: None) 
                     "os.wait()\n",
                     str(HERE / "hopper.py"),
                     str(write_fd),
-                    str(time.time() + 30),
+                    str(time.time() + 8),  # outlives the shutdown (<= 4 s) and the EOF check
                 ],
                 pass_fds=[write_fd],
             ).wait(10)
@@ -231,7 +232,7 @@ def _end_escaped_hopper(read_fd: int) -> None:
     Each hop is re-parented to this process (the subreaper), so killing every adopted child
     again and again catches a hopper that outran the shutdown.
     """
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10  # past the hopper's own 8 s lifetime
     while not _eof(read_fd, 0.05) and time.monotonic() < deadline:
         for pid in _adopted():
             with contextlib.suppress(ProcessLookupError):
