@@ -187,7 +187,13 @@ def _freeze(finder: TreeFinder, order: list[Pin], deadline: float) -> None:
 
 
 def _chase(finder: TreeFinder, order: list[Pin], deadline: float, sig: int | None) -> None:
-    """Incremental scans (stopping each find, then sending ``sig``) until one finds nothing."""
+    """Walk the child lists, then incremental scans (stopping each find, then ``sig``).
+
+    The walk (:meth:`TreeFinder.chase`) catches every descendant of this process (the
+    subreaper) and of the pinned members; the incremental scans then catch members found only
+    by their tree marker or group, until one finds nothing.
+    """
+    order.extend(finder.chase(deadline, sig=sig))
     while time.monotonic() < deadline:
         new = finder.find(full=False, stop=True).new
         order.extend(new)

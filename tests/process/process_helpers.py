@@ -90,7 +90,10 @@ class Orchestrator:
         self.deadline_s: float = info["deadline"]
         self.pidfds: dict[int, int] = {}
         for pid in self.all_pids:
-            self.pidfds[pid] = os.pidfd_open(pid)
+            try:
+                self.pidfds[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:
+                pass  # already ended (an orchestrator that returns at once shuts down at once)
 
     @property
     def all_pids(self) -> list[int]:
