@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from .._identity import ProcessIdentity
 from .._models import ChildProcess, SessionStatus
 from ..errors import SessionStoreError
+from ._adopted import Adoptions
 from ._callbacks import ExitCallbacks, ShutdownCallback
 from ._children import AnyPopen, ChildRegistry, row_state
 from ._ending import Action, Ending, State
@@ -49,7 +50,7 @@ from ._recorded import gather_roots
 from ._reports import CallbackError, ChildOutcome, ShutdownPhase, ShutdownReport
 from ._signals import CHECK_INTERVAL_S, SignalRelay
 from ._terminate import TerminationResult, terminate_trees, wait_exited
-from ._tree import Scope, descends_from_me, marker_value
+from ._tree import Scope, descends_from_me, marker_member, marker_value
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -164,6 +165,9 @@ class ProcessLayer:
         os.set_blocking(self._escalate_w, False)
         self._atexit_registered = False
         self._active_pins: list[Pin] = []
+        self._adoptions = Adoptions()
+        self._is_member = marker_member(Scope(session_id, owner=owner))
+        self._sweep_lock = threading.Lock()  # one sweep at a time; none while a shutdown runs
         self._loop: asyncio.AbstractEventLoop | None = None  # running in main at install()
 
     # ------------------------------------------------------------------ setup
@@ -474,10 +478,27 @@ class ProcessLayer:
             self._end_process()
 
     def _tick(self) -> None:
-        """The watchdog, run by the listener every second."""
+        """The watchdog, run by the listener every second; then the sweep of adopted zombies."""
         signum = self._ending.overdue(self._budget_s())
         if signum is not None:
             self._hard_exit(signum, "the shutdown outlasted its deadline")
+        self._reap_adopted()
+
+    def _reap_adopted(self) -> int:
+        """Reap the zombies of orphans this subreaper adopted (never a child it forked).
+
+        Run every second by the listener while no shutdown is under way; cheap (the kernel's
+        child lists, not a pass over every process). See :mod:`._adopted` for how an adopted
+        orphan is told from the application's own children.
+
+        Returns:
+            How many zombies were reaped.
+        """
+        with self._sweep_lock:
+            if self._ending.state is not State.IDLE or not is_child_subreaper():
+                return 0
+            roots = [(p.pid, p.start_ticks) for p in self._children.pins()]
+            return self._adoptions.sweep(roots, self._is_member)
 
     def _hard_exit(self, signum: int | None, why: str) -> None:
         """SIGKILL what we pinned, journal what is pending, pause the session, end by the signal.
@@ -680,6 +701,8 @@ class ProcessLayer:
             roots, outcomes = self._children.pins(), []
         self._active_pins = roots
         try:
+            with self._sweep_lock:  # a sweep in progress finishes first: nothing reaps a walk
+                pass
             result = terminate_trees(
                 roots,
                 grace_s=self.grace_s,
@@ -689,6 +712,7 @@ class ProcessLayer:
                 cgroup=self._children.cgroup,
                 wake_fd=self._escalate_r,
                 escalated=self._escalated,
+                adoptions=self._adoptions,
             )
         except Exception as err:
             log.exception("ending the child trees failed; SIGKILLing what we pinned")

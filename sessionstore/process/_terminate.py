@@ -20,6 +20,7 @@ from typing import Literal
 
 from .._proc import ProcessUnreadableError
 from ..errors import UnsafeSignalError
+from ._adopted import Adoptions
 from ._cgroup import SessionCgroup
 from ._pin import Pin
 from ._reports import Verification
@@ -215,6 +216,7 @@ def terminate_trees(
     extra_cgroups: Sequence[SessionCgroup] = (),
     wake_fd: int | None = None,
     escalated: Callable[[], bool] = lambda: False,
+    adoptions: Adoptions | None = None,
 ) -> TerminationResult:
     """End the roots and every process in their trees.
 
@@ -234,6 +236,8 @@ def terminate_trees(
         wake_fd: wakes the grace wait (a second Ctrl-C); ``escalated()`` then says whether to
             skip the rest of the grace period.
         escalated: True when the grace period is to be cut short.
+        adoptions: what the caller knows of the children it adopted (the layer's long-running
+            record); a fresh one when None.
 
     Returns:
         The result; no exception for processes that would not die (they are listed as
@@ -243,7 +247,7 @@ def terminate_trees(
     t0 = time.monotonic()
     known: dict[int, Pin] = {p.pid: p for p in roots}
     order: list[Pin] = list(roots)
-    finder = TreeFinder(known, scope)
+    finder = TreeFinder(known, scope, adoptions)
     cgroups = [*([cgroup] if cgroup is not None else []), *extra_cgroups]
     result = TerminationResult(pins=order, enumeration=_tier(scope, cgroups))
     for cg in cgroups:
@@ -295,7 +299,9 @@ def terminate_trees(
     result.unkillable = [p for p in order if not p.has_exited()]
     for pin in order:
         if pin.source == "descendant" and pin.has_exited():
-            pin.collect(reap_adopted=True)  # an adopted orphan: nobody else will reap it
+            # An adopted orphan is reaped (nobody else will); a child this process forked
+            # itself is left to the code that waits for it (see ._adopted).
+            pin.collect(reap_adopted=pin.adopted)
     if result.unkillable or settled == "left":
         result.verification = "orphans_left"
         result.verification_reason = why or f"{len(result.unkillable)} processes survived SIGKILL"
@@ -335,6 +341,7 @@ def _pin_cgroup(
         if not cgroup.contains(pid):  # the pid was recycled before the pidfd was open
             pin.close()
             continue
+        pin.adopted = True  # only spawn starts processes in the session cgroup: not forked here
         known[pid] = pin
         order.append(pin)
 

@@ -27,12 +27,11 @@ scans, which read only processes not seen before, so a process that forks and ex
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .._identity import IdentityStatus, ProcessIdentity, boot_id
@@ -47,6 +46,7 @@ from .._proc import (
     scan,
 )
 from ..errors import UnsafeSignalError
+from ._adopted import Adoptions, forked_elsewhere
 from ._pin import Pin
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "TreeFinder",
     "descends_from_me",
     "marker_entry",
+    "marker_member",
     "marker_value",
 ]
 
@@ -139,9 +140,12 @@ class TreeFinder:
     Not thread-safe: one shutdown (or one reap) uses one finder.
     """
 
-    def __init__(self, known: dict[int, Pin], scope: Scope) -> None:
+    def __init__(
+        self, known: dict[int, Pin], scope: Scope, adoptions: Adoptions | None = None
+    ) -> None:
         self.known = known
         self.scope = scope
+        self.adoptions = Adoptions() if adoptions is None else adoptions
         self._marks = _Marks(scope)
         self._me = os.getpid()
         self._my_pgrp = os.getpgrp()
@@ -203,8 +207,12 @@ class TreeFinder:
                 self._outside.add(info.pid)
         zombies = frozenset((pid, procs[pid].start_ticks) for pid in members if procs[pid].finished)
         for pid in members:
-            if procs[pid].finished and procs[pid].ppid == self._me:
-                self._reap(pid)
+            info = procs[pid]
+            if info.finished and info.ppid == self._me:
+                self._reap(info)
+            elif info.ppid != self._me:
+                # Below another member now: if it is ever our child, we adopted it.
+                self.adoptions.note(pid, info.start_ticks)
         # Newest first: in a fork chain the newest is the one still running.
         fresh = sorted(
             (pid for pid in members.difference(self.known) if not procs[pid].finished),
@@ -322,8 +330,20 @@ class TreeFinder:
         if stop:
             pin.send(signal.SIGSTOP)
         pin.argv = read_argv(info.pid) or []  # for humans; after the stop, so it cannot hop
+        self._judge_adopted(pin, info)
         self.known[info.pid] = pin
         return pin
+
+    def _judge_adopted(self, pin: Pin, info: StatInfo) -> None:
+        """Mark a new pin adopted when there is evidence we did not fork it (``._adopted``)."""
+        if (
+            info.ppid != self._me
+            or forked_elsewhere(info, self._my_sid)
+            or self._marker(info) == "member"
+            or self.adoptions.is_adopted(info)
+        ):
+            pin.adopted = True
+            self.adoptions.note(info.pid, info.start_ticks)
 
     def _await_stopped(self, pins: list[Pin], deadline: float) -> None:
         """Wait (bounded) until each pin is stopped or dead: a SIGSTOP lands asynchronously.
@@ -413,21 +433,19 @@ class TreeFinder:
             added = True
         return added
 
-    def _reap(self, pid: int) -> None:
-        """Reap our zombie child ``pid`` unless it is a root: its status is its owner's.
+    def _reap(self, info: StatInfo) -> None:
+        """Reap our zombie child ``info`` when we adopted it; never one this process forked.
 
         A root (spawned, tracked, recorded) is collected by the exit watcher, through its Popen
-        or with ``WNOWAIT``, so whoever holds a Popen for it still reads the true status.
+        or with ``WNOWAIT``, so whoever holds a Popen for it still reads the true status; any
+        other child is reaped only on evidence that we did not fork it (:mod:`._adopted`).
         """
-        pin = self.known.get(pid)
-        if pin is not None:
+        pin = self.known.get(info.pid)
+        if pin is not None and pin.start_ticks == info.start_ticks:
             if pin.source == "descendant":
-                pin.collect(reap_adopted=True)
+                pin.collect(reap_adopted=pin.adopted)
             return
-        # Our own unreaped child: its pid cannot be recycled before this wait, so the plain
-        # pid is safe here (a pidfd would be needed for anyone else's).
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+        self.adoptions.reap(info)
 
     def _scan_new(self) -> ProcessTable:
         """Only processes not judged before, plus the pinned ones (their children's parents)."""
@@ -466,8 +484,23 @@ class TreeFinder:
             if stop:
                 pin.send(signal.SIGSTOP)
             pin.argv = read_argv(pid) or []  # for humans; after the stop, so it cannot hop
+            self._judge_adopted(pin, info)
             self.known[pid] = pin
             yield pin
+
+
+def marker_member(scope: Scope) -> Callable[[StatInfo], bool]:
+    """A test for "this live process carries the scope's tree marker" (verdicts cached)."""
+    marks = _Marks(scope)
+
+    def member(info: StatInfo) -> bool:
+        try:
+            value = environ_value(info.pid, _MARKER)
+        except ProcessUnreadableError:
+            return False
+        return value is not None and marks.classify(value) == "member"
+
+    return member
 
 
 def _same(info: StatInfo, pin: Pin) -> bool:

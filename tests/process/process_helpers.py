@@ -90,10 +90,9 @@ class Orchestrator:
         self.deadline_s: float = info["deadline"]
         self.pidfds: dict[int, int] = {}
         for pid in self.all_pids:
-            try:
+            # An orchestrator that returns at once shuts down at once: a child may be gone.
+            with contextlib.suppress(ProcessLookupError):
                 self.pidfds[pid] = os.pidfd_open(pid)
-            except ProcessLookupError:
-                pass  # already ended (an orchestrator that returns at once shuts down at once)
 
     @property
     def all_pids(self) -> list[int]:
