@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -230,5 +231,33 @@ def test_reap_empties_the_cgroup_a_dead_owner_left(
         assert _reap_elsewhere(db_path).sessions == []
         for fd in pidfds.values():
             os.close(fd)
+    finally:
+        esc.close()
+
+
+def _doctor(db: str) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "sessionstore", "--db", db, "--json", "doctor"],
+        capture_output=True,
+        timeout=60,
+    )
+    return out.returncode, json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_doctor_counts_what_reap_ends(db_path: str, tmp_path: Path, subreaper: None) -> None:
+    """Owner SIGKILLed, children exited, daemons alive: doctor counts exactly what reap ends."""
+    esc = Escapees(db_path, ["setsid", "nohup", "daemon", "doublefork"], tmp=tmp_path)
+    try:
+        with_marker = [p for p in esc.pids if _has_marker(p)]
+        esc.proc.kill()
+        assert esc.proc.wait(10) == -signal.SIGKILL
+        code, before = _doctor(db_path)
+        report = _reap_elsewhere(db_path)
+        (session,) = report.sessions
+        after_code, after = _doctor(db_path)
+        assert before["orphans"] == len(with_marker) == session.descendants_ended == 3
+        assert code == 1 and not before["healthy"]
+        assert after["orphans"] == 0 and after_code == 0
     finally:
         esc.close()
