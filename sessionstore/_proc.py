@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import errno
 import os
+import selectors
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import psutil
@@ -33,9 +35,13 @@ __all__ = [
     "read_stat",
     "scan",
     "settled_argv",
+    "wait_pidfds",
 ]
 
 LINUX = sys.platform.startswith("linux")
+
+_POLL_S = 0.02  # how often ``wait_pidfds`` calls its ``poll`` (processes without a pidfd)
+_MAX_SELECT_S = 3600.0  # clamp: huge select timeouts misbehave (python/cpython#154836)
 
 # How long a command line may stay empty while the kernel is inside execve (the new image is
 # mapped, its argument area not yet filled in). Measured: microseconds, milliseconds under load.
@@ -296,3 +302,60 @@ def scan() -> ProcessTable:
         if info is not None and info.pid != 2 and info.ppid != 2:
             procs[pid] = info
     return ProcessTable(procs=procs, unreadable=frozenset(unreadable))
+
+
+def wait_pidfds(
+    pidfds: Iterable[int],
+    deadline: float,
+    *,
+    wake_fd: int | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    poll: Callable[[], bool] | None = None,
+) -> set[int]:
+    """Wait until every pidfd is readable (its process exited), or the deadline passes.
+
+    The one wait on process exits of the package: shutdown, the CLI's ``stop`` and the stress
+    harness all call it. One selector over every pidfd (a pidfd turns readable when its process
+    exits, zombie or not), so it sleeps until something happens; it polls only for what has no
+    pidfd (old kernels, ``EMFILE``, not Linux), through ``poll``.
+
+    Args:
+        pidfds: the processes to wait for.
+        deadline: a ``time.monotonic()`` value.
+        wake_fd: also wake when this fd turns readable (the fd is not read); then
+            ``should_stop()`` decides whether to give up early.
+        should_stop: checked before each wait and on every wake; True ends the wait.
+        poll: for processes without a pidfd: called every 20 ms, True once they have all
+            exited (the wait is over only when it says so too).
+
+    Returns:
+        The pidfds still not readable (empty when every process exited, and ``poll``, if
+        given, said True).
+    """
+    pending = set(pidfds)
+    polled_done = poll is None or poll()
+    if not pending and polled_done:
+        return pending
+    with selectors.DefaultSelector() as sel:
+        for fd in pending:
+            sel.register(fd, selectors.EVENT_READ)
+        if wake_fd is not None:
+            sel.register(wake_fd, selectors.EVENT_READ)
+        while pending or not polled_done:
+            if should_stop():
+                break
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            if not polled_done:
+                timeout = min(timeout, _POLL_S)
+            for key, _ in sel.select(min(timeout, _MAX_SELECT_S)):
+                sel.unregister(key.fd)
+                if key.fd == wake_fd:
+                    if should_stop():
+                        return pending
+                    continue  # woken for something else: don't spin on it
+                pending.discard(key.fd)
+            if not polled_done:
+                polled_done = poll is not None and poll()
+    return pending

@@ -11,14 +11,13 @@ a process is gone when its pidfd is readable or ``/proc`` shows it a zombie; zom
 
 from __future__ import annotations
 
-import selectors
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .._proc import ProcessUnreadableError
+from .._proc import ProcessUnreadableError, wait_pidfds
 from ..errors import UnsafeSignalError
 from ._adopted import Adoptions
 from ._cgroup import SessionCgroup
@@ -28,9 +27,7 @@ from ._tree import Scope, TreeFinder
 
 __all__ = ["TerminationResult", "Verification", "terminate_trees", "wait_exited"]
 
-_POLL_S = 0.02  # only for pins without a pidfd
 _TERM_ROUNDS = 20  # grace rounds that SIGTERM newly found members; a hopper meets SIGKILL
-_MAX_SELECT_S = 3600.0  # clamp: huge select timeouts misbehave (python/cpython#154836)
 
 
 @dataclass
@@ -71,39 +68,21 @@ def wait_exited(
         True when all had exited.
     """
     remaining = [p for p in pins if not p.has_exited()]
-    if not remaining:
-        return True
-    with selectors.DefaultSelector() as sel:
-        polled: list[Pin] = []
-        for pin in remaining:
-            fd = pin.fileno()
-            if fd is None:
-                polled.append(pin)
-            else:
-                sel.register(fd, selectors.EVENT_READ, pin)
-        if wake_fd is not None:
-            sel.register(wake_fd, selectors.EVENT_READ, None)
-        waiting = len(remaining)
-        while waiting:
-            if should_stop():
-                return False
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                return False
-            if polled:
-                timeout = min(timeout, _POLL_S)
-            for key, _ in sel.select(min(timeout, _MAX_SELECT_S)):
-                if key.data is None:
-                    if should_stop():
-                        return False
-                    sel.unregister(key.fd)  # woken for something else: don't spin on it
-                    continue
-                sel.unregister(key.fd)
-                waiting -= 1
-            still = [p for p in polled if not p.has_exited()]
-            waiting -= len(polled) - len(still)
-            polled = still
-    return True
+    fds = {fd: pin for pin in remaining if (fd := pin.fileno()) is not None}
+    polled = [pin for pin in remaining if pin.fileno() is None]
+
+    def polled_exited() -> bool:
+        polled[:] = [p for p in polled if not p.has_exited()]
+        return not polled
+
+    left = wait_pidfds(
+        fds,
+        deadline,
+        wake_fd=wake_fd,
+        should_stop=should_stop,
+        poll=polled_exited if polled else None,
+    )
+    return not left and not polled
 
 
 def _signal_trees(roots: list[Pin], pins: Iterable[Pin], sig: int) -> None:
