@@ -30,7 +30,9 @@ __all__ = [
     "ProcessUnreadableError",
     "StatInfo",
     "environ_value",
+    "list_pids",
     "read_argv",
+    "read_cgroup",
     "read_children",
     "read_stat",
     "scan",
@@ -282,6 +284,33 @@ def environ_value(pid: int, name: bytes) -> bytes | None:
     return None
 
 
+def list_pids() -> list[int]:
+    """Every visible pid now (one listing of ``/proc``; psutil's elsewhere)."""
+    if not LINUX:
+        return list(psutil.pids())
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def read_cgroup(pid: int) -> str | None:
+    """The cgroup v2 path of a process (``/`` is the root), from ``/proc/<pid>/cgroup``.
+
+    Returns:
+        The path, or None when there is no such process or it is in no v2 hierarchy.
+
+    Raises:
+        ProcessUnreadableError: it could not be read.
+    """
+    if not LINUX:
+        return None
+    raw = _read(pid, f"/proc/{pid}/cgroup")
+    if raw is None:
+        return None
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip()
+    return None
+
+
 def scan() -> ProcessTable:
     """Read every visible process once (kernel threads left out).
 
@@ -291,8 +320,7 @@ def scan() -> ProcessTable:
     """
     procs: dict[int, StatInfo] = {}
     unreadable: set[int] = set()
-    pids = psutil.pids() if not LINUX else [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    for pid in pids:
+    for pid in list_pids():
         try:
             info = read_stat(pid)
         except ProcessUnreadableError:

@@ -40,6 +40,7 @@ from .._proc import (
     ProcessUnreadableError,
     StatInfo,
     environ_value,
+    list_pids,
     read_argv,
     read_children,
     read_stat,
@@ -452,10 +453,7 @@ class TreeFinder:
         procs: dict[int, StatInfo] = {}
         unreadable: set[int] = set()
         outside = self._outside
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            pid = int(name)
+        for pid in list_pids():
             if pid in outside:
                 continue
             try:
