@@ -246,6 +246,11 @@ class TreeFinder:
           children are re-parented to us *before* it turns zombie: seeing the zombie counts as
           new, and the next walk reads our list again.
 
+        One thing can still shorten our list during a walk: the exit watcher reaping a root
+        (through its Popen). The kernel may then skip an entry of that one read, which is why
+        the SIGKILL wave is followed by full scans until two in a row find nothing
+        (``_settle_after_kill``): the walk makes catching certain, the scans verify.
+
         Rejected: listing ``/proc`` (about 1 ms here, while a Python process forks and exits
         in about as long: the old incremental scans lost a "PID hopper" in 0-3 rounds of 20).
 
