@@ -308,6 +308,15 @@ class TreeFinder:
                 if key in self._walked:
                     continue
                 self._walked.add(key)
+                if (
+                    parent == self._me
+                    and info.pgid == self._my_pgrp
+                    and (info.finished or self._marker(info) != "member")
+                ):
+                    # The application's own child (see _members): its comings and goings
+                    # are not the trees', and an app that keeps starting subprocesses must
+                    # not keep the walk going until the deadline.
+                    continue
                 seen_new = True
                 if info.finished:
                     continue  # a zombie: its children, if any, are on our list now

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,4 +324,43 @@ def test_chase_leaves_no_member_running(subreaper: None) -> None:
             launcher.wait(5)
             _end_escaped_hopper(read_fd)
             os.close(read_fd)
+    assert not bad, bad
+
+
+@pytest.mark.timeout(120)
+def test_app_starting_subprocesses_meanwhile_does_not_stall_the_kill(
+    store: SessionStore, subreaper: None
+) -> None:
+    """20 rounds: the app runs subprocesses in a loop during shutdown; SIGKILL still verified."""
+    bad = []
+    for n in range(20):
+        sid = store.create_session(f"busy-app-{n}").id
+        layer = ProcessLayer(
+            store, sid, grace_s=0.05, kill_verify_s=2.0, cgroup=False, close_store=False
+        )
+        stop = threading.Event()
+
+        def churn(done: threading.Event = stop) -> None:
+            while not done.is_set():
+                subprocess.run(["true"], check=False)
+
+        stubborn = layer.spawn(
+            [
+                sys.executable,
+                "-c",
+                "import signal\nsignal.signal(15, 1)\nprint(1, flush=True)\nsignal.pause()",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert stubborn.stdout is not None and stubborn.stdout.readline()
+        worker = threading.Thread(target=churn)
+        worker.start()
+        try:
+            report = layer.shutdown()
+        finally:
+            stop.set()
+            worker.join(10)
+            stubborn.stdout.close()
+        if report.verification != "verified" or stubborn.wait(5) != -signal.SIGKILL:
+            bad.append((n, report.verification, report.verification_reason, report.phases))
     assert not bad, bad
