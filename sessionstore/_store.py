@@ -11,7 +11,6 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -40,7 +39,6 @@ from ._models import (
     CloseReport,
     Event,
     EventLevel,
-    OpFailure,
     ReplayReport,
     Session,
     SessionStatus,
@@ -69,6 +67,7 @@ from ._ops import (
     session_id_for_key,
 )
 from ._readers import ReaderPool
+from ._routing import GONE_ERRORS, WriteRouter
 from ._rows import (
     CHECKPOINT_COLUMNS,
     CHILD_COLUMNS,
@@ -87,16 +86,13 @@ from ._transaction import (
     make_put_checkpoint,
     make_put_writes,
 )
-from ._writer import BATCH, OP_ERRORS, Writer
+from ._writer import BATCH, Writer
 from .errors import (
     ProcessNotFoundError,
     SchemaVersionError,
     SessionNotFoundError,
-    SessionStoreError,
-    StoreBusyError,
     StoreClosedError,
     StoreCorruptError,
-    StoreIOError,
     StoreOpenError,
     StoreReadOnlyError,
 )
@@ -115,19 +111,6 @@ _MAX_EVENTS_PAGE = 10_000
 # operator budgets (systemd, docker) from this.
 CLOSE_GRACE_S = 0.25
 _LET_GO_S = 0.1
-_DEFERRED = object()  # marker: the op was queued or journaled, not applied now
-
-# Errors that mean the connection went away under an abandoned lease during close.
-_STORAGE_ERRORS = (
-    apsw.FullError,
-    apsw.IOError,
-    apsw.ReadOnlyError,
-    apsw.CantOpenError,
-    apsw.LockedError,
-    OSError,
-)
-_GONE_ERRORS = (apsw.ConnectionClosedError, apsw.InterruptError, apsw.ThreadingViolationError)
-
 _live: weakref.WeakSet[SessionStore] = weakref.WeakSet()
 # Connections inherited across fork: never closed or freed in the child (SQLite's close could
 # delete state out from under the parent), so kept referenced here for the child's lifetime.
@@ -239,21 +222,17 @@ class SessionStore:
             lambda: open_connection(self.path, self.config, self._policy, query_only=True),
             config.read_connections,
         )
+        self._router = WriteRouter(
+            path, self._gate, self._writer, self._journal, read_only=read_only
+        )
         self._close_report: CloseReport | None = None
-        self._n_applied = 0
-        self._n_from_queue = 0
-        self._n_replayed = 0
-        self._n_journaled = 0
-        self._failures: deque[OpFailure] = deque(maxlen=100)
         self.open_replay: ReplayReport = ReplayReport()
-        self._corrupt: str | None = None  # why writes stopped going to the database
         # What the integrity probe at open found: "ok", or why it was skipped.
         self.integrity_probe = "not run"
 
     def _init_locks(self) -> None:
         self._gate: Gate[Op] = Gate(self.config.max_pending_ops)
         self._close_lock = threading.Lock()
-        self._counter_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------- opening
 
@@ -387,142 +366,8 @@ class SessionStore:
     # ----------------------------------------------------------------------------- writing
 
     def _write(self, op: Op) -> Any:
-        """Apply ``op`` now, or queue it (closing), or journal it (closed / cannot land).
-
-        Returns:
-            What ``apply`` returned, or ``_DEFERRED``.
-        """
-        if self.read_only:
-            raise StoreReadOnlyError(self.path, op.kind)
-        if self._corrupt is not None:
-            # Found corrupt earlier: nothing more is written into it; the journal keeps the ops
-            # for the next open of a repaired (or restored) file.
-            self._journal_ops([op], f"database found corrupt: {self._corrupt}")
-            return _DEFERRED
-        admission = self._gate.admit_write(op, op.kind)
-        if admission == "queued":
-            return _DEFERRED
-        if admission in ("closed", "overflow"):
-            reason = "store closed" if admission == "closed" else "pending queue full"
-            self._journal_ops([op], reason)
-            return _DEFERRED
-        assert isinstance(admission, Lease)
-        try:
-            result = self._writer.apply(op)
-        except OP_ERRORS:
-            raise
-        except StoreBusyError as err:
-            self._journal_ops([op], str(err))
-            return _DEFERRED
-        except (apsw.CorruptError, apsw.NotADBError) as err:
-            self._corrupt = f"{type(err).__name__}: {err}"
-            log.error("%s is corrupt; further writes go to the journal: %s", self.path, err)
-            self._journal_ops([op], self._corrupt)
-            return _DEFERRED
-        except _STORAGE_ERRORS as err:
-            # The database cannot take the write for a storage reason (disk full, I/O error,
-            # the file or its directory not writable): journaled exactly as BUSY is.
-            self._journal_ops([op], f"{type(err).__name__}: {err}")
-            return _DEFERRED
-        except _GONE_ERRORS as err:
-            if not admission.abandoned and self._gate.state is StoreState.OPEN:
-                raise
-            self._journal_ops([op], f"store closed under the write ({type(err).__name__})")
-            return _DEFERRED
-        finally:
-            self._gate.release(admission)
-        with self._counter_lock:
-            self._n_applied += 1
-        return result
-
-    def _journal_ops(self, ops: Sequence[Op], reason: str) -> None:
-        """Append ops to the durable journal and tell the caller through log and ``stats()``.
-
-        Raises:
-            JournalFullError: the journal is at its size bound (the op is not recorded).
-            StoreOpenError: the journal is not a file this store may write (a link, a FIFO,
-                another user's).
-            StoreIOError: the journal itself could not be written (disk full, a file size
-                limit, a directory made read-only); an ``OSError`` too. Each op's JSON is
-                logged at error level first, and ``stats().failures`` lists it as unrecorded.
-        """
-        try:
-            self._journal.append(ops)
-        except Exception as err:
-            detail = f"{type(err).__name__}: {err}"
-            self._unrecorded(ops, f"{reason}; the journal could not be written: {detail}")
-            if isinstance(err, OSError) and not isinstance(err, SessionStoreError):
-                raise StoreIOError(self.path, "journal a write", detail) from err
-            raise
-        now = time.time()
-        with self._counter_lock:
-            self._n_journaled += len(ops)
-            for op in ops:
-                self._failures.append(
-                    OpFailure(
-                        op_id=op.op_id, kind=op.kind, disposition="journaled", reason=reason, at=now
-                    )
-                )
-        if self._gate.state is StoreState.OPEN:
-            log.warning(
-                "%d op(s) could not be applied to %s (%s); journaled for the next open",
-                len(ops),
-                self.path,
-                reason,
-            )
-
-    def _record_rejected(self, rejected: Sequence[tuple[Op, Exception]]) -> None:
-        """Keep queued ops the database refused in the rejected file, with their reasons.
-
-        Raises:
-            StoreOpenError, OSError: the rejected file could not be written.
-        """
-        reasons = [f"rejected at close: {type(err).__name__}: {err}" for _, err in rejected]
-        # Kept aside in the rejected file: never silently dropped.
-        self._journal.keep_aside_ops([op for op, _ in rejected], reasons)
-        now = time.time()
-        with self._counter_lock:
-            for (op, _), reason in zip(rejected, reasons, strict=True):
-                self._failures.append(
-                    OpFailure(
-                        op_id=op.op_id, kind=op.kind, disposition="rejected", reason=reason, at=now
-                    )
-                )
-        for op, err in rejected:
-            log.warning("queued op %s (%s) rejected: %s", op.op_id, op.kind, err)
-
-    def _secure(self, ops: Sequence[Op], reason: str, out: _DrainOutcome) -> None:
-        """Journal ops the drain could not apply; if even that fails, report them unrecorded.
-
-        Never raises: this is the last place an op can go, and close must finish.
-        """
-        if not ops:
-            return
-        try:
-            self._journal_ops(ops, reason)
-        except Exception as err:  # logged and counted as unrecorded by _journal_ops
-            why = f"{reason}; the journal could not be written: {type(err).__name__}: {err}"
-            out.errors.append(f"{len(ops)} queued op(s) neither applied nor journaled: {why}")
-            out.unrecorded.extend(op.line.decode().rstrip("\n") for op in ops)
-
-    def _unrecorded(self, ops: Sequence[Op], why: str) -> None:
-        """Ops neither applied nor journaled: each one's JSON at error level, and stats()."""
-        now = time.time()
-        for op in ops:
-            log.error(
-                "op %s (%s) neither applied nor journaled (%s): %s",
-                op.op_id,
-                op.kind,
-                why,
-                op.line.decode().rstrip("\n"),
-            )
-        with self._counter_lock:
-            for op in ops:
-                self._failures.append(
-                    OpFailure(
-                        op_id=op.op_id, kind=op.kind, disposition="unrecorded", reason=why, at=now
-                    )
-                )
+        """Route ``op`` (see ``_routing``): what ``apply`` returned, or ``DEFERRED``."""
+        return self._router.write(op)
 
     # ----------------------------------------------------------------------------- reading
 
@@ -537,7 +382,7 @@ class SessionStore:
                 return self._policy.call(
                     lambda: _gated(fn, conn), path=self.path, operation=borrower
                 )
-        except _GONE_ERRORS as err:
+        except GONE_ERRORS as err:
             raise StoreClosedError(self.path, f"store closed during {borrower}") from err
         except (apsw.CorruptError, apsw.NotADBError) as err:
             raise StoreCorruptError(self.path, f"{type(err).__name__}: {err}") from err
@@ -1166,8 +1011,7 @@ class SessionStore:
         if self._gate.state is StoreState.CLOSED:
             raise StoreClosedError(self.path)
         report = self._journal.replay(self._writer.apply_batch)
-        with self._counter_lock:
-            self._n_replayed += report.applied
+        self._router.count(replayed=report.applied)
         if report.applied or report.rejected or report.invalid or report.torn:
             log.info("replayed journal of %s: %s", self.path, report)
         return report
@@ -1239,8 +1083,7 @@ class SessionStore:
             results = self._writer.apply_batch(ops)
         finally:
             self._gate.release(lease)
-        with self._counter_lock:
-            self._n_applied += sum(r is None for r in results)
+        self._router.count(applied=sum(r is None for r in results))
         return results
 
     def journal_pending(self) -> int:
@@ -1253,18 +1096,7 @@ class SessionStore:
             JournalFullError, StoreOpenError, StoreIOError: the journal could not take them;
                 each op's JSON was logged at error level first.
         """
-        ops = self._gate.drain_pending()
-        if ops:
-            try:
-                self._journal_ops(ops, "hard exit while closing")
-            except Exception:
-                raise  # _journal_ops logged each op's JSON at error level
-            except BaseException as err:
-                # Interrupted inside the append: the process is about to exit, and the log is
-                # the last place these ops can go.
-                self._unrecorded(ops, f"hard exit while closing: {type(err).__name__}")
-                raise
-        return len(ops)
+        return self._router.journal_pending()
 
     @property
     def state(self) -> StoreState:
@@ -1288,22 +1120,22 @@ class SessionStore:
             wal = os.stat(self._wal_path).st_size
         except FileNotFoundError:
             wal = 0
-        with self._counter_lock:
-            return StoreStats(
-                path=self.path,
-                state=state,
-                leases=leases,
-                pending=pending,
-                applied=self._n_applied,
-                applied_from_queue=self._n_from_queue,
-                replayed=self._n_replayed,
-                journaled=self._n_journaled,
-                journal_bytes=self._journal.size(),
-                wal_bytes=wal,
-                checkpoints=self._writer.checkpoints,
-                last_checkpoint=self._writer.last_checkpoint,
-                failures=list(self._failures),
-            )
+        counters = self._router.counters()
+        return StoreStats(
+            path=self.path,
+            state=state,
+            leases=leases,
+            pending=pending,
+            applied=counters.applied,
+            applied_from_queue=counters.from_queue,
+            replayed=counters.replayed,
+            journaled=counters.journaled,
+            journal_bytes=self._journal.size(),
+            wal_bytes=wal,
+            checkpoints=self._writer.checkpoints,
+            last_checkpoint=self._writer.last_checkpoint,
+            failures=counters.failures,
+        )
 
     def __repr__(self) -> str:
         state, leases, pending = self._gate.counts()
@@ -1406,8 +1238,7 @@ class SessionStore:
         out = _DrainOutcome(errors)
         self._drain_queue(deadline, out)
         applied_from_queue = out.applied
-        with self._counter_lock:
-            self._n_from_queue += applied_from_queue
+        self._router.count(from_queue=applied_from_queue)
         t2 = time.monotonic()
 
         replayed = 0
@@ -1419,8 +1250,7 @@ class SessionStore:
                     functools.partial(self._writer.apply_batch, deadline=deadline)
                 )
                 replayed = rep.applied
-                with self._counter_lock:
-                    self._n_replayed += rep.applied
+                self._router.count(replayed=rep.applied)
             except Exception as err:  # the journal stays for the next open
                 errors.append(f"journal replay at close: {type(err).__name__}: {err}")
         t3 = time.monotonic()
@@ -1447,7 +1277,7 @@ class SessionStore:
             close_s=t5 - t4,
             total_s=t5 - t0,
             applied_from_queue=applied_from_queue,
-            journaled=self._n_journaled,
+            journaled=self._router.journaled,
             replayed=replayed,
             abandoned_leases=[lease.describe() for lease in abandoned],
             wal_bytes_before=wal_before,
@@ -1480,7 +1310,7 @@ class SessionStore:
         out.rejected += len(rejected)
         if rejected:
             try:
-                self._record_rejected(rejected)
+                self._router.keep_aside(rejected)
             except Exception as err:  # the rejected file failed: the journal keeps them
                 out.errors.append(f"rejected file: {type(err).__name__}: {err}")
                 self._secure([op for op, _ in rejected], "rejected at close", out)
@@ -1523,6 +1353,12 @@ class SessionStore:
             if not isinstance(err, Exception):
                 raise
 
+    def _secure(self, ops: Sequence[Op], reason: str, out: _DrainOutcome) -> None:
+        why = self._router.secure(ops, reason)
+        if why is not None:
+            out.errors.append(f"{len(ops)} queued op(s) neither applied nor journaled: {why}")
+            out.unrecorded.extend(op.line.decode().rstrip("\n") for op in ops)
+
     def _wal_size(self) -> int:
         try:
             return os.stat(self._wal_path).st_size
@@ -1554,6 +1390,7 @@ class SessionStore:
             _inherited_at_fork.append(inherited)
         state = self._gate.state
         self._init_locks()
+        self._router.after_fork(self._gate)
         if state is not StoreState.OPEN:
             self._gate.force_closed()
         self._pid = os.getpid()
