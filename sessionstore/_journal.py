@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import apsw
 
+from ._files import journal_path, rejected_path
 from ._models import ReplayReport
 from ._ops import Op, op_from_line
 from .errors import (
@@ -116,12 +117,12 @@ os.register_at_fork(
 
 def journal_path_for(db_path: str) -> str:
     """The journal file of the database at ``db_path`` (a resolved path)."""
-    return f"{db_path}-ops.jsonl"
+    return journal_path(db_path)
 
 
 def rejected_path_for(db_path: str) -> str:
     """The file of kept-aside journal lines of the database at ``db_path``."""
-    return f"{db_path}-ops.rejected.jsonl"
+    return rejected_path(db_path)
 
 
 def _fsync_dir(path: str) -> None:

@@ -24,6 +24,7 @@ from ._connection import (
     read_only_mode,
     translate_open_error,
 )
+from ._files import wal_size
 from ._forkgate import FORK_GATE
 from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
@@ -214,7 +215,6 @@ class SessionStore:
         self._clock = clock
         self._policy = RetryPolicy(config.write_deadline_s, clock=clock)
         self._journal = Journal(path, max_bytes=config.max_journal_bytes)
-        self._wal_path = f"{path}-wal"
         self._pid = os.getpid()
         self._init_locks()
         self._writer = Writer(path, config, self._policy, clock)
@@ -1116,10 +1116,6 @@ class SessionStore:
     def stats(self) -> StoreStats:
         """A snapshot of the store's counters (works in every state)."""
         state, leases, pending = self._gate.counts()
-        try:
-            wal = os.stat(self._wal_path).st_size
-        except FileNotFoundError:
-            wal = 0
         counters = self._router.counters()
         return StoreStats(
             path=self.path,
@@ -1131,7 +1127,7 @@ class SessionStore:
             replayed=counters.replayed,
             journaled=counters.journaled,
             journal_bytes=self._journal.size(),
-            wal_bytes=wal,
+            wal_bytes=wal_size(self.path),
             checkpoints=self._writer.checkpoints,
             last_checkpoint=self._writer.last_checkpoint,
             failures=counters.failures,
@@ -1255,7 +1251,7 @@ class SessionStore:
                 errors.append(f"journal replay at close: {type(err).__name__}: {err}")
         t3 = time.monotonic()
 
-        wal_before = self._wal_size()
+        wal_before = wal_size(self.path)
         checkpoint = None
         if self._writer.is_open:
             try:
@@ -1281,7 +1277,7 @@ class SessionStore:
             replayed=replayed,
             abandoned_leases=[lease.describe() for lease in abandoned],
             wal_bytes_before=wal_before,
-            wal_bytes_after=self._wal_size(),
+            wal_bytes_after=wal_size(self.path),
             checkpoint=checkpoint,
             errors=errors,
             rejected=out.rejected,
@@ -1358,12 +1354,6 @@ class SessionStore:
         if why is not None:
             out.errors.append(f"{len(ops)} queued op(s) neither applied nor journaled: {why}")
             out.unrecorded.extend(op.line.decode().rstrip("\n") for op in ops)
-
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(self._wal_path).st_size
-        except FileNotFoundError:
-            return 0
 
     def _close_connections(self, errors: list[str]) -> None:
         if self._pid != os.getpid():

@@ -50,6 +50,7 @@ import apsw
 from ._checkpoint import AUTOCHECKPOINT_PAGES, Checkpointer, CheckpointSchedule, run_checkpoint
 from ._config import StoreConfig
 from ._connection import RetryPolicy, fair_busy_handler, open_connection, set_busy
+from ._files import wal_path
 from ._forkgate import FORK_GATE
 from ._models import CheckpointResult
 from ._ops import Op, apply
@@ -86,7 +87,7 @@ class Writer:
         self.last_checkpoint: CheckpointResult | None = None
         self._policy = policy
         self._clock = clock
-        self._wal_path = f"{path}-wal"
+        self._wal_path = wal_path(path)
         self._conn: apsw.Connection | None = None
         self._pid = os.getpid()
         self._page_size = 4096
