@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
+import sessionstore
 from sessionstore import SessionStore
 from sessionstore._files import (
+    JOURNAL_SUFFIX,
+    REJECTED_SUFFIX,
+    SHM_SUFFIX,
+    WAL_SUFFIX,
     file_sizes,
     journal_path,
     rejected_path,
@@ -45,3 +53,36 @@ def test_sizes_of_an_open_store_match_the_files(db_path: str) -> None:
         assert sizes["db_bytes"] == os.path.getsize(store.path)
         assert sizes["wal_bytes"] == os.path.getsize(wal_path(store.path)) > 0
         assert store.stats().wal_bytes == wal_size(store.path)
+
+
+def _string_constants(tree: ast.AST) -> Iterator[ast.Constant]:
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+        ):
+            yield node
+
+
+def test_no_other_module_names_a_side_file() -> None:
+    """Only _files.py spells a side file's suffix; everything else asks it (one of each)."""
+    package = Path(sessionstore.__file__).parent
+    suffixes = (WAL_SUFFIX, SHM_SUFFIX, JOURNAL_SUFFIX, REJECTED_SUFFIX)
+    found = []
+    for source in sorted(package.rglob("*.py")):
+        if source.name == "_files.py" and source.parent == package:
+            continue
+        tree = ast.parse(source.read_text(), filename=str(source))
+        for node in _string_constants(tree):
+            if node.value.endswith(suffixes):
+                found.append(f"{source.relative_to(package)}:{node.lineno}: {node.value!r}")
+    assert found == []
