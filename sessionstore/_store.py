@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 
 import apsw
 
+from ._close import CloseSequence, close_connections
 from ._config import StoreConfig
 from ._connection import (
     RetryPolicy,
@@ -28,7 +28,7 @@ from ._files import wal_size
 from ._forkgate import FORK_GATE
 from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
-from ._journal import Journal, apply_isolated
+from ._journal import Journal
 from ._leases import Gate, Lease
 from ._migrate import FileKind, apply_migrations, identify, latest_version
 from ._models import (
@@ -87,7 +87,7 @@ from ._transaction import (
     make_put_checkpoint,
     make_put_writes,
 )
-from ._writer import BATCH, Writer
+from ._writer import Writer
 from .errors import (
     ProcessNotFoundError,
     SchemaVersionError,
@@ -105,13 +105,6 @@ log = logging.getLogger("sessionstore")
 T = TypeVar("T")
 
 _MAX_EVENTS_PAGE = 10_000
-# close() returns within its timeout plus this grace (plus the final checkpoint's busy wait,
-# ``checkpoint_busy_timeout_ms``, and closing the connections, a few milliseconds): the queue
-# and the journal replay get at least CLOSE_GRACE_S after the lease drain, and each of the two
-# waits for the writer to let go (_LET_GO_S) is bounded apart from it. The README derives the
-# operator budgets (systemd, docker) from this.
-CLOSE_GRACE_S = 0.25
-_LET_GO_S = 0.1
 _live: weakref.WeakSet[SessionStore] = weakref.WeakSet()
 # Connections inherited across fork: never closed or freed in the child (SQLite's close could
 # delete state out from under the parent), so kept referenced here for the child's lifetime.
@@ -321,13 +314,10 @@ class SessionStore:
         _live.add(self)
         try:
             self._journal.check()  # before anything is touched: a planted link is refused
-            with self._writer.lock, FORK_GATE.section():
-                try:
-                    conn = self._writer.connection_locked()
-                    self.integrity_probe = _probe_integrity(conn, self.path)
-                    apply_migrations(conn, self.path, self._policy)
-                except apsw.Error as err:
-                    raise translate_open_error(self.path, err) from err
+            try:
+                self.integrity_probe = self._writer.with_connection(self._prepare)
+            except apsw.Error as err:
+                raise translate_open_error(self.path, err) from err
             if self.config.checkpointing:
                 self._writer.start_checkpointer(self._scheduled_checkpoint)
             if self.config.replay_on_open:
@@ -340,11 +330,17 @@ class SessionStore:
             self._abort_open()
             raise
 
+    def _prepare(self, conn: apsw.Connection) -> str:
+        """At open, on the writer's connection: the integrity probe, then the migrations."""
+        probe = _probe_integrity(conn, self.path)
+        apply_migrations(conn, self.path, self._policy)
+        return probe
+
     def _abort_open(self) -> None:
         self._gate.force_closed()
         self._writer.stop_checkpointer(timeout=5.0)
         errors: list[str] = []
-        self._close_connections(errors)
+        close_connections(self._readers, self._writer, self._pid, errors)
         _live.discard(self)
         for error in errors:
             log.warning("closing %s after a failed open: %s", self.path, error)
@@ -1182,191 +1178,30 @@ class SessionStore:
             try:
                 if not self._gate.begin_close():
                     return CloseReport(path=self.path, already_closed=True)
-                report = self._do_close(self.config.close_timeout_s if timeout is None else timeout)
+                report = self._closing().run(
+                    self.config.close_timeout_s if timeout is None else timeout
+                )
             except BaseException as err:
                 # Whatever broke the close (an interrupt), the store ends CLOSED with its
                 # connections closed, and a second close() returns this report.
-                self._close_report = self._close_after_failure(err)
+                self._close_report = self._closing().after_failure(err)
                 _live.discard(self)
                 raise
             self._close_report = report
             _live.discard(self)
             return report
 
-    def _close_after_failure(self, err: BaseException) -> CloseReport:
-        out = _DrainOutcome([f"close failed: {type(err).__name__}: {err}"])
-        self._secure(self._gate.close_and_take_all(), "close failed", out)
-        self._writer.stop_checkpointer(timeout=0.1)
-        self._close_connections(out.errors)
-        return CloseReport(path=self.path, errors=out.errors, unrecorded=out.unrecorded)
-
-    def _do_close(self, timeout: float) -> CloseReport:
-        # One deadline for the whole close: every phase gets what is left of ``timeout``, and
-        # the phases after the lease drain get at least CLOSE_GRACE_S between them (see
-        # CLOSE_GRACE_S for the bound this gives).
-        errors: list[str] = []
-        t0 = time.monotonic()
-        end = t0 + timeout
-
-        def left() -> float:
-            return max(0.0, end - time.monotonic())
-
-        self._writer.stop_checkpointer(timeout=min(left(), 0.1))
-        abandoned = self._gate.wait_drained(left())
-        if abandoned:
-            # Their connections may be mid-statement or waiting on a lock: make them give up.
-            self._writer.abort_waits = True
-            self._writer.interrupt()
-            for conn in self._readers.all():
-                with contextlib.suppress(apsw.Error):
-                    conn.interrupt()
-            errors.append(f"{len(abandoned)} lease(s) abandoned after {timeout:.2f} s")
-            # Once an abandoned writer has let go (its op journaled), waits may wait again:
-            # the queue is better applied now than journaled for the next open.
-            if self._writer.lock.acquire(timeout=_LET_GO_S):
-                self._writer.abort_waits = False
-                self._writer.lock.release()
-        t1 = time.monotonic()
-
-        # Queue and replay share what is left, and at least CLOSE_GRACE_S (on the store's
-        # clock: the writer's deadlines are on it).
-        deadline = self._clock() + max(left(), CLOSE_GRACE_S)
-        out = _DrainOutcome(errors)
-        self._drain_queue(deadline, out)
-        applied_from_queue = out.applied
-        self._router.count(from_queue=applied_from_queue)
-        t2 = time.monotonic()
-
-        replayed = 0
-        if self._journal.size() and self._writer.is_open and self._clock() < deadline:
-            # Bounded by the same deadline; what is not replayed in time stays in the journal
-            # for the next open (op ids make a partly applied replay harmless to redo).
-            try:
-                rep = self._journal.replay(
-                    functools.partial(self._writer.apply_batch, deadline=deadline)
-                )
-                replayed = rep.applied
-                self._router.count(replayed=rep.applied)
-            except Exception as err:  # the journal stays for the next open
-                errors.append(f"journal replay at close: {type(err).__name__}: {err}")
-        t3 = time.monotonic()
-
-        wal_before = wal_size(self.path)
-        checkpoint = None
-        if self._writer.is_open:
-            try:
-                # Busy here is normal when other processes still use the database (the last
-                # one to close empties the WAL); it is reported in `checkpoint`, and is not an
-                # error of this close.
-                checkpoint = self._writer.checkpoint("TRUNCATE", lock_timeout=_LET_GO_S)
-            except Exception as err:  # close never raises for it; reported
-                errors.append(f"final checkpoint: {err}")
-        t4 = time.monotonic()
-        self._close_connections(errors)
-        t5 = time.monotonic()
-        return CloseReport(
-            path=self.path,
-            drain_s=t1 - t0,
-            queue_s=t2 - t1,
-            replay_s=t3 - t2,
-            checkpoint_s=t4 - t3,
-            close_s=t5 - t4,
-            total_s=t5 - t0,
-            applied_from_queue=applied_from_queue,
-            journaled=self._router.journaled,
-            replayed=replayed,
-            abandoned_leases=[lease.describe() for lease in abandoned],
-            wal_bytes_before=wal_before,
-            wal_bytes_after=wal_size(self.path),
-            checkpoint=checkpoint,
-            errors=errors,
-            rejected=out.rejected,
-            unrecorded=out.unrecorded,
+    def _closing(self) -> CloseSequence:
+        return CloseSequence(
+            self.path,
+            clock=self._clock,
+            gate=self._gate,
+            writer=self._writer,
+            readers=self._readers,
+            journal=self._journal,
+            router=self._router,
+            pid=self._pid,
         )
-
-    def _drain_batch(self, ops: list[Op], out: _DrainOutcome, deadline: float) -> None:
-        """Apply queued ops; each ends applied, kept aside, journaled or reported. Never raises."""
-        if not self._writer.is_open:
-            self._secure(ops, "no connection to apply queued ops", out)
-            return
-        try:
-            results = apply_isolated(
-                lambda batch: self._writer.apply_batch(batch, deadline=deadline), ops
-            )
-        except TimeoutError:
-            self._secure(ops, "writer held by an abandoned lease", out)
-            return
-        except Exception as err:  # ENVIRONMENT_ERRORS: the database cannot take them now
-            out.errors.append(f"queued ops not applied: {type(err).__name__}: {err}")
-            # Some may have committed before the error; journaling them again is harmless.
-            self._secure(ops, f"could not apply queued ops at close: {err}", out)
-            return
-        rejected = [(op, err) for op, err in zip(ops, results, strict=True) if err is not None]
-        out.applied += len(ops) - len(rejected)
-        out.rejected += len(rejected)
-        if rejected:
-            try:
-                self._router.keep_aside(rejected)
-            except Exception as err:  # the rejected file failed: the journal keeps them
-                out.errors.append(f"rejected file: {type(err).__name__}: {err}")
-                self._secure([op for op, _ in rejected], "rejected at close", out)
-
-    def _drain_queue(self, deadline: float, out: _DrainOutcome) -> None:
-        """Apply the pending queue in batches and move the store to CLOSED.
-
-        Never raises ``Exception``: every op taken off the queue ends applied, kept aside,
-        journaled or in ``out.unrecorded``. A ``BaseException`` (KeyboardInterrupt) secures
-        them the same way, then propagates, with the store CLOSED.
-        """
-        in_hand: list[Op] = []
-        # Bounded: a thread that keeps writing refills the queue faster than batches apply
-        # (an append costs a microsecond, an applied op tens), so draining "until empty" could
-        # run forever. Past the deadline the rest goes to the journal and the store closes.
-        try:
-            while True:
-                if self._clock() >= deadline:
-                    in_hand = self._gate.close_and_take_all()
-                    if in_hand:
-                        out.errors.append(
-                            f"{len(in_hand)} queued op(s) journaled at the drain deadline"
-                        )
-                        self._secure(
-                            in_hand, "close: queue still refilling at the drain deadline", out
-                        )
-                    return
-                in_hand = self._gate.take_pending_or_close(BATCH)
-                if not in_hand:
-                    return  # CLOSED: later writes are journaled
-                self._drain_batch(in_hand, out, deadline)
-                in_hand = []
-        except BaseException as err:
-            # _drain_batch does not raise Exception; this is an interrupt (or a bug): nothing
-            # taken off the queue may vanish with it. Ops in hand are kept in `in_hand` until
-            # they are applied or recorded, so journaling them again here is at worst a
-            # duplicate, which replay makes harmless.
-            out.errors.append(f"drain interrupted: {type(err).__name__}: {err}")
-            self._secure(in_hand + self._gate.close_and_take_all(), "close interrupted", out)
-            if not isinstance(err, Exception):
-                raise
-
-    def _secure(self, ops: Sequence[Op], reason: str, out: _DrainOutcome) -> None:
-        why = self._router.secure(ops, reason)
-        if why is not None:
-            out.errors.append(f"{len(ops)} queued op(s) neither applied nor journaled: {why}")
-            out.unrecorded.extend(op.line.decode().rstrip("\n") for op in ops)
-
-    def _close_connections(self, errors: list[str]) -> None:
-        if self._pid != os.getpid():
-            return  # inherited across fork: never closed here
-        for conn in self._readers.take_all():
-            with FORK_GATE.section():
-                try:
-                    conn.close()
-                except apsw.Error as err:
-                    errors.append(f"close: {type(err).__name__}: {err}")
-                    with contextlib.suppress(apsw.Error):
-                        conn.close(True)
-        errors.extend(self._writer.close())
 
     # ----------------------------------------------------------------------------- fork
 
@@ -1384,16 +1219,6 @@ class SessionStore:
         if state is not StoreState.OPEN:
             self._gate.force_closed()
         self._pid = os.getpid()
-
-
-class _DrainOutcome:
-    """What draining the queue at close did, filled in as it goes."""
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-        self.applied = 0
-        self.rejected = 0
-        self.unrecorded: list[str] = []
 
 
 def _after_fork_in_child() -> None:
