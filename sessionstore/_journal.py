@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import apsw
 
+from . import _lifecycle as lifecycle
 from ._files import journal_path, rejected_path
 from ._models import ReplayReport
 from ._ops import Op, op_from_line
@@ -108,7 +109,9 @@ def _after_fork_in_child() -> None:
     _fds_lock = threading.Lock()
 
 
-os.register_at_fork(
+lifecycle.at_fork(
+    __name__,
+    "the child closes the parent's journal descriptors (their flock is shared)",
     before=_before_fork,
     after_in_parent=_after_fork_in_parent,
     after_in_child=_after_fork_in_child,

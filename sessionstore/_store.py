@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import apsw
 
+from . import _lifecycle as lifecycle
 from ._close import CloseSequence, close_connections
 from ._config import StoreConfig
 from ._connection import (
@@ -105,10 +104,6 @@ log = logging.getLogger("sessionstore")
 T = TypeVar("T")
 
 _MAX_EVENTS_PAGE = 10_000
-_live: weakref.WeakSet[SessionStore] = weakref.WeakSet()
-# Connections inherited across fork: never closed or freed in the child (SQLite's close could
-# delete state out from under the parent), so kept referenced here for the child's lifetime.
-_inherited_at_fork: list[apsw.Connection] = []
 
 
 QUICK_CHECK_MAX_BYTES = 4 << 20  # quick_check reads every page: about 1 ms per MiB here
@@ -139,7 +134,7 @@ def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
 
 def live_stores() -> list[SessionStore]:
     """Stores in this process that are not closed (tests use it to catch leaks)."""
-    return [s for s in list(_live) if s.state is not StoreState.CLOSED]
+    return [s for s in lifecycle.live() if isinstance(s, SessionStore)]
 
 
 class ReadLease:
@@ -293,7 +288,7 @@ class SessionStore:
                 f"{what} here; a read-only open creates and migrates nothing (open it once "
                 "read-write first)",
             )
-        _live.add(self)
+        lifecycle.track(self)
         try:
             [(version,)] = self._read("open", "PRAGMA user_version")
             if int(version) > latest_version():
@@ -311,7 +306,7 @@ class SessionStore:
     def _open(self) -> None:
         # A failed open leaves nothing behind: no live store, no checkpointer thread, no
         # connection. Replay failures do not fail it (see _replay_at_open).
-        _live.add(self)
+        lifecycle.track(self)
         try:
             self._journal.check()  # before anything is touched: a planted link is refused
             try:
@@ -341,7 +336,7 @@ class SessionStore:
         self._writer.stop_checkpointer(timeout=5.0)
         errors: list[str] = []
         close_connections(self._readers, self._writer, self._pid, errors)
-        _live.discard(self)
+        lifecycle.forget(self)
         for error in errors:
             log.warning("closing %s after a failed open: %s", self.path, error)
 
@@ -1185,10 +1180,10 @@ class SessionStore:
                 # Whatever broke the close (an interrupt), the store ends CLOSED with its
                 # connections closed, and a second close() returns this report.
                 self._close_report = self._closing().after_failure(err)
-                _live.discard(self)
+                lifecycle.forget(self)
                 raise
             self._close_report = report
-            _live.discard(self)
+            lifecycle.forget(self)
             return report
 
     def _closing(self) -> CloseSequence:
@@ -1209,10 +1204,10 @@ class SessionStore:
         # The parent's connections are not ours: keep them referenced (never closed, never
         # freed) and open our own lazily on first use. Locks may have been held by threads that
         # do not exist here, so they are replaced, never taken; queued ops belong to the parent.
-        _inherited_at_fork.extend(self._readers.forget_after_fork())
+        lifecycle.keep_inherited([*self._readers.forget_after_fork()])
         inherited = self._writer.forget_after_fork()
         if inherited is not None:
-            _inherited_at_fork.append(inherited)
+            lifecycle.keep_inherited([inherited])
         state = self._gate.state
         self._init_locks()
         self._router.after_fork(self._gate)
@@ -1221,19 +1216,4 @@ class SessionStore:
         self._pid = os.getpid()
 
 
-def _after_fork_in_child() -> None:
-    for store in list(_live):
-        store._after_fork_in_child()
-
-
-def _close_at_exit() -> None:
-    for store in live_stores():
-        if not store.config.close_at_exit or store._pid != os.getpid():
-            continue
-        log.warning("closing %r left open at interpreter exit", store)
-        with contextlib.suppress(Exception):
-            store.close()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_at_exit)
+lifecycle.install_store_hooks()  # after the hooks of the modules imported above
