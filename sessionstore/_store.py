@@ -317,10 +317,6 @@ class SessionStore:
                 self._writer.start_checkpointer(self._scheduled_checkpoint)
             if self.config.replay_on_open:
                 self.open_replay = self._replay_at_open()
-            if self.config.reap_on_open:
-                from .process import reap_orphans  # the process layer builds on the store
-
-                reap_orphans(self)
         except BaseException:
             self._abort_open()
             raise
