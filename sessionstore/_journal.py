@@ -55,6 +55,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import apsw
 
+from . import _lifecycle as lifecycle
+from ._files import journal_path, rejected_path
 from ._models import ReplayReport
 from ._ops import Op, op_from_line
 from .errors import (
@@ -131,7 +133,9 @@ def _after_fork_in_child() -> None:
     _fds_lock = threading.Lock()
 
 
-os.register_at_fork(
+lifecycle.at_fork(
+    __name__,
+    "the child closes the parent's journal descriptors (their flock is shared)",
     before=_before_fork,
     after_in_parent=_after_fork_in_parent,
     after_in_child=_after_fork_in_child,
@@ -140,12 +144,12 @@ os.register_at_fork(
 
 def journal_path_for(db_path: str) -> str:
     """The journal file of the database at ``db_path`` (a resolved path)."""
-    return f"{db_path}-ops.jsonl"
+    return journal_path(db_path)
 
 
 def rejected_path_for(db_path: str) -> str:
     """The file of kept-aside journal lines of the database at ``db_path``."""
-    return f"{db_path}-ops.rejected.jsonl"
+    return rejected_path(db_path)
 
 
 def _fsync_dir(path: str) -> None:
