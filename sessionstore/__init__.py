@@ -36,6 +36,7 @@ from .errors import (
     StoreIOError,
     StoreOpenError,
     StoreReadOnlyError,
+    UnsafeForkError,
     UnsafeSignalError,
 )
 from .process import (
@@ -90,6 +91,7 @@ __all__ = [
     "StoreReadOnlyError",
     "StoreState",
     "StoreStats",
+    "UnsafeForkError",
     "UnsafeSignalError",
     "__version__",
     "reap_orphans",
