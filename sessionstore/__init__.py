@@ -24,6 +24,7 @@ from .errors import (
     ChildTerminationError,
     ForeignDatabaseError,
     InvalidTransitionError,
+    JournalBusyError,
     JournalFullError,
     ProcessNotFoundError,
     SchemaVersionError,
@@ -35,6 +36,7 @@ from .errors import (
     StoreIOError,
     StoreOpenError,
     StoreReadOnlyError,
+    UnsafeForkError,
     UnsafeSignalError,
 )
 from .process import (
@@ -61,6 +63,7 @@ __all__ = [
     "Event",
     "ForeignDatabaseError",
     "InvalidTransitionError",
+    "JournalBusyError",
     "JournalFullError",
     "LayerAlreadyInstalledError",
     "OpFailure",
@@ -88,6 +91,7 @@ __all__ = [
     "StoreReadOnlyError",
     "StoreState",
     "StoreStats",
+    "UnsafeForkError",
     "UnsafeSignalError",
     "__version__",
     "reap_orphans",

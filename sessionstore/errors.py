@@ -14,6 +14,7 @@ __all__ = [
     "ChildTerminationError",
     "ForeignDatabaseError",
     "InvalidTransitionError",
+    "JournalBusyError",
     "JournalFullError",
     "ProcessNotFoundError",
     "SchemaVersionError",
@@ -25,6 +26,7 @@ __all__ = [
     "StoreIOError",
     "StoreOpenError",
     "StoreReadOnlyError",
+    "UnsafeForkError",
     "UnsafeSignalError",
 ]
 
@@ -159,6 +161,24 @@ class InvalidTransitionError(SessionStoreError):
         super().__init__(f"session {session_id!r} is {current}; cannot make it {requested}")
 
 
+class JournalBusyError(StoreBusyError):
+    """Another process held the journal's lock past the wait; the op was not recorded.
+
+    The journal's lock is held only for one read or one write and fsync, so this means the
+    holder is stopped (SIGSTOP) or hung. The write that raised it was neither applied nor
+    journaled; nothing else is affected.
+    """
+
+    def __init__(self, path: str, waited_s: float) -> None:
+        self.path = path
+        self.operation = "journal append"
+        self.waited_s = waited_s
+        SessionStoreError.__init__(
+            self,
+            f"{path!r}: the journal's lock stayed held by another process for {waited_s:.2f} s",
+        )
+
+
 class JournalFullError(SessionStoreError):
     """The durable journal reached ``StoreConfig.max_journal_bytes``; the op was not recorded."""
 
@@ -208,6 +228,24 @@ class ChildTerminationError(SessionStoreError):
         self.pid = pid
         self.detail = detail
         super().__init__(f"child {pid}: {detail}")
+
+
+class UnsafeForkError(SessionStoreError):
+    """This process was forked while a thread of its parent was inside SQLite.
+
+    SQLite's process-wide mutexes may be held forever in such a child, so the store refuses
+    every call into SQLite here rather than hang. It happens only when a fork waited
+    ``wait_s`` for the parent's store threads to leave SQLite and they did not.
+    """
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        super().__init__(
+            "this process was forked while a thread of its parent had been inside SQLite for "
+            f"over {wait_s:g} s; SQLite's locks may never be released here, so sessionstore "
+            "will not use SQLite in this process (fork before starting threads, or use the "
+            "'spawn' or 'forkserver' start method)"
+        )
 
 
 def _restore(cls: type[SessionStoreError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
