@@ -157,6 +157,7 @@ class TreeFinder:
         self._outside: set[int] = set()
         self._verdicts: dict[tuple[int, int], str] = {}
         self._walked: set[tuple[int, int]] = set()  # (pid, start ticks) seen by chase()
+        self._my_zombies: set[int] = set()  # our zombie children seen by chase(), by pid
         self.environ_unreadable = 0  # in the last clean full scan (set by the caller)
 
     def _marker(self, info: StatInfo) -> str | None:
@@ -292,13 +293,22 @@ class TreeFinder:
             pin_of_parent = self.known.get(parent)
             if pin_of_parent is not None and pin_of_parent.has_exited():
                 continue  # it exited while we read: its list may name a stranger's children
+            if parent == self._me:
+                # Our zombie children stay the same processes until reaped (which takes them
+                # off the list), so they are not read again: a PID hopper can leave thousands
+                # of them below us, and reading each on every walk let the live one hop on.
+                self._my_zombies.intersection_update(children)
             for pid in children:
+                if parent == self._me and pid in self._my_zombies:
+                    continue
                 try:
                     info = read_stat(pid)
                 except ProcessUnreadableError:
                     continue
                 if info is None:
                     continue
+                if parent == self._me and info.finished:
+                    self._my_zombies.add(pid)
                 key = (pid, info.start_ticks)
                 pinned = self.known.get(pid)
                 if pinned is not None and pinned.start_ticks == info.start_ticks:
