@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -26,7 +25,7 @@ from ._connection import (
 from ._files import wal_size
 from ._forkgate import FORK_GATE
 from ._fscheck import warn_if_risky
-from ._identity import ProcessIdentity, check_signal_target, read_process_info
+from ._identity import ProcessIdentity
 from ._journal import Journal
 from ._leases import Gate, Lease
 from ._migrate import FileKind, apply_migrations, identify, latest_version
@@ -46,9 +45,7 @@ from ._models import (
     StoreStats,
 )
 from ._ops import (
-    AddChild,
     CopySession,
-    CreateSession,
     DeleteRuns,
     DeleteSession,
     Heartbeat,
@@ -62,7 +59,6 @@ from ._ops import (
     checkpoint_from_op,
     child_from_op,
     event_from_op,
-    owner_fields,
     session_from_create,
     session_id_for_key,
 )
@@ -81,14 +77,16 @@ from ._rows import (
 from ._threads import MAX_PAGE, find_checkpoints, get_writes, metadata_filter
 from ._transaction import (
     Transaction,
+    checkpoint_from_pop,
     checkpoint_from_put,
+    make_add_child,
+    make_create,
     make_keyed_create,
     make_put_checkpoint,
     make_put_writes,
 )
 from ._writer import Writer
 from .errors import (
-    ProcessNotFoundError,
     SchemaVersionError,
     SessionNotFoundError,
     StoreClosedError,
@@ -420,9 +418,7 @@ class SessionStore:
         Raises:
             ValueError: empty or too long name, or metadata not a JSON-serialisable dict.
         """
-        op = CreateSession(
-            name=name, objective=objective, metadata=metadata or {}, **owner_fields()
-        )
+        op = make_create(name, objective, metadata)
         self._write(op)
         return session_from_create(op)
 
@@ -806,18 +802,7 @@ class SessionStore:
             journaled and takes effect, ordered by its time, when applied.
         """
         op = PopCheckpoint(session_id=session_id, namespace=namespace)
-        result = self._write(op)
-        if not isinstance(result, tuple):
-            return None
-        checkpoint_id, name, data = result
-        return Checkpoint(
-            id=checkpoint_id,
-            session_id=session_id,
-            name=name,
-            data=json.loads(data),
-            created_at=op.ts,
-            namespace=namespace,
-        )
+        return checkpoint_from_pop(op, self._write(op))
 
     def copy_session(self, source_id: str, target_id: str) -> None:
         """Copy every checkpoint (and its writes) of one session into another, existing one.
@@ -896,27 +881,7 @@ class SessionStore:
                 ``ProcessLookupError``.
             SessionNotFoundError: no such session (checked while the store is open).
         """
-        if isinstance(pid, bool) or not isinstance(pid, int):
-            raise ValueError(f"pid must be an int, not {type(pid).__name__}")
-        check_signal_target(pid)
-        if identity is not None and identity.pid != pid:
-            raise ValueError(f"identity is for pid {identity.pid}, not {pid}")
-        if identity is None or pgid is None or argv is None:
-            info = read_process_info(pid)
-            if info is None:
-                raise ProcessNotFoundError(pid)
-            if identity is None:
-                identity = ProcessIdentity.capture(pid)
-            pgid = info.pgid if pgid is None else pgid
-            argv = info.argv if argv is None else argv
-        op = AddChild(
-            session_id=session_id,
-            pid=pid,
-            start_ticks=identity.start_ticks,
-            boot_id=identity.boot_id,
-            pgid=pgid,
-            argv=argv,
-        )
+        op = make_add_child(session_id, pid, identity=identity, pgid=pgid, argv=argv)
         self._write(op)
         return child_from_op(op)
 
