@@ -28,7 +28,7 @@ from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity
 from ._journal import Journal
 from ._leases import Gate, Lease
-from ._migrate import FileKind, apply_migrations, identify, latest_version
+from ._migrate import FileKind, identify
 from ._models import (
     Checkpoint,
     CheckpointResult,
@@ -43,6 +43,12 @@ from ._models import (
     SessionStatus,
     StoreState,
     StoreStats,
+)
+from ._opening import (
+    check_read_only_kind,
+    check_read_only_version,
+    prepare_schema,
+    replay_at_open,
 )
 from ._ops import (
     CopySession,
@@ -87,11 +93,9 @@ from ._transaction import (
 )
 from ._writer import Writer
 from .errors import (
-    SchemaVersionError,
     SessionNotFoundError,
     StoreClosedError,
     StoreCorruptError,
-    StoreOpenError,
     StoreReadOnlyError,
 )
 
@@ -102,27 +106,6 @@ log = logging.getLogger("sessionstore")
 T = TypeVar("T")
 
 _MAX_EVENTS_PAGE = 10_000
-
-
-QUICK_CHECK_MAX_BYTES = 4 << 20  # quick_check reads every page: about 1 ms per MiB here
-
-
-def _probe_integrity(conn: apsw.Connection, path: str) -> str:
-    """``PRAGMA quick_check`` at open, for files up to ``QUICK_CHECK_MAX_BYTES``.
-
-    Catches the common corruptions (a torn or overwritten page, a broken index) before the
-    first write lands on them. Larger files skip it (``doctor`` runs the full check).
-
-    Raises:
-        StoreCorruptError: the check found a problem; nothing was written.
-    """
-    size = int(conn.pragma("page_count")) * int(conn.pragma("page_size"))
-    if size > QUICK_CHECK_MAX_BYTES:
-        return f"skipped: {size} bytes, over {QUICK_CHECK_MAX_BYTES}"
-    found = [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
-    if found != ["ok"]:
-        raise StoreCorruptError(path, "quick_check: " + "; ".join(found[:5]))
-    return "ok"
 
 
 def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
@@ -279,51 +262,34 @@ class SessionStore:
         return store
 
     def _open_read_only(self, kind: FileKind) -> None:
-        if kind is not FileKind.OURS:
-            what = "no sessionstore database" if kind is FileKind.NEW else "an older schema"
-            raise StoreOpenError(
-                self.path,
-                f"{what} here; a read-only open creates and migrates nothing (open it once "
-                "read-write first)",
-            )
+        check_read_only_kind(self.path, kind)  # before the store is live
         lifecycle.track(self)
         try:
             [(version,)] = self._read("open", "PRAGMA user_version")
-            if int(version) > latest_version():
-                raise SchemaVersionError(self.path, int(version), latest_version())
-            if int(version) < latest_version():
-                raise StoreOpenError(
-                    self.path,
-                    f"schema version {version} is older than {latest_version()}; a read-only "
-                    "open migrates nothing (open it once read-write first)",
-                )
+            check_read_only_version(self.path, int(version))
         except BaseException:
             self._abort_open()
             raise
 
     def _open(self) -> None:
         # A failed open leaves nothing behind: no live store, no checkpointer thread, no
-        # connection. Replay failures do not fail it (see _replay_at_open).
+        # connection. Replay failures do not fail it (see _opening.replay_at_open).
         lifecycle.track(self)
         try:
             self._journal.check()  # before anything is touched: a planted link is refused
             try:
-                self.integrity_probe = self._writer.with_connection(self._prepare)
+                self.integrity_probe = self._writer.with_connection(
+                    lambda conn: prepare_schema(conn, self.path, self._policy)
+                )
             except apsw.Error as err:
                 raise translate_open_error(self.path, err) from err
             if self.config.checkpointing:
                 self._writer.start_checkpointer(self._scheduled_checkpoint)
             if self.config.replay_on_open:
-                self.open_replay = self._replay_at_open()
+                self.open_replay = replay_at_open(self.path, self.replay)
         except BaseException:
             self._abort_open()
             raise
-
-    def _prepare(self, conn: apsw.Connection) -> str:
-        """At open, on the writer's connection: the integrity probe, then the migrations."""
-        probe = _probe_integrity(conn, self.path)
-        apply_migrations(conn, self.path, self._policy)
-        return probe
 
     def _abort_open(self) -> None:
         self._gate.force_closed()
@@ -333,20 +299,6 @@ class SessionStore:
         lifecycle.forget(self)
         for error in errors:
             log.warning("closing %s after a failed open: %s", self.path, error)
-
-    def _replay_at_open(self) -> ReplayReport:
-        """Replay the journal; no op, and no state of the database, ever makes open fail.
-
-        Raises:
-            StoreOpenError: the journal or rejected file is not safe to touch.
-        """
-        try:
-            return self.replay()
-        except StoreOpenError:
-            raise
-        except Exception as err:  # busy, disk, anything: the journal stays for the next open
-            log.warning("journal of %s not replayed at open: %s", self.path, err)
-            return ReplayReport(deferred=f"{type(err).__name__}: {err}")
 
     # ----------------------------------------------------------------------------- writing
 
