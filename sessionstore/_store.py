@@ -1101,7 +1101,7 @@ class SessionStore:
 
     def _closing(self) -> CloseSequence:
         return CloseSequence(
-            self.path,
+            path=self.path,
             clock=self._clock,
             gate=self._gate,
             writer=self._writer,

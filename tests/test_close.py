@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _procs import finish, release, start
-from _support import ClosingInBackground, StoppedLockHolder, all_event_ids
+from _support import ClosingInBackground, HeldInThread, StoppedLockHolder, all_event_ids
 
 from sessionstore import SessionStore, StoreClosedError, StoreConfig, StoreState
 from sessionstore._close import CLOSE_GRACE_S
@@ -177,15 +177,16 @@ def test_writer_that_never_stops_cannot_hold_close_open(db_path: str) -> None:
 
 
 class _LeapingClock:
-    """A clock that stands still until it may leap, then leaps 100 s at every reading."""
+    """A fake clock: stands still until ``may_leap()``, then moves ``step`` at every reading."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: float = 100.0, may_leap: Callable[[], bool] = lambda: False) -> None:
         self.now = 0.0
-        self.may_leap: Callable[[], bool] = lambda: False
+        self.step = step
+        self.may_leap = may_leap
 
     def __call__(self) -> float:
         if self.may_leap():
-            self.now += 100.0
+            self.now += self.step
         return self.now
 
 
@@ -215,21 +216,12 @@ def test_queue_left_at_the_drain_deadline_is_journaled(db_path: str) -> None:
         assert [e.message for e in reopened.events(sid)] == [f"queued {i}" for i in range(5)]
 
 
-class _SteppingClock:
-    """A clock that moves one second at every reading."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 def test_close_measures_its_phases_on_the_stores_clock(db_path: str) -> None:
     """The report's durations come from the injected clock, not from another clock."""
     store = SessionStore.open(
-        db_path, config=StoreConfig(checkpointing=False), clock=_SteppingClock()
+        db_path,
+        config=StoreConfig(checkpointing=False),
+        clock=_LeapingClock(step=1.0, may_leap=lambda: True),
     )
     store.create_session("s")
     report = store.close()
@@ -242,25 +234,11 @@ def test_lease_drain_deadline_is_on_the_stores_clock(db_path: str) -> None:
     """A lease held past close's timeout on the store's clock is abandoned, real time aside."""
     clock = _LeapingClock()
     store = SessionStore.open(db_path, config=StoreConfig(checkpointing=False), clock=clock)
-    release = threading.Event()
-    holding = threading.Event()
-
-    def hold() -> None:
-        with store.lease("slow reader"):
-            holding.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert holding.wait(30)
+    with HeldInThread(lambda: store.lease("slow reader")):
         clock.may_leap = lambda: True
         started = time.monotonic()
         report = store.close(timeout=60)
         elapsed = time.monotonic() - started
-    finally:
-        release.set()
-        holder.join(30)
     assert [lease.split(" (")[0] for lease in report.abandoned_leases] == ["slow reader"]
     assert elapsed < 30, elapsed
 
