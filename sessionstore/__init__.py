@@ -59,6 +59,7 @@ from .errors import (
     StoreIOError,
     StoreOpenError,
     StoreReadOnlyError,
+    UnsafeForkError,
     UnsafeSignalError,
 )
 from .process import (
@@ -113,6 +114,7 @@ __all__ = [
     "StoreReadOnlyError",
     "StoreState",
     "StoreStats",
+    "UnsafeForkError",
     "UnsafeSignalError",
     "__version__",
     "reap_orphans",
