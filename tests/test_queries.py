@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
 from typing import Any
 
 import apsw
 
+import sessionstore
 from sessionstore import SessionStatus, SessionStore, StoreConfig
 from sessionstore import _queries as q
 from sessionstore._migrate import latest_version
@@ -80,3 +84,53 @@ def test_maintenance_queries_report_the_store_as_it_is(db_path: str) -> None:
             assert found["journal_mode"] == "wal" and found["user_version"] == latest_version()
     finally:
         store.close()
+
+
+# The tools read through the store and this module; the naive baseline is the exception by
+# design: it is the raw store the harness compares sessionstore against, so it must not use it.
+_TOOLS = ("cli", "stress")
+_EXEMPT = {"stress/_naive.py"}
+_SQL = re.compile(
+    r"\bSELECT\b.*\bFROM\b|\bPRAGMA\s+\w|\bINSERT\s+(OR\s+\w+\s+)?INTO\b|\bUPDATE\s+\w+\s+SET\b"
+    r"|\bDELETE\s+FROM\b|\b(CREATE|DROP|ALTER)\s+(TABLE|INDEX|VIEW|TRIGGER)\b"
+    r"|^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|VACUUM|ATTACH)\b",
+    re.DOTALL,
+)
+_SQL_CALLS = {"execute", "executemany", "pragma", "cursor"}
+
+
+def _sql_in(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if _SQL.search(node.value):
+                found.append(f"{path.name}:{node.lineno}: SQL text {node.value[:60]!r}")
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(
+                v.value
+                for v in node.values
+                if isinstance(v, ast.Constant) and isinstance(v.value, str)
+            )
+            if _SQL.search(text):
+                found.append(f"{path.name}:{node.lineno}: SQL text {text[:60]!r}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _SQL_CALLS
+        ):
+            found.append(f"{path.name}:{node.lineno}: .{node.func.attr}() call")
+    return found
+
+
+def test_the_tools_issue_no_sql_of_their_own() -> None:
+    """The CLI, the demo and the stress harness (but its naive baseline) hold no SQL."""
+    root = Path(sessionstore.__file__).parent
+    files = [
+        p
+        for tool in _TOOLS
+        for p in sorted((root / tool).rglob("*.py"))
+        if p.relative_to(root).as_posix() not in _EXEMPT
+    ]
+    assert len(files) > 10
+    assert [hit for p in files for hit in _sql_in(p)] == []
+    assert _sql_in(root / "stress" / "_naive.py")  # the check sees SQL where there is some

@@ -10,7 +10,7 @@ invariants sessionstore promises:
   deadline is SIGKILLed and reported hung;
 * no child or grandchild is alive (survivors are killed by the harness, identity re-checked,
   and reported as orphans);
-* ``PRAGMA integrity_check`` is ok and every acknowledged write is in the database;
+* SQLite's integrity check is ok and every acknowledged write is in the database;
 * no session of the run is left ACTIVE and no child row is left ``running``;
 * no BUSY error, traceback or failed write surfaced in any orchestrator.
 
