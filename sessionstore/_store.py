@@ -151,6 +151,11 @@ def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
         return fn(conn)
 
 
+# Passed by the library's own constructors: a direct ``SessionStore(...)`` or ``ReadLease(...)``
+# raises TypeError naming the right way (trio's NoPublicConstructor, without a metaclass).
+_BUILD = object()
+
+
 def live_stores() -> list[SessionStore]:
     """Stores in this process that are not closed (tests use it to catch leaks)."""
     return [s for s in list(_live) if s.state is not StoreState.CLOSED]
@@ -163,7 +168,9 @@ class ReadLease:
     :class:`StoreClosedError`, never a crash or a hang.
     """
 
-    def __init__(self, store: SessionStore, lease: Lease) -> None:
+    def __init__(self, store: SessionStore, lease: Lease, *, _token: object = None) -> None:
+        if _token is not _BUILD:
+            raise TypeError("ReadLease is not built by hand; use `with store.lease() as lease`")
         self._store = store
         self._lease = lease
 
@@ -209,8 +216,15 @@ class SessionStore:
         *,
         clock: Callable[[], float],
         read_only: bool = False,
+        _token: object = None,
     ) -> None:
-        """Use :meth:`SessionStore.open`; this only sets up state, it opens nothing."""
+        """Use :meth:`SessionStore.open`; this only sets up state, it opens nothing.
+
+        Raises:
+            TypeError: called directly rather than through :meth:`SessionStore.open`.
+        """
+        if _token is not _BUILD:
+            raise TypeError("SessionStore is not built by hand; use SessionStore.open(path)")
         self.path = path
         self.config = config
         self.read_only = read_only
@@ -294,7 +308,9 @@ class SessionStore:
         # Resolved once: every side file (-wal, -shm, the journal, the rejected file) is named
         # from the real path, so opening through a symlink and through the file itself share
         # one journal. Resolving again later could name another file if a link changed.
-        store = cls(os.path.realpath(path_str), config, clock=clock, read_only=read_only)
+        store = cls(
+            os.path.realpath(path_str), config, clock=clock, read_only=read_only, _token=_BUILD
+        )
         # Before anything writes:
         kind = identify(store.path, busy_timeout_ms=config.busy_timeout_ms)
         if read_only:
@@ -562,7 +578,7 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
-            yield ReadLease(self, lease)
+            yield ReadLease(self, lease, _token=_BUILD)
         finally:
             self._gate.release(lease)
 

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._exports import publish as _publish
 from ..errors import SessionStoreError
 from ._models import (
     Baseline,
@@ -530,3 +531,8 @@ _FLAGS = {
     "deadline_s": "--deadline",
     "db_path": "--db",
 }
+
+
+# The option and report models say where users import them from (see sessionstore._exports).
+_publish(__name__, [StressOptions, StressReport, WorkerResult])
+del _publish
