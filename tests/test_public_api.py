@@ -107,6 +107,7 @@ def test_public_classes_are_documented() -> None:
 NAMESPACES = (
     "sessionstore",
     "sessionstore.process",
+    "sessionstore.testing",
     "sessionstore.stress",
     "sessionstore.integrations.langgraph",
     "sessionstore.integrations.openai_agents",
