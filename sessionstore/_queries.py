@@ -31,7 +31,6 @@ from ._models import (
     Session,
     SessionStatus,
 )
-from ._ops import encode_json
 
 __all__ = [
     "CHECKPOINT_COLUMNS",
@@ -265,6 +264,11 @@ def metadata_filter(metadata: Mapping[str, Any]) -> tuple[str, list[Any]]:
     Raises:
         ValueError: a key that is not a non-empty str without ``"``, or a value that is not JSON.
     """
+    # Imported here, not at the top: the read side sits below the ops, and importing _ops
+    # before the fork gate would register its fork hook first (hooks run in import order,
+    # see _lifecycle). The import is free after the first call.
+    from ._ops import encode_json
+
     clauses: list[str] = []
     params: list[Any] = []
     for key, value in metadata.items():
