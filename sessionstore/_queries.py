@@ -291,11 +291,16 @@ def find_checkpoints(
     run_id: str | None,
     before: str | None,
     limit: int | None,
+    corrupt: list[tuple[str, str]] | None = None,
 ) -> list[Checkpoint]:
     """Checkpoints matching every given filter, newest (highest checkpoint id) first.
 
+    With ``corrupt`` given, a row whose JSON cannot be read is left out and reported there as
+    ``(checkpoint id, reason)``; without it, such a row raises ``ValueError``.
+
     Raises:
-        ValueError: a bad metadata filter (see :func:`metadata_filter`).
+        ValueError: a bad metadata filter (see :func:`metadata_filter`), or an unreadable row
+            when ``corrupt`` is None.
     """
     where: list[str] = []
     params: list[Any] = []
@@ -323,7 +328,15 @@ def find_checkpoints(
         "ORDER BY checkpoint_id DESC, session_id, namespace LIMIT ?",
         (*params, -1 if limit is None else limit),
     )
-    return [_keyed_checkpoint(r) for r in rows]
+    if corrupt is None:
+        return [_keyed_checkpoint(r) for r in rows]
+    found: list[Checkpoint] = []
+    for r in rows:
+        try:
+            found.append(_keyed_checkpoint(r))
+        except ValueError as err:  # json.JSONDecodeError, a UnicodeDecodeError
+            corrupt.append((str(r[0]), f"{type(err).__name__}: {err}"))
+    return found
 
 
 def checkpoint_writes(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import pytest
 
 import sessionstore
 from sessionstore import SessionStatus, SessionStore, StoreConfig
@@ -84,6 +85,28 @@ def test_maintenance_queries_report_the_store_as_it_is(db_path: str) -> None:
             assert found["journal_mode"] == "wal" and found["user_version"] == latest_version()
     finally:
         store.close()
+
+
+def test_find_checkpoints_can_set_unreadable_rows_aside(db_path: str) -> None:
+    """A checkpoint row with broken JSON raises, or is left out and named when asked."""
+    with SessionStore.open(db_path, config=_NO_TIMER) as store:
+        sid = store.create_session("s").id
+        store.put_checkpoint(sid, "c1", {"ok": 1})
+        store.put_checkpoint(sid, "c2", {"ok": 2})
+    conn = apsw.Connection(db_path)
+    try:
+        conn.execute("UPDATE checkpoints SET data = '{broken' WHERE checkpoint_id = 'c2'")
+        every: dict[str, Any] = dict.fromkeys(
+            ("namespace", "name", "checkpoint_id", "metadata", "run_id", "before", "limit")
+        )
+        with pytest.raises(ValueError, match="Expecting"):
+            q.find_checkpoints(conn, session_id=sid, **every)
+        corrupt: list[tuple[str, str]] = []
+        found = q.find_checkpoints(conn, session_id=sid, **every, corrupt=corrupt)
+    finally:
+        conn.close()
+    assert [c.id for c in found] == ["c1"]
+    assert [cid for cid, _ in corrupt] == ["c2"]
 
 
 # The tools read through the store and this module; the naive baseline is the exception by
