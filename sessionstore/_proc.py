@@ -373,11 +373,11 @@ def wait_pidfds(
             if should_stop():
                 break
             timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                break
             if not polled_done:
                 timeout = min(timeout, _POLL_S)
-            for key, _ in sel.select(min(timeout, _MAX_SELECT_S)):
+            # One look even when the time is up: a deadline already past asks "which are
+            # still running now", and gets the answer rather than the whole set.
+            for key, _ in sel.select(min(max(timeout, 0.0), _MAX_SELECT_S)):
                 sel.unregister(key.fd)
                 if key.fd == wake_fd:
                     if should_stop():
@@ -386,4 +386,6 @@ def wait_pidfds(
                 pending.discard(key.fd)
             if not polled_done:
                 polled_done = poll is not None and poll()
+            if timeout <= 0:
+                break
     return pending
