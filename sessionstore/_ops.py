@@ -80,6 +80,7 @@ __all__ = [
     "Op",
     "PopCheckpoint",
     "PruneCheckpoints",
+    "PruneSessions",
     "PutCheckpoint",
     "PutWrites",
     "RemoveChild",
@@ -582,6 +583,25 @@ class PopCheckpoint(_OpBase):
     namespace: Namespace = ""
 
 
+class PruneSessions(_OpBase):
+    """Delete sessions that ended before ``before``, with everything recorded in them.
+
+    A session goes only when it ended (stopped, completed or crashed) and nothing in it
+    (status, heartbeat, event, checkpoint, write, child) is newer than ``before``: an op
+    acknowledged after the cutoff is never deleted by it, whenever the prune runs. At most
+    ``limit`` sessions per op, so one op holds the write lock briefly (the caller repeats).
+    Each pruned session is tombstoned at ``before``, so an older op replayed late does not
+    resurrect it. Tombstones older than ``tombstones_before`` (when given) are dropped: the
+    caller passes a time before which no op can still be applied (see ``_maintenance``).
+    Applied by :func:`sessionstore._maintenance.apply_prune_sessions`.
+    """
+
+    kind: Literal["prune_sessions"] = "prune_sessions"
+    before: float = Field(allow_inf_nan=False)
+    limit: Annotated[int, Field(ge=1, le=100_000)] = 500
+    tombstones_before: float | None = Field(default=None, allow_inf_nan=False)
+
+
 _Member = Annotated[
     CreateSession
     | SetStatus
@@ -637,6 +657,7 @@ Op = Annotated[
     | DeleteRuns
     | CopySession
     | PopCheckpoint
+    | PruneSessions
     | Batch,
     Field(discriminator="kind"),
 ]
@@ -1110,6 +1131,14 @@ def _apply_pop(conn: apsw.Connection, op: PopCheckpoint) -> tuple[str, str, str]
     return checkpoint_id, name, data
 
 
+def _prune_sessions(conn: apsw.Connection, op: PruneSessions) -> tuple[int, int]:
+    # Lives with the other maintenance code; imported here, when first applied, because
+    # _maintenance imports this module.
+    from ._maintenance import apply_prune_sessions
+
+    return apply_prune_sessions(conn, op)
+
+
 def _apply_batch(conn: apsw.Connection, op: Batch) -> list[Any]:
     # Any member's error propagates: the caller's transaction (or savepoint) rolls back all.
     return [apply(member, conn) for member in op.ops]
@@ -1130,6 +1159,7 @@ _APPLY: dict[type[Any], Callable[[apsw.Connection, Any], Any]] = {
     DeleteRuns: _apply_delete_runs,
     CopySession: _apply_copy,
     PopCheckpoint: _apply_pop,
+    PruneSessions: _prune_sessions,
     Batch: _apply_batch,
 }
 

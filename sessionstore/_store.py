@@ -13,7 +13,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
 
@@ -104,6 +104,9 @@ from .errors import (
 __all__ = ["ReadLease", "SessionStore", "live_stores"]
 
 log = logging.getLogger("sessionstore")
+
+if TYPE_CHECKING:
+    from ._maintenance import BackupReport, PruneReport, VacuumReport
 
 T = TypeVar("T")
 
@@ -1557,6 +1560,27 @@ class SessionStore:
         if state is not StoreState.OPEN:
             self._gate.force_closed()
         self._pid = os.getpid()
+
+    # ----------------------------------------------------------------------------- maintenance
+    # (store-level operations live in _maintenance; these delegate, see there for the rules)
+
+    def prune_sessions(self, before: float, *, deadline_s: float | None = None) -> PruneReport:
+        """Delete sessions ended before ``before``; see :func:`._maintenance.prune_sessions`."""
+        from ._maintenance import prune_sessions
+
+        return prune_sessions(self, before, deadline_s=deadline_s)
+
+    def vacuum(self) -> VacuumReport:
+        """Rebuild the file compactly; see :func:`sessionstore._maintenance.vacuum`."""
+        from ._maintenance import vacuum
+
+        return vacuum(self)
+
+    def backup(self, dest: str, *, force: bool = False) -> BackupReport:
+        """Copy the database to ``dest`` online; see :func:`sessionstore._maintenance.backup`."""
+        from ._maintenance import backup
+
+        return backup(self, dest, force=force)
 
 
 class _DrainOutcome:

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel
@@ -55,6 +56,7 @@ __all__ = [
     "open_store",
     "quiet_store_warnings",
     "resolve_db",
+    "rfc3339",
     "store_config",
 ]
 
@@ -218,6 +220,19 @@ def fmt_time(ts: float | None) -> str:
     if ts is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """An epoch time as RFC 3339 in UTC with a ``Z`` (``2024-05-01T12:00:00.123456Z``), or None.
+
+    Printed beside the epoch number in JSON: machines compare the number, people and log tools
+    read the text. Rejected: local time with an offset, which differs between two hosts
+    reading the same database.
+    """
+    if ts is None:
+        return None
+    stamp = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def fmt_age(seconds: float | None) -> str:

@@ -342,6 +342,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("import", _lazy("._transfer", "cmd_import"), "import an export (idempotent)")
     p.add_argument("file", metavar="FILE", help="an export document, or - for stdin")
 
+    p = add(
+        "prune",
+        _lazy("._maintain", "cmd_prune"),
+        "delete sessions that ended before a time, with their events, checkpoints and children",
+    )
+    p.add_argument(
+        "--older-than",
+        type=_time_arg,
+        required=True,
+        metavar="TIME",
+        help="ended before this: ISO 8601 or an age (30m, 12h, 7d, 4w)",
+    )
+    add("vacuum", _lazy("._maintain", "cmd_vacuum"), "rebuild the database file compactly")
+    p = add("backup", _lazy("._maintain", "cmd_backup"), "online copy of the database to DEST")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("--force", action="store_true", help="replace an existing DEST")
+
     p = add("reap", _lazy("._admin", "cmd_reap"), "end orphans of dead orchestrators")
     p.add_argument("--dry-run", action="store_true", help="only report what would be ended")
 
