@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -79,10 +78,7 @@ def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
 
     out.result({"checkpoint": dump(result)}, human)
     if not result.ok:
-        print(
-            "sessionstore: checkpoint busy: another process is reading; try again later",
-            file=sys.stderr,
-        )
+        out.warn("checkpoint busy: another process is reading; try again later")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -195,7 +191,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
 
     out.result(data, human)
     if problems:
-        print(f"sessionstore: doctor: {'; '.join(problems)}", file=sys.stderr)
+        out.warn(f"doctor: {'; '.join(problems)}", problems=problems)
         return EXIT_FAILED
     return EXIT_OK
 

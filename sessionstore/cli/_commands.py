@@ -7,9 +7,11 @@ documents they print are a stable interface (README "CLI"): keys are only ever a
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich import box
@@ -295,11 +297,79 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+_LEVEL_RANK = {"debug": 0, "info": 1, "warning": 2, "error": 3, "critical": 4}
+
+
+def _event_filter(args: argparse.Namespace) -> Callable[[Event], bool] | None:
+    """``--since/--until/--level`` as one predicate, or None when none is given."""
+    since, until, level = args.since, args.until, args.level
+    if since is None and until is None and level is None:
+        return None
+    rank = _LEVEL_RANK[level] if level is not None else 0
+
+    def keep(e: Event) -> bool:
+        return (
+            (since is None or e.created_at >= since)
+            and (until is None or e.created_at < until)
+            and _LEVEL_RANK.get(e.level, 0) >= rank
+        )
+
+    return keep
+
+
+def _scan(
+    store: SessionStore,
+    args: argparse.Namespace,
+    keep: Callable[[Event], bool],
+    latest: int | None,
+) -> tuple[list[Event], int]:
+    """The matching events after ``args.after``: the first ``--limit``, or the ``latest`` N.
+
+    Pages through the session by id: an event's time is its op's, and an op journaled and
+    replayed late gets a newer id than younger events, so no id range can stand in for a time
+    range. Returns the matches and the last id read (where a follow goes on from).
+    """
+    after = args.after or 0
+    found: collections.deque[Event] | list[Event] = (
+        collections.deque(maxlen=latest) if latest is not None else []
+    )
+    while True:
+        page = store.events(args.session, after_id=after, limit=_FOLLOW_PAGE)
+        for e in page:
+            if keep(e):
+                found.append(e)
+                if latest is None and len(found) >= args.limit:
+                    return list(found), e.id or after
+        if page:
+            after = page[-1].id or after
+        if len(page) < _FOLLOW_PAGE:
+            return list(found), after
+
+
+def _emit_stream(out: Output, events: list[Event]) -> None:
+    for e in events:
+        if out.json_mode:
+            out.json(e, indent=None)  # JSON Lines: one event per line
+        else:
+            out.console.print(_event_line(e), markup=False)
+
+
 def cmd_events(args: argparse.Namespace, out: Output) -> int:
     """``events SESSION``: a page of events, or ``--follow`` new ones as they are written."""
     with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         # An unknown id fails before anything is printed; a prefix or name becomes the id.
         args.session = resolve_session(store, args.session).id
+        keep = _event_filter(args)
+        if keep is not None:
+            lines = args.lines if args.lines is not None else (10 if args.follow else None)
+            if args.follow and args.since is not None and args.lines is None:
+                lines = None  # asked to start at a time: everything since it, then follow
+            events, last_read = _scan(store, args, keep, lines)
+            if args.follow:
+                _emit_stream(out, events)
+                args.after = last_read
+                return _follow(store, args, out, keep)
+            return _print_events(args, out, events, last_read)
         if args.after is None:
             # Like tail: -n N is the latest N; --follow starts near the end (the last 10) unless
             # --after asks for an earlier start, so a long log is not replayed in full.
@@ -314,7 +384,12 @@ def cmd_events(args: argparse.Namespace, out: Output) -> int:
             args.after = after
             return _follow(store, args, out)
         events = store.events(args.session, after_id=after, limit=args.limit)
-    last_id = events[-1].id if events else after
+    return _print_events(args, out, events, events[-1].id if events else after)
+
+
+def _print_events(
+    args: argparse.Namespace, out: Output, events: list[Event], last_id: int | None
+) -> int:
     data = {"session_id": args.session, "events": dump(events), "last_id": last_id}
 
     def human(con: Console) -> None:
@@ -327,7 +402,12 @@ def cmd_events(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _follow(store: SessionStore, args: argparse.Namespace, out: Output) -> int:
+def _follow(
+    store: SessionStore,
+    args: argparse.Namespace,
+    out: Output,
+    keep: Callable[[Event], bool] | None = None,
+) -> int:
     # Poll by event id. SQLite has no cross-process change notification, so a paced poll is the
     # mechanism here (each poll is one indexed range read; no read transaction is held between
     # polls, so the follower never pins the WAL). Ends at --follow-timeout or on Ctrl+C (130).
@@ -335,11 +415,7 @@ def _follow(store: SessionStore, args: argparse.Namespace, out: Output) -> int:
     after = args.after
     while True:
         events = store.events(args.session, after_id=after, limit=_FOLLOW_PAGE)
-        for e in events:
-            if out.json_mode:
-                out.json(e, indent=None)  # JSON Lines: one event per line
-            else:
-                out.console.print(_event_line(e), markup=False)
+        _emit_stream(out, events if keep is None else [e for e in events if keep(e)])
         if events:
             after = events[-1].id
             if len(events) == _FOLLOW_PAGE:

@@ -282,6 +282,20 @@ class Output:
         else:
             human(self.console)
 
+    def warn(self, message: str, **fields: Any) -> None:
+        """One line on stderr about the outcome: text, or with ``--json`` a JSON object.
+
+        The JSON form is ``{"event": "warning", "message": ..., **fields}``, the shape of every
+        line the CLI writes on stderr under ``--json`` (``log``, ``warning``, ``error``).
+        """
+        if self.json_mode:
+            line = json.dumps({"event": "warning", "message": message, **dump(fields)})
+        else:
+            line = f"sessionstore: {message}"
+        with contextlib.suppress(OSError):
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
     def json(self, data: Any, *, indent: int | None = 2) -> None:
         """Print one JSON document (or one JSON line with ``indent=None``) and flush."""
         sys.stdout.write(json.dumps(dump(data), indent=indent, ensure_ascii=False) + "\n")

@@ -306,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the latest N (with --follow: N before following, default 10)",
     )
     p.add_argument(
+        "--since", type=_time_arg, help="written at or after: ISO 8601 or an age (30s, 10m, 2h)"
+    )
+    p.add_argument("--until", type=_time_arg, help="written before: ISO 8601 or an age")
+    p.add_argument("--level", choices=_LEVELS, help="only this level and more severe ones")
+    p.add_argument(
         "--follow", "-f", action="store_true", help="keep printing new events (like tail -f)"
     )
     p.add_argument(
@@ -435,10 +440,44 @@ def _error_code(err: BaseException) -> int:
     return EXIT_FAILED
 
 
-def _report(message: str) -> None:
+# The "error" key of a JSON error: one stable word per exit code (README "JSON output").
+_ERROR_KINDS = {
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "usage",
+    EXIT_NO_DB: "no_database",
+    EXIT_BUSY: "busy",
+    EXIT_NOT_FOUND: "not_found",
+    6: "not_recorded",  # _hooks.EXIT_NOT_RECORDED (not imported here: start-up time)
+}
+
+
+def _report(message: str, err: BaseException, as_json: bool) -> None:
+    # Under --json the error is one JSON object on stderr (README "JSON output"), so a program
+    # reading our streams never meets plain text or a traceback there.
+    if as_json:
+        code = _error_code(err)
+        line = json.dumps(
+            {
+                "event": "error",
+                "error": _ERROR_KINDS.get(code, "failed"),
+                "type": type(err).__name__,
+                "message": message,
+                "exit_code": code,
+            },
+            ensure_ascii=False,
+        )
+    else:
+        line = f"sessionstore: error: {message}"
     with contextlib.suppress(OSError):
-        sys.stderr.write(f"sessionstore: error: {message}\n")
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
+
+
+def _wants_json(argv: list[str], args: argparse.Namespace | None) -> bool:
+    if args is not None:
+        return bool(getattr(args, "json", False))
+    # The arguments did not parse: look for the flag itself (before a `run` command's `--`).
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
 
 
 def _quiet_stdout() -> None:
@@ -476,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    args: argparse.Namespace | None = None
     try:
         args, rest = _parse(parser, argv)
         args.rest = rest
@@ -492,18 +532,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()
         return EXIT_FAILED
     except Exception as err:
+        as_json = _wants_json(argv, args)
         if isinstance(err, CliError | SessionStoreError):
-            _report(one_line(str(err)))
+            _report(one_line(str(err)), err, as_json)
         elif isinstance(err, ValueError):
-            _report(f"invalid input: {one_line(str(err))}")
+            _report(f"invalid input: {one_line(str(err))}", err, as_json)
         elif isinstance(err, OSError):
-            _report(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+            where = f": {err.filename}" if err.filename else ""
+            _report(f"{err.strerror or err}{where}", err, as_json)
         else:
             # A bug: still one line, with the way to see more.
             if os.environ.get("SESSIONSTORE_DEBUG"):
                 raise
             _report(
                 f"internal error: {type(err).__name__}: {one_line(str(err))} "
-                "(set SESSIONSTORE_DEBUG=1 for a traceback)"
+                "(set SESSIONSTORE_DEBUG=1 for a traceback)",
+                err,
+                as_json,
             )
         return _error_code(err)

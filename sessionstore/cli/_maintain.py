@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from rich.console import Console
 
@@ -51,7 +50,7 @@ def cmd_prune(args: argparse.Namespace, out: Output) -> int:
     out.result(data, human)
     if report.journaled:
         # Like a hook write: the op is durable in the journal and lands at the next open/replay.
-        print("sessionstore: prune: journaled (the database stayed locked)", file=sys.stderr)
+        out.warn("prune: journaled (the database stayed locked)", journaled=True)
         return EXIT_OK
     return EXIT_OK if report.complete else EXIT_FAILED
 

@@ -371,18 +371,16 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
     out.result(dump(summary), human)
     if unstored:
         kind, ident = unstored[0]
-        print(
-            f"sessionstore: import: {len(unstored)} row(s) not stored: their ids are already "
-            f"used by another session in this database (first: {kind} {ident})",
-            file=sys.stderr,
+        out.warn(
+            f"import: {len(unstored)} row(s) not stored: their ids are already "
+            f"used by another session in this database (first: {kind} {ident})"
         )
         return EXIT_FAILED
     if rejected:
         first_op, first_err = rejected[0]
-        print(
-            f"sessionstore: import: {len(rejected)} op(s) rejected, first {first_op.kind}: "
-            f"{one_line(str(first_err))}",
-            file=sys.stderr,
+        out.warn(
+            f"import: {len(rejected)} op(s) rejected, first {first_op.kind}: "
+            f"{one_line(str(first_err))}"
         )
         return EXIT_FAILED
     return EXIT_OK

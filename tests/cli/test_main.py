@@ -150,7 +150,11 @@ def assert_one_line_failure(r: Result, code: int) -> None:
     lines = r.err.splitlines()
     assert len(lines) == 1, f"{r.args}: stderr is not one line: {r.err!r}"
     assert "Traceback" not in r.err
-    assert lines[0].startswith("sessionstore"), lines[0]
+    if "--json" in r.args:
+        err = json.loads(lines[0])  # under --json the one line is a JSON error object
+        assert (err["event"], err["exit_code"]) == ("error", code), err
+    else:
+        assert lines[0].startswith("sessionstore"), lines[0]
 
 
 @dataclass
@@ -661,3 +665,49 @@ def test_sessions_filters_by_name_since_and_limit(db: Fixture) -> None:
     assert future.json()["sessions"] == []
     assert [s["id"] for s in newest.json()["sessions"]] == [db.beta, db.gamma]
     assert_one_line_failure(bad, 2)
+
+
+def test_errors_under_json_are_one_json_object_with_the_exit_code(
+    db: Fixture, tmp_path: Path
+) -> None:
+    """Every failure kind under --json: stdout empty, stderr one JSON error object, no text."""
+    d = str(db.path)
+    cases = [
+        (["--db", d, "show", "no-such-session", "--json"], 5, "not_found"),
+        (["--db", d, "show", "--json"], 2, "usage"),
+        (["--json", "--db", d, "events", db.alpha, "--timeout", "1e308"], 2, "usage"),
+        (["--db", str(tmp_path / "missing.db"), "status", "--json"], 3, "no_database"),
+        (["--db", d, "import", str(tmp_path / "nothing.json"), "--json"], 2, "usage"),
+        (["--db", d, "--json", "resume", db.gamma], 1, "failed"),
+    ]
+    results = run_many([c for c, _, _ in cases])
+    for (cmd, code, kind), r in zip(cases, results, strict=True):
+        assert r.rc == code, (cmd, r.rc, r.err)
+        assert r.out == "", (cmd, r.out)
+        lines = r.err.splitlines()
+        assert len(lines) == 1, (cmd, r.err)
+        err = json.loads(lines[0])
+        assert err["event"] == "error" and err["exit_code"] == code, (cmd, err)
+        assert err["error"] == kind and err["message"] and err["type"], (cmd, err)
+
+
+def test_events_since_until_and_level(db: Fixture) -> None:
+    """``--since/--until`` select by the event's time, ``--level`` keeps it and more severe."""
+    d = str(db.path)
+    later = "2999-01-01T00:00:00Z"
+    since_now, until_past, until_later, warnings, last_warning = run_many(
+        [
+            ["--db", d, "events", db.alpha, "--since", "1h", "--json"],
+            ["--db", d, "events", db.alpha, "--until", "2000-01-01T00:00Z", "--json"],
+            ["--db", d, "events", db.alpha, "--until", later, "--limit", "3", "--json"],
+            ["--db", d, "events", db.alpha, "--level", "warning", "--json"],
+            ["--db", d, "events", db.alpha, "--level", "warning", "-n", "1", "--json"],
+        ]
+    )
+    assert len(since_now.json()["events"]) == 25
+    assert until_past.json()["events"] == []
+    assert [e["message"] for e in until_later.json()["events"]] == [f"event {i}" for i in range(3)]
+    assert [e["message"] for e in warnings.json()["events"]] == [
+        f"event {i}" for i in range(0, 25, 5)
+    ]
+    assert [e["message"] for e in last_warning.json()["events"]] == ["event 20"]
