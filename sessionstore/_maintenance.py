@@ -38,6 +38,7 @@ import math
 import os
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import apsw
@@ -45,7 +46,9 @@ from pydantic import BaseModel, ConfigDict
 
 from ._connection import RetryPolicy, open_connection, translate_open_error
 from ._forkgate import FORK_GATE
+from ._models import Checkpoint
 from ._ops import PruneSessions
+from ._threads import MAX_PAGE, find_checkpoints
 from .errors import StoreClosedError, StoreIOError, StoreReadOnlyError
 
 if TYPE_CHECKING:
@@ -58,6 +61,7 @@ __all__ = [
     "VacuumReport",
     "apply_prune_sessions",
     "backup",
+    "find_readable",
     "prune_sessions",
     "vacuum",
 ]
@@ -248,6 +252,79 @@ def prune_sessions(
         complete=complete,
         journaled=False,
     )
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+def find_readable(
+    store: SessionStore,
+    session_id: str,
+    *,
+    namespace: str | None,
+    limit: int | None,
+    check: Callable[[Checkpoint], str | None] | None = None,
+) -> tuple[list[Checkpoint], list[tuple[str, str]]]:
+    """The newest ``limit`` checkpoints whose JSON reads, and the ones that did not.
+
+    A corrupt record (a row whose JSON text was damaged on disk or written by another tool)
+    must not hide the history around it: it is skipped and reported, and the page is filled
+    from older rows so ``limit`` readable ones come back while there are that many. ``check``
+    may refuse more rows (it returns the reason, or None to keep the row).
+
+    Returns:
+        ``(checkpoints newest first, [(checkpoint id, reason skipped)])``; each skipped row
+        is also logged at warning level.
+
+    Raises:
+        ValueError: ``limit`` out of range.
+        StoreClosedError: the store is closing or closed.
+    """
+    if limit is not None and not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be within 1..{MAX_PAGE}")
+    corrupt: list[tuple[str, str]] = []
+    found: list[Checkpoint] = []
+    before: str | None = None
+    while True:
+        want = None if limit is None else limit - len(found)
+
+        def read(
+            conn: apsw.Connection, want: int | None = want, after: str | None = before
+        ) -> tuple[list[Checkpoint], list[tuple[str, str]]]:
+            bad: list[tuple[str, str]] = []  # per attempt: a read retried on BUSY starts afresh
+            page = find_checkpoints(
+                conn,
+                session_id=session_id,
+                namespace=namespace,
+                name=None,
+                checkpoint_id=None,
+                metadata=None,
+                run_id=None,
+                before=after,
+                limit=want,
+                corrupt=bad,
+            )
+            if check is None:
+                return page, bad
+            kept = []
+            for cp in page:
+                why = check(cp)
+                if why is None:
+                    kept.append(cp)
+                else:
+                    bad.append((cp.id, why))
+            return kept, bad
+
+        page, skipped = store._run_read(read, "find_checkpoints")
+        found.extend(page)
+        corrupt.extend(skipped)
+        if want is None or not skipped or len(page) >= want or len(page) + len(skipped) < want:
+            break  # all read, a full page, or no older rows left
+        # Some rows of this page were corrupt: read on below the oldest row it covered.
+        before = min([c.id for c in page] + [cid for cid, _ in skipped])
+    for cid, why in corrupt:
+        log.warning("checkpoint %s of session %s skipped, unreadable: %s", cid, session_id, why)
+    return found, corrupt
 
 
 # ---------------------------------------------------------------------------------- vacuum

@@ -1570,6 +1570,19 @@ class SessionStore:
 
         return prune_sessions(self, before, deadline_s=deadline_s)
 
+    def find_checkpoints_lenient(
+        self,
+        session_id: str,
+        *,
+        namespace: str | None = None,
+        limit: int | None = None,
+        check: Callable[[Checkpoint], str | None] | None = None,
+    ) -> tuple[list[Checkpoint], list[tuple[str, str]]]:
+        """:meth:`find_checkpoints`, skipping corrupt rows; see ``_maintenance.find_readable``."""
+        from ._maintenance import find_readable
+
+        return find_readable(self, session_id, namespace=namespace, limit=limit, check=check)
+
     def vacuum(self) -> VacuumReport:
         """Rebuild the file compactly; see :func:`sessionstore._maintenance.vacuum`."""
         from ._maintenance import vacuum

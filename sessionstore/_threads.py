@@ -74,8 +74,13 @@ def find_checkpoints(
     run_id: str | None,
     before: str | None,
     limit: int | None,
+    corrupt: list[tuple[str, str]] | None = None,
 ) -> list[Checkpoint]:
-    """Checkpoints matching every given filter, newest (highest checkpoint id) first."""
+    """Checkpoints matching every given filter, newest (highest checkpoint id) first.
+
+    With ``corrupt`` given, a row whose JSON cannot be read is left out and reported there as
+    ``(checkpoint id, reason)``; without it, such a row raises ``ValueError``.
+    """
     where: list[str] = []
     params: list[Any] = []
     for column, value in (
@@ -101,7 +106,15 @@ def find_checkpoints(
         "ORDER BY checkpoint_id DESC, session_id, namespace LIMIT ?",
         (*params, -1 if limit is None else limit),
     ).fetchall()
-    return [_checkpoint(r) for r in rows]
+    if corrupt is None:
+        return [_checkpoint(r) for r in rows]
+    found: list[Checkpoint] = []
+    for r in rows:
+        try:
+            found.append(_checkpoint(r))
+        except ValueError as err:  # json.JSONDecodeError, a UnicodeDecodeError
+            corrupt.append((str(r[0]), f"{type(err).__name__}: {err}"))
+    return found
 
 
 def get_writes(
