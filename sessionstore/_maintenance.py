@@ -46,8 +46,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ._connection import RetryPolicy, open_connection, translate_open_error
 from ._forkgate import FORK_GATE
-from ._models import Checkpoint
-from ._ops import PruneSessions
+from ._models import Checkpoint, SessionStatus
+from ._ops import Batch, PruneSessions, SetOwner, SetStatus, owner_fields
 from ._threads import MAX_PAGE, find_checkpoints
 from .errors import StoreClosedError, StoreIOError, StoreReadOnlyError
 
@@ -63,6 +63,7 @@ __all__ = [
     "backup",
     "find_readable",
     "prune_sessions",
+    "resume_with_owner",
     "vacuum",
 ]
 
@@ -251,6 +252,35 @@ def prune_sessions(
         tombstones_before=tombstones_before,
         complete=complete,
         journaled=False,
+    )
+
+
+# ---------------------------------------------------------------------------------- owner
+
+
+def resume_with_owner(store: SessionStore, session_id: str, *, claim: bool) -> None:
+    """Make a session ACTIVE and record its new owner, in one transaction (one op).
+
+    ``claim``: this process is the owner from now on (an orchestrator, a ``run`` wrapper
+    taking the session over); otherwise the owner is cleared (a short-lived tool resuming it
+    for an orchestrator to start later). Either way the dead owner is gone, so the reaper does
+    not take the resumed session for an orphan.
+
+    Raises:
+        SessionNotFoundError: no such session (store open).
+        InvalidTransitionError: the session cannot be resumed (completed); nothing changed.
+        StoreReadOnlyError: the store was opened read-only.
+    """
+    ts = time.time()
+    owner = owner_fields() if claim else {}
+    store._write(
+        Batch(
+            ts=ts,
+            ops=[
+                SetStatus(ts=ts, session_id=session_id, status=SessionStatus.ACTIVE),
+                SetOwner(ts=ts, session_id=session_id, **owner),
+            ],
+        )
     )
 
 

@@ -85,6 +85,7 @@ __all__ = [
     "PutWrites",
     "RemoveChild",
     "SaveCheckpoint",
+    "SetOwner",
     "SetStatus",
     "apply",
     "checkpoint_row_id",
@@ -583,6 +584,22 @@ class PopCheckpoint(_OpBase):
     namespace: Namespace = ""
 
 
+class SetOwner(_OpBase):
+    """Record the process that owns a session now (an orchestrator taking it over), or none.
+
+    Ordered with status changes: it applies only if no status change newer than it has
+    landed, so it goes in one :class:`Batch` with the ``SetStatus`` that hands the session
+    over (a resume), at the same ``ts``. All owner fields None clears the owner.
+    """
+
+    kind: Literal["set_owner"] = "set_owner"
+    session_id: SessionId
+    owner_pid: Int64 | None = None
+    owner_start_ticks: Int64 | None = None
+    owner_boot_id: Token | None = None
+    owner_host: Token | None = None
+
+
 class PruneSessions(_OpBase):
     """Delete sessions that ended before ``before``, with everything recorded in them.
 
@@ -616,7 +633,8 @@ _Member = Annotated[
     | PruneCheckpoints
     | DeleteRuns
     | CopySession
-    | PopCheckpoint,
+    | PopCheckpoint
+    | SetOwner,
     Field(discriminator="kind"),
 ]
 
@@ -658,6 +676,7 @@ Op = Annotated[
     | CopySession
     | PopCheckpoint
     | PruneSessions
+    | SetOwner
     | Batch,
     Field(discriminator="kind"),
 ]
@@ -1131,6 +1150,24 @@ def _apply_pop(conn: apsw.Connection, op: PopCheckpoint) -> tuple[str, str, str]
     return checkpoint_id, name, data
 
 
+def _apply_owner(conn: apsw.Connection, op: SetOwner) -> None:
+    _, status_at = _require_session(conn, op.session_id)
+    if op.ts < status_at:
+        return  # the session changed hands (or status) after this op was made
+    conn.execute(
+        "UPDATE sessions SET owner_pid = ?, owner_start_ticks = ?, owner_boot_id = ?, "
+        "owner_host = ?, updated_at = max(updated_at, ?) WHERE id = ?",
+        (
+            op.owner_pid,
+            op.owner_start_ticks,
+            op.owner_boot_id,
+            op.owner_host,
+            op.ts,
+            op.session_id,
+        ),
+    ).fetchall()
+
+
 def _prune_sessions(conn: apsw.Connection, op: PruneSessions) -> tuple[int, int]:
     # Lives with the other maintenance code; imported here, when first applied, because
     # _maintenance imports this module.
@@ -1160,6 +1197,7 @@ _APPLY: dict[type[Any], Callable[[apsw.Connection, Any], Any]] = {
     CopySession: _apply_copy,
     PopCheckpoint: _apply_pop,
     PruneSessions: _prune_sessions,
+    SetOwner: _apply_owner,
     Batch: _apply_batch,
 }
 

@@ -1583,6 +1583,12 @@ class SessionStore:
 
         return find_readable(self, session_id, namespace=namespace, limit=limit, check=check)
 
+    def resume_session_with_owner(self, session_id: str, *, claim: bool) -> None:
+        """Resume and record the new owner (this process, or none); see ``_maintenance``."""
+        from ._maintenance import resume_with_owner
+
+        resume_with_owner(self, session_id, claim=claim)
+
     def vacuum(self) -> VacuumReport:
         """Rebuild the file compactly; see :func:`sessionstore._maintenance.vacuum`."""
         from ._maintenance import vacuum

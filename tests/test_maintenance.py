@@ -23,10 +23,16 @@ from sessionstore._ops import (
     PutCheckpoint,
     PutWrites,
     RemoveChild,
+    SetOwner,
     SetStatus,
     new_id,
 )
-from sessionstore.errors import SessionNotFoundError, StoreBusyError, StoreReadOnlyError
+from sessionstore.errors import (
+    InvalidTransitionError,
+    SessionNotFoundError,
+    StoreBusyError,
+    StoreReadOnlyError,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -355,3 +361,24 @@ def test_backup_refuses_an_existing_file_and_never_follows_a_planted_symlink(
         store.backup(str(tmp_path), force=True)
     leftovers = [p.name for p in tmp_path.iterdir() if ".backup-" in p.name]
     assert leftovers == []
+
+
+def test_resume_records_the_new_owner_or_clears_it(store: SessionStore) -> None:
+    """claim: this process owns the session; otherwise no owner (never the dead one kept)."""
+    from sessionstore import ProcessIdentity
+
+    sid = _old_session(store, time.time() - 1000, status="paused")
+    store.apply_ops([SetOwner(ts=time.time() - 900, session_id=sid, owner_pid=4242)])
+    store.resume_session_with_owner(sid, claim=True)
+    session = store.get_session(sid)
+    assert session.status.value == "active" and session.owner == ProcessIdentity.current()
+    store.pause_session(sid)
+    store.resume_session_with_owner(sid, claim=False)
+    assert store.get_session(sid).owner is None
+    # A hand-over older than the last status change is stale and changes nothing.
+    store.apply_ops([SetOwner(ts=time.time() - 3600, session_id=sid, owner_pid=4242)])
+    assert store.get_session(sid).owner is None
+    done = store.create_session("done").id
+    store.set_status(done, "completed")
+    with pytest.raises(InvalidTransitionError):
+        store.resume_session_with_owner(done, claim=True)

@@ -240,7 +240,10 @@ def cmd_resume(args: argparse.Namespace, out: Output) -> int:
         # Resume first: it is the step that may be refused (a completed session), and a refused
         # command must leave the file unchanged. The journal is applied after it; status changes
         # are last-writer-wins by time, so an older journaled "stop" cannot undo this resume.
-        store.resume_session(before.id)
+        # The owner is cleared: this command ends in a moment, and a dead owner would make the
+        # reaper take the resumed session for an orphan. The orchestrator that picks the session
+        # up records itself (`run --session` does).
+        store.resume_session_with_owner(before.id, claim=False)
         if store.stats().journaled > journaled:
             raise CliError(
                 f"resume: {store.path} stayed locked past {args.timeout:g} s; the resume was "

@@ -92,7 +92,8 @@ def test_pause_then_run_session_resumes_and_stop_finds_the_new_owner(tmp_path: P
     second.finish()
     assert code == 0, err
     assert doc["owner_pid"] == second.wrapper.pid  # not the first, dead, owner
-    assert [c["identity"] for c in doc["owner_candidates"]] == ["alive", "gone"]
+    # The resume recorded the wrapper as the owner: the first, dead, one is no longer a candidate.
+    assert [c["identity"] for c in doc["owner_candidates"]] == ["alive"]
     assert second.left() == []
     assert _status(db, "job") is SessionStatus.STOPPED
 

@@ -711,3 +711,27 @@ def test_events_since_until_and_level(db: Fixture) -> None:
         f"event {i}" for i in range(0, 25, 5)
     ]
     assert [e["message"] for e in last_warning.json()["events"]] == ["event 20"]
+
+
+def test_resume_clears_a_dead_owner_so_reap_does_not_flag_the_session(db: Fixture) -> None:
+    """A session left by a dead orchestrator, resumed from the CLI: no owner, not an orphan."""
+    d = str(db.path)
+    owner = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from sessionstore import SessionStore as S; "
+            "s = S.open(sys.argv[1]); i = s.create_session('left').id; s.pause_session(i); "
+            "print(i); s.close()",
+            d,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    left = owner.stdout.strip()
+    resumed = run("--db", d, "resume", left, "--json").json()
+    assert resumed["session"]["status"] == "active"
+    assert resumed["session"]["owner"] is None
+    dry = run("--db", d, "reap", "--dry-run", "--json").json()
+    assert left not in [s["session_id"] for s in dry["report"]["sessions"]]
