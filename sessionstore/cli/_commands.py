@@ -104,23 +104,22 @@ def _status_counts(store: SessionStore) -> dict[str, int]:
 def _stale(store: SessionStore, stale_after_s: float, now: float) -> list[dict[str, Any]]:
     # An active session whose owner has not written a heartbeat (or, never having sent one, was
     # created) longer ago than the threshold: its orchestrator is probably gone or stuck.
-    with store.lease("cli stale sessions") as lease:
-        rows = lease.execute(
-            "SELECT id, name, heartbeat_at, created_at, owner_pid, owner_host FROM sessions "
-            "WHERE status = 'active' AND coalesce(heartbeat_at, created_at) < ? ORDER BY id",
-            (now - stale_after_s,),
-        )
-    return [
-        {
-            "id": sid,
-            "name": name,
-            "heartbeat_at": hb,
-            "age_s": round(now - (hb if hb is not None else created), 3),
-            "owner_pid": pid,
-            "owner_host": host,
-        }
-        for sid, name, hb, created, pid, host in rows
-    ]
+    # Read through the store (no SQL here); the owner is the same object as in `sessions`.
+    stale = []
+    for s in store.list_sessions(SessionStatus.ACTIVE):
+        last = s.heartbeat_at if s.heartbeat_at is not None else s.created_at
+        if last < now - stale_after_s:
+            stale.append(
+                {
+                    "id": s.id,
+                    "name": s.name,
+                    "heartbeat_at": s.heartbeat_at,
+                    "age_s": round(now - last, 3),
+                    "owner": dump(s.owner),
+                    "owner_host": s.owner_host,
+                }
+            )
+    return sorted(stale, key=lambda e: e["id"])
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
@@ -163,7 +162,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
                     escape(s["name"]),
                     fmt_time(s["heartbeat_at"]),
                     fmt_age(s["age_s"]),
-                    f"{s['owner_pid']}@{s['owner_host']}",
+                    f"{(s['owner'] or {}).get('pid', '-')}@{s['owner_host']}",
                 )
             con.print(t)
         else:
@@ -224,7 +223,8 @@ def _identity_now(child: ChildProcess) -> IdentityStatus:
 
 def _child_doc(child: ChildProcess) -> dict[str, Any]:
     now = _identity_now(child)
-    return {**dump(child), "identity_status": now.value, "alive": now is IdentityStatus.ALIVE}
+    # "identity": the process's identity checked now, the same key as `stop`'s owner candidates.
+    return {**dump(child), "identity": now.value, "alive": now is IdentityStatus.ALIVE}
 
 
 def _children_table(children: list[dict[str, Any]], *, with_session: bool) -> Table:
@@ -240,7 +240,7 @@ def _children_table(children: list[dict[str, Any]], *, with_session: bool) -> Ta
             str(c["pgid"]) if c["pgid"] is not None else "-",
             c["state"],
             str(c["exit_code"]) if c["exit_code"] is not None else "-",
-            c["identity_status"],
+            c["identity"],
             fmt_time(c["registered_at"]),
             escape(" ".join(c["argv"])),
         ]

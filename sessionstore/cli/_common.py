@@ -58,6 +58,7 @@ __all__ = [
     "resolve_db",
     "rfc3339",
     "store_config",
+    "with_rfc3339",
 ]
 
 DEFAULT_DB = os.path.join(".sessionstore", "sessions.db")
@@ -235,6 +236,33 @@ def rfc3339(ts: float | None) -> str | None:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def with_rfc3339(value: Any) -> Any:
+    """``value`` with ``<key>_rfc3339`` added beside every numeric ``<key>`` ending in ``_at``.
+
+    One rule for every command, applied where JSON is printed, so no command can forget it.
+    Rejected: replacing the numbers by text, which would break every reader of the epoch keys.
+    """
+    if isinstance(value, list):
+        return [with_rfc3339(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        out[key] = with_rfc3339(v)
+        if key.endswith("_at") and (
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+        ):
+            out[f"{key}_rfc3339"] = None if v is None else _rfc3339_or_none(float(v))
+    return out
+
+
+def _rfc3339_or_none(ts: float) -> str | None:
+    try:
+        return rfc3339(ts)
+    except (OverflowError, OSError, ValueError):
+        return None  # out of datetime's range: the number stays the truth
+
+
 def fmt_age(seconds: float | None) -> str:
     """``3.2s``, ``4m05s``, ``2h10m``, ``3d04h`` or ``-``."""
     if seconds is None:
@@ -297,6 +325,11 @@ class Output:
             sys.stderr.flush()
 
     def json(self, data: Any, *, indent: int | None = 2) -> None:
-        """Print one JSON document (or one JSON line with ``indent=None``) and flush."""
-        sys.stdout.write(json.dumps(dump(data), indent=indent, ensure_ascii=False) + "\n")
+        """Print one JSON document (or one JSON line with ``indent=None``) and flush.
+
+        Every epoch time (a key ending in ``_at``) gets its RFC 3339 text beside it, under the
+        same key plus ``_rfc3339`` (README "JSON output").
+        """
+        doc = with_rfc3339(dump(data))
+        sys.stdout.write(json.dumps(doc, indent=indent, ensure_ascii=False) + "\n")
         sys.stdout.flush()

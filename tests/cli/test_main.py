@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,12 @@ from sessionstore import SessionStore, StoreConfig
 from sessionstore.cli import main
 
 CLI = [sys.executable, "-m", "sessionstore"]
+
+
+def _rfc(keys: set[str]) -> set[str]:
+    """``keys`` plus the RFC 3339 text printed beside each epoch time (``*_at``)."""
+    return keys | {f"{k}_rfc3339" for k in keys if k.endswith("_at")}
+
 
 # The JSON keys the README documents for each command: a contract, only ever extended.
 STATUS_KEYS = {
@@ -42,37 +49,41 @@ STATUS_KEYS = {
     "stale",
     "last_checkpoint",
 }
-SESSION_KEYS = {
-    "id",
-    "name",
-    "objective",
-    "status",
-    "metadata",
-    "key",
-    "owner",
-    "owner_host",
-    "created_at",
-    "updated_at",
-    "paused_at",
-    "resumed_at",
-    "stopped_at",
-    "heartbeat_at",
-}
-CHILD_KEYS = {
-    "session_id",
-    "pid",
-    "start_ticks",
-    "boot_id",
-    "pgid",
-    "argv",
-    "registered_at",
-    "exited_at",
-    "exit_code",
-    "state",
-    "identity_status",
-    "alive",
-}
-EVENT_KEYS = {"id", "op_id", "session_id", "level", "message", "data", "created_at"}
+SESSION_KEYS = _rfc(
+    {
+        "id",
+        "name",
+        "objective",
+        "status",
+        "metadata",
+        "key",
+        "owner",
+        "owner_host",
+        "created_at",
+        "updated_at",
+        "paused_at",
+        "resumed_at",
+        "stopped_at",
+        "heartbeat_at",
+    }
+)
+CHILD_KEYS = _rfc(
+    {
+        "session_id",
+        "pid",
+        "start_ticks",
+        "boot_id",
+        "pgid",
+        "argv",
+        "registered_at",
+        "exited_at",
+        "exit_code",
+        "state",
+        "identity",
+        "alive",
+    }
+)
+EVENT_KEYS = _rfc({"id", "op_id", "session_id", "level", "message", "data", "created_at"})
 DOCTOR_KEYS = {
     "db",
     "healthy",
@@ -224,11 +235,19 @@ def test_every_json_output_parses_and_keeps_its_keys(db: Fixture) -> None:
         "crashed": 0,
     }
     assert [x["id"] for x in s["stale"]] == [db.alpha]
-    assert set(s["stale"][0]) == {"id", "name", "heartbeat_at", "age_s", "owner_pid", "owner_host"}
+    assert set(s["stale"][0]) == _rfc(
+        {"id", "name", "heartbeat_at", "age_s", "owner", "owner_host"}
+    )
+    assert set(s["stale"][0]["owner"]) == {"pid", "start_ticks", "boot_id"}  # as in `sessions`
     assert s["last_checkpoint"]["session_id"] == db.beta
-    assert set(s["last_checkpoint"]) == {"id", "session_id", "name", "created_at"}
+    assert set(s["last_checkpoint"]) == _rfc({"id", "session_id", "name", "created_at"})
 
     ss = sessions.json()["sessions"]
+    for x in ss:  # the RFC 3339 text is the epoch number's instant, in UTC
+        stamp = datetime.fromisoformat(x["created_at_rfc3339"].replace("Z", "+00:00"))
+        assert stamp.tzinfo is not None and stamp.utcoffset() == timedelta(0)
+        assert abs(stamp.timestamp() - x["created_at"]) < 1e-5
+        assert x["heartbeat_at"] is not None or x["heartbeat_at_rfc3339"] is None
     assert [x["name"] for x in ss] == ["alpha", "beta", "gamma"]
     assert all(set(x) == SESSION_KEYS for x in ss)
     assert [x["name"] for x in paused.json()["sessions"]] == ["beta"]
@@ -248,7 +267,7 @@ def test_every_json_output_parses_and_keeps_its_keys(db: Fixture) -> None:
     ch = children.json()["children"]
     assert len(ch) == 1
     assert ch[0]["alive"] is False
-    assert ch[0]["identity_status"] == "gone"
+    assert ch[0]["identity"] == "gone"
 
     doc = doctor.json()
     assert set(doc) == DOCTOR_KEYS
