@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import apsw
 from pydantic import BaseModel, ConfigDict
 
 from ._ops import DeleteSession, Op, PutCheckpoint, PutWrites, checkpoint_row_id, dump_json
 
-if TYPE_CHECKING:
-    from ._store import SessionStore
+T = TypeVar("T")
+
+
+class SessionStore(Protocol):
+    """What an export reads through (typed here, not imported: no import cycle)."""
+
+    def _run_read(self, fn: Callable[[apsw.Connection], T], borrower: str) -> T: ...
+
 
 __all__ = [
     "ExportExtras",

@@ -39,27 +39,49 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, TypeVar
 
 import apsw
 from pydantic import BaseModel, ConfigDict
 
+from ._config import StoreConfig
 from ._connection import RetryPolicy, open_connection, translate_open_error
+from ._files import journal_path, shm_path, wal_path
 from ._forkgate import FORK_GATE
-from ._models import Checkpoint, SessionStatus
+from ._models import Checkpoint, ReplayReport, SessionStatus
 from ._ops import Batch, PruneSessions, SetOwner, SetStatus, owner_fields
 from ._threads import MAX_PAGE, find_checkpoints
 from .errors import StoreClosedError, StoreIOError, StoreReadOnlyError
 
-if TYPE_CHECKING:
-    from ._store import SessionStore
+
+class SessionStore(Protocol):
+    """What these operations use of :class:`sessionstore.SessionStore`.
+
+    Typed here, not imported: the store imports this module, and the package has no import
+    cycle (not even a type-only one).
+    """
+
+    path: str
+    config: StoreConfig
+    read_only: bool
+
+    @property
+    def journal_path(self) -> str: ...
+
+    def replay(self) -> ReplayReport: ...
+
+    def lease(self, borrower: str = ...) -> contextlib.AbstractContextManager[Any]: ...
+
+    def _write(self, op: Any) -> Any: ...
+
+    def _run_read(self, fn: Callable[[apsw.Connection], T], borrower: str) -> T: ...
+
 
 __all__ = [
     "TOMBSTONE_HORIZON_S",
     "BackupReport",
     "PruneReport",
     "VacuumReport",
-    "apply_prune_sessions",
     "backup",
     "find_readable",
     "prune_sessions",
@@ -69,10 +91,10 @@ __all__ = [
 
 log = logging.getLogger("sessionstore")
 
+T = TypeVar("T")
+
 TOMBSTONE_HORIZON_S = 86_400.0
 """A tombstone younger than this is always kept (see the module docstring)."""
-
-_ENDED = ("stopped", "completed", "crashed")
 
 
 class PruneReport(BaseModel):
@@ -111,54 +133,6 @@ class BackupReport(BaseModel):
 
 
 # ---------------------------------------------------------------------------------- prune
-
-
-def apply_prune_sessions(conn: apsw.Connection, op: PruneSessions) -> tuple[int, int]:
-    """Apply a :class:`PruneSessions` inside the caller's write transaction.
-
-    Returns:
-        ``(sessions deleted, tombstones dropped)``.
-    """
-    b = op.before
-    ids = [
-        str(r[0])
-        for r in conn.execute(
-            "SELECT s.id FROM sessions s WHERE s.status IN (?, ?, ?) "
-            "AND s.status_at < :b AND s.updated_at < :b AND s.created_at < :b "
-            "AND coalesce(s.heartbeat_at, 0) < :b "
-            "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id "
-            "  AND e.created_at >= :b) "
-            "AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.session_id = s.id "
-            "  AND coalesce(c.written_at, c.created_at) >= :b) "
-            "AND NOT EXISTS (SELECT 1 FROM checkpoint_writes w WHERE w.session_id = s.id "
-            "  AND w.written_at >= :b) "
-            # A child possibly still alive keeps its session: the reaper needs the row.
-            "AND NOT EXISTS (SELECT 1 FROM child_processes p WHERE p.session_id = s.id "
-            "  AND (p.state IN ('running', 'unkillable') OR p.registered_at >= :b "
-            "       OR coalesce(p.exited_at, 0) >= :b)) "
-            "ORDER BY s.id LIMIT :n".replace("?, ?, ?", ", ".join(f"'{s}'" for s in _ENDED)),
-            {"b": b, "n": op.limit},
-        ).fetchall()
-    ]
-    for sid in ids:
-        for table in ("checkpoint_writes", "checkpoints", "events", "child_processes"):
-            conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (sid,)).fetchall()
-        conn.execute("DELETE FROM sessions WHERE id = ?", (sid,)).fetchall()
-        # At the cutoff: an op made before it and applied late (a journal replayed after the
-        # prune) finds the tombstone and does not resurrect the session.
-        conn.execute(
-            "INSERT INTO tombstones (scope, key, deleted_at) VALUES ('session', ?, ?) "
-            "ON CONFLICT(scope, key) DO UPDATE SET "
-            "deleted_at = max(deleted_at, excluded.deleted_at)",
-            (sid, b),
-        ).fetchall()
-    dropped = 0
-    if op.tombstones_before is not None:
-        conn.execute(
-            "DELETE FROM tombstones WHERE deleted_at < ?", (op.tombstones_before,)
-        ).fetchall()
-        dropped = conn.changes()
-    return len(ids), dropped
 
 
 def oldest_journaled_ts(journal_path: str) -> float | None:
@@ -379,7 +353,7 @@ def vacuum(store: SessionStore) -> VacuumReport:
     if store.read_only:
         raise StoreReadOnlyError(store.path, "vacuum")
     start = time.monotonic()
-    before = _size(store.path) + _size(store.path + "-wal")
+    before = _size(store.path) + _size(wal_path(store.path))
     policy = RetryPolicy(store.config.write_deadline_s)
     # A gate lease: close() waits for the vacuum (up to its timeout) instead of racing it.
     with store.lease("vacuum"):
@@ -401,7 +375,7 @@ def vacuum(store: SessionStore) -> VacuumReport:
                 conn.close()
     return VacuumReport(
         bytes_before=before,
-        bytes_after=_size(store.path) + _size(store.path + "-wal"),
+        bytes_after=_size(store.path) + _size(wal_path(store.path)),
         seconds=time.monotonic() - start,
     )
 
@@ -418,9 +392,10 @@ def _fsync_dir(directory: str) -> None:
 
 
 def _cleanup(tmp: str) -> None:
-    for suffix in ("", "-journal", "-wal", "-shm"):
+    # The copy's own side files, should SQLite have left any (rollback journal, WAL, index).
+    for path in (tmp, f"{tmp}-journal", wal_path(tmp), shm_path(tmp)):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp + suffix)
+            os.unlink(path)
 
 
 def backup(store: SessionStore, dest: str, *, force: bool = False) -> BackupReport:
@@ -448,7 +423,8 @@ def backup(store: SessionStore, dest: str, *, force: bool = False) -> BackupRepo
     start = time.monotonic()
     dest = os.path.abspath(dest)
     real_db = os.path.realpath(store.path)
-    if os.path.realpath(dest) in {real_db + s for s in ("", "-wal", "-shm", "-ops.jsonl")}:
+    own = {real_db, wal_path(real_db), shm_path(real_db), journal_path(real_db)}
+    if os.path.realpath(dest) in own:
         raise ValueError(f"{dest} is the database itself or one of its files")
     if os.path.isdir(dest) and not os.path.islink(dest):
         raise IsADirectoryError(dest)

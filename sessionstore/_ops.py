@@ -61,6 +61,7 @@ from ._models import (
     Session,
     SessionStatus,
 )
+from ._prune import prune_rows
 from .errors import InvalidTransitionError, SessionNotFoundError
 
 __all__ = [
@@ -611,7 +612,7 @@ class PruneSessions(_OpBase):
     Each pruned session is tombstoned at ``before``, so an older op replayed late does not
     resurrect it. Tombstones older than ``tombstones_before`` (when given) are dropped: the
     caller passes a time before which no op can still be applied (see ``_maintenance``).
-    Applied by :func:`sessionstore._maintenance.apply_prune_sessions`.
+    Its SQL is :func:`sessionstore._prune.prune_rows`.
     """
 
     kind: Literal["prune_sessions"] = "prune_sessions"
@@ -1170,11 +1171,7 @@ def _apply_owner(conn: apsw.Connection, op: SetOwner) -> None:
 
 
 def _prune_sessions(conn: apsw.Connection, op: PruneSessions) -> tuple[int, int]:
-    # Lives with the other maintenance code; imported here, when first applied, because
-    # _maintenance imports this module.
-    from ._maintenance import apply_prune_sessions
-
-    return apply_prune_sessions(conn, op)
+    return prune_rows(conn, op.before, op.limit, op.tombstones_before)
 
 
 def _apply_batch(conn: apsw.Connection, op: Batch) -> list[Any]:
