@@ -124,7 +124,7 @@ exit codes:
 
 SESSION may be a full id, a unique id prefix, or a session name.
 With --json, stdout is JSON (streams: JSON Lines) and every stderr line is a JSON
-object: {"event": "error", "error": KIND, "message": ..., "exit_code": N} on failure.
+object: {{"event": "error", "error": KIND, "message": ..., "exit_code": N}} on failure.
 Times are epoch seconds, each with an RFC 3339 UTC text beside it (KEY_rfc3339).
 """
 
