@@ -50,7 +50,7 @@ from ._files import journal_path, shm_path, wal_path
 from ._forkgate import FORK_GATE
 from ._models import Checkpoint, ReplayReport, SessionStatus
 from ._ops import Batch, PruneSessions, SetOwner, SetStatus, owner_fields
-from ._threads import MAX_PAGE, find_checkpoints
+from ._queries import MAX_PAGE, find_checkpoints
 from .errors import StoreClosedError, StoreIOError, StoreReadOnlyError
 
 
