@@ -27,6 +27,7 @@ child registry calls the store under its own lock, never the reverse.
 """
 
 from ._config import StoreConfig
+from ._exports import publish as _publish
 from ._identity import ProcessIdentity
 from ._models import (
     Checkpoint,
@@ -119,3 +120,18 @@ __all__ = [
     "__version__",
     "reap_orphans",
 ]
+
+# Each name says where users import it from (tracebacks, pickle, docs); the process layer's
+# names keep ``sessionstore.process``, set there.
+_publish(
+    __name__,
+    [
+        obj
+        for name, obj in list(globals().items())
+        if name in __all__
+        and str(getattr(obj, "__module__", "")).startswith(
+            ("sessionstore._", "sessionstore.errors")
+        )
+    ],
+)
+del _publish

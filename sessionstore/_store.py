@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import apsw
 
 from . import _lifecycle as lifecycle
+from . import _queries as q
 from ._close import CloseSequence, close_connections
 from ._config import StoreConfig
 from ._connection import (
@@ -75,19 +76,9 @@ from ._ops import (
     session_from_create,
     session_id_for_key,
 )
+from ._queries import MAX_PAGE, metadata_filter
 from ._readers import ReaderPool
 from ._routing import GONE_ERRORS, WriteRouter
-from ._rows import (
-    CHECKPOINT_COLUMNS,
-    CHILD_COLUMNS,
-    EVENT_COLUMNS,
-    SESSION_COLUMNS,
-    checkpoint_from_row,
-    child_from_row,
-    event_from_row,
-    session_from_row,
-)
-from ._threads import MAX_PAGE, find_checkpoints, get_writes, metadata_filter
 from ._transaction import (
     Transaction,
     checkpoint_from_pop,
@@ -120,6 +111,11 @@ def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
         return fn(conn)
 
 
+# Passed by the library's own constructors: a direct ``SessionStore(...)`` or ``ReadLease(...)``
+# raises TypeError naming the right way (trio's NoPublicConstructor, without a metaclass).
+_BUILD = object()
+
+
 def live_stores() -> list[SessionStore]:
     """Stores in this process that are not closed (tests use it to catch leaks)."""
     return [s for s in lifecycle.live() if isinstance(s, SessionStore)]
@@ -132,7 +128,9 @@ class ReadLease:
     :class:`StoreClosedError`, never a crash or a hang.
     """
 
-    def __init__(self, store: SessionStore, lease: Lease) -> None:
+    def __init__(self, store: SessionStore, lease: Lease, *, _token: object = None) -> None:
+        if _token is not _BUILD:
+            raise TypeError("ReadLease is not built by hand; use `with store.lease() as lease`")
         self._store = store
         self._lease = lease
 
@@ -178,8 +176,15 @@ class SessionStore:
         *,
         clock: Callable[[], float],
         read_only: bool = False,
+        _token: object = None,
     ) -> None:
-        """Use :meth:`SessionStore.open`; this only sets up state, it opens nothing."""
+        """Use :meth:`SessionStore.open`; this only sets up state, it opens nothing.
+
+        Raises:
+            TypeError: called directly rather than through :meth:`SessionStore.open`.
+        """
+        if _token is not _BUILD:
+            raise TypeError("SessionStore is not built by hand; use SessionStore.open(path)")
         self.path = path
         self.config = config
         self.read_only = read_only
@@ -258,7 +263,9 @@ class SessionStore:
         # Resolved once: every side file (-wal, -shm, the journal, the rejected file) is named
         # from the real path, so opening through a symlink and through the file itself share
         # one journal. Resolving again later could name another file if a link changed.
-        store = cls(os.path.realpath(path_str), config, clock=clock, read_only=read_only)
+        store = cls(
+            os.path.realpath(path_str), config, clock=clock, read_only=read_only, _token=_BUILD
+        )
         # Before anything writes:
         kind = identify(store.path, busy_timeout_ms=config.busy_timeout_ms)
         if read_only:
@@ -272,7 +279,7 @@ class SessionStore:
         check_read_only_kind(self.path, kind)  # before the store is live
         lifecycle.track(self)
         try:
-            [(version,)] = self._read("open", "PRAGMA user_version")
+            version = self._run_read(q.schema_version, "open")
             check_read_only_version(self.path, int(version))
         except BaseException:
             self._abort_open()
@@ -349,9 +356,6 @@ class SessionStore:
         finally:
             conn.close()
 
-    def _read(self, borrower: str, sql: str, bindings: Sequence[Any] = ()) -> list[Any]:
-        return self._run_read(lambda conn: conn.execute(sql, bindings).fetchall(), borrower)
-
     @contextlib.contextmanager
     def lease(self, borrower: str = "user") -> Iterator[ReadLease]:
         """Hold a read lease for ad-hoc queries; ``close()`` waits for it (up to its timeout).
@@ -363,7 +367,7 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
-            yield ReadLease(self, lease)
+            yield ReadLease(self, lease, _token=_BUILD)
         finally:
             self._gate.release(lease)
 
@@ -388,12 +392,10 @@ class SessionStore:
             SessionNotFoundError: no such session.
             StoreClosedError: the store is closing or closed.
         """
-        rows = self._read(
-            "get_session", f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
-        )
-        if not rows:
+        found = self._run_read(lambda conn: q.get_session(conn, session_id), "get_session")
+        if found is None:
             raise SessionNotFoundError(session_id)
-        return session_from_row(rows[0])
+        return found
 
     def list_sessions(self, status: SessionStatus | str | None = None) -> list[Session]:
         """Return sessions, oldest first, optionally only those with ``status``.
@@ -402,17 +404,8 @@ class SessionStore:
             ValueError: unknown status.
             StoreClosedError: the store is closing or closed.
         """
-        if status is None:
-            rows = self._read(
-                "list_sessions", f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id"
-            )
-        else:
-            rows = self._read(
-                "list_sessions",
-                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE status = ? ORDER BY created_at, id",
-                (SessionStatus(status).value,),
-            )
-        return [session_from_row(r) for r in rows]
+        wanted = None if status is None else SessionStatus(status)
+        return self._run_read(lambda conn: q.list_sessions(conn, wanted), "list_sessions")
 
     def set_status(self, session_id: str, status: SessionStatus | str) -> None:
         """Move a session to ``status`` (see pause/resume/stop for the usual ones).
@@ -484,17 +477,15 @@ class SessionStore:
         """
         if limit is not None and limit < 1:
             raise ValueError("limit must be >= 1")
-        order = "DESC" if newest_first else "ASC"
-        where = "session_id = ?" + (" AND name = ?" if name is not None else "")
-        params: tuple[Any, ...] = (session_id,) if name is None else (session_id, name)
-        sql = (
-            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE {where} "
-            f"ORDER BY created_at {order}, id {order} LIMIT ?"
+        found = self._run_read(
+            lambda conn: q.list_checkpoints(
+                conn, session_id, name=name, limit=limit, newest_first=newest_first
+            ),
+            "list_checkpoints",
         )
-        rows = self._read("list_checkpoints", sql, (*params, -1 if limit is None else limit))
-        if not rows:
+        if not found:
             self.get_session(session_id)  # SessionNotFoundError for an unknown id
-        return [checkpoint_from_row(r) for r in rows]
+        return found
 
     # ----------------------------------------------------------------------------- threads
 
@@ -660,7 +651,7 @@ class SessionStore:
         if metadata:
             metadata_filter(metadata)  # ValueError before anything is read
         return self._run_read(
-            lambda conn: find_checkpoints(
+            lambda conn: q.find_checkpoints(
                 conn,
                 session_id=session_id,
                 namespace=namespace,
@@ -715,7 +706,7 @@ class SessionStore:
             StoreClosedError: the store is closing or closed.
         """
         return self._run_read(
-            lambda conn: get_writes(conn, session_id, namespace, checkpoint_id),
+            lambda conn: q.checkpoint_writes(conn, session_id, namespace, checkpoint_id),
             "checkpoint_writes",
         )
 
@@ -804,15 +795,10 @@ class SessionStore:
         """
         if not 1 <= limit <= _MAX_EVENTS_PAGE:
             raise ValueError(f"limit must be within 1..{_MAX_EVENTS_PAGE}")
-        rows = self._read(
-            "events",
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE session_id = ? AND id > ? "
-            "ORDER BY id LIMIT ?",
-            (session_id, after_id or 0, limit),
-        )
-        if not rows and after_id is None:
+        found = self._run_read(lambda conn: q.events(conn, session_id, after_id, limit), "events")
+        if not found and after_id is None:
             self.get_session(session_id)
-        return [event_from_row(r) for r in rows]
+        return found
 
     # ----------------------------------------------------------------------------- children
 
@@ -880,16 +866,12 @@ class SessionStore:
             SessionNotFoundError: no such session.
             StoreClosedError: the store is closing or closed.
         """
-        where = "" if include_exited else " AND state IN ('running', 'unkillable')"
-        rows = self._read(
-            "children",
-            f"SELECT {CHILD_COLUMNS} FROM child_processes WHERE session_id = ?{where} "
-            "ORDER BY registered_at, pid",
-            (session_id,),
+        found = self._run_read(
+            lambda conn: q.children(conn, session_id, include_exited=include_exited), "children"
         )
-        if not rows:
+        if not found:
             self.get_session(session_id)
-        return [child_from_row(r) for r in rows]
+        return found
 
     def all_children(self, include_exited: bool = False) -> list[ChildProcess]:
         """Return every session's recorded children, oldest first.
@@ -897,12 +879,9 @@ class SessionStore:
         Raises:
             StoreClosedError: the store is closing or closed.
         """
-        where = "" if include_exited else " WHERE state IN ('running', 'unkillable')"
-        rows = self._read(
-            "all_children",
-            f"SELECT {CHILD_COLUMNS} FROM child_processes{where} ORDER BY registered_at, pid",
+        return self._run_read(
+            lambda conn: q.all_children(conn, include_exited=include_exited), "all_children"
         )
-        return [child_from_row(r) for r in rows]
 
     # ----------------------------------------------------------------------------- maintenance
 
