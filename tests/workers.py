@@ -102,6 +102,16 @@ def hold_write(db: str) -> None:
     conn.close()
 
 
+def hold_journal_lock(db: str) -> None:
+    """Hold the journal's file lock (as an appender does for a moment) until a line arrives."""
+    import fcntl
+
+    fd = os.open(db + "-ops.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _ready_then_wait()
+    os.close(fd)
+
+
 def hold_open(db: str) -> None:
     """Keep the store open (so -wal and -shm exist) until a line arrives on stdin."""
     store = SessionStore.open(db)
@@ -195,6 +205,7 @@ COMMANDS = {
     "store_rmw": store_rmw,
     "journal_append": journal_append,
     "hold_write": hold_write,
+    "hold_journal_lock": hold_journal_lock,
     "hold_open": hold_open,
     "hold_read": hold_read,
     "poll_reader": poll_reader,
