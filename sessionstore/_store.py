@@ -1,4 +1,11 @@
-"""SessionStore: the typed API over ops, the closing gate, the pending queue and the journal."""
+"""SessionStore: the typed facade; each job behind it has a module of its own.
+
+A write method builds an op (``_ops``, ``_transaction``) and hands it to the router
+(``_routing``: apply now, queue while closing, journal after close, keep aside); reads lease
+a connection from the gate (``_leases``) and the pool (``_readers``); ``open`` runs the checks
+of ``_opening``, ``close`` the sequence of ``_close``; process-wide hooks live in
+``_lifecycle``, side-file names in ``_files``, the one write connection in ``_writer``.
+"""
 
 from __future__ import annotations
 
