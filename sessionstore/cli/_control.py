@@ -185,7 +185,8 @@ def _control(args: argparse.Namespace, out: Output, action: str) -> int:
             "session_id": session.id,
             "name": session.name,
             "owner_candidates": statuses,
-            "owner_pid": None if live is None else live.identity.pid,
+            # The same owner object as `sessions` and `status` print (pid, start_ticks, boot_id).
+            "owner": None if live is None else dump(live.identity),
             "signalled": [],
             "owner_ended": None,
             "waited_s": None,
@@ -289,8 +290,9 @@ def _human(con: Console, data: dict[str, Any]) -> None:
     head = f"{data['action']} session {data['session_id']} ({escape(data['name'])}):"
     if data["signalled"]:
         ended = "ended" if data["owner_ended"] else "did NOT end"
+        pid = data["owner"]["pid"] if data["owner"] else "-"
         con.print(
-            f"{head} sent {'+'.join(data['signalled'])} to owner pid {data['owner_pid']}; "
+            f"{head} sent {'+'.join(data['signalled'])} to owner pid {pid}; "
             f"it {ended} after {data['waited_s']:.2f} s"
         )
     else:

@@ -39,7 +39,7 @@ from typing import Any
 
 from .._config import StoreConfig
 from .._identity import ProcessIdentity, hostname
-from .._models import Session, SessionStatus
+from .._models import Session
 from .._store import SessionStore
 from ..errors import SessionStoreError
 from ..process import ProcessLayer, ShutdownInProgressError, ShutdownPhase, ShutdownReport
@@ -81,8 +81,9 @@ def _session(store: SessionStore, args: argparse.Namespace, argv: list[str]) -> 
             name, metadata={"run": {"argv": argv, "cwd": os.getcwd(), "host": hostname()}}
         )
     session = resolve_session(store, args.session)
-    if session.status is not SessionStatus.ACTIVE:
-        store.resume_session(session.id)  # InvalidTransitionError for a completed session
+    # The wrapper is the session's orchestrator from now on: `stop`, `reap` and `status` see it
+    # as the owner. InvalidTransitionError for a completed session.
+    store.resume_session_with_owner(session.id, claim=True)
     return store.get_session(session.id)
 
 
