@@ -188,10 +188,18 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
 
 
 def _orphan_counts(report: ReapReport | None) -> tuple[int, int]:
-    """(live orphaned processes, sessions of dead orchestrators) in a dry-run report."""
+    """(live orphaned processes, sessions of dead orchestrators) in a dry-run report.
+
+    The count is what ``reap`` would end, found by the same enumeration: recorded children
+    still alive, plus the members of their trees found by group, tree marker and cgroup
+    (``descendants_ended`` of a dry run), daemons of children that already exited included.
+    """
     if report is None:
         return 0, 0
-    alive = sum(1 for s in report.sessions for c in s.children if c.action == "would_terminate")
+    alive = sum(
+        sum(1 for c in s.children if c.action == "would_terminate") + s.descendants_ended
+        for s in report.sessions
+    )
     return alive, len(report.sessions)
 
 

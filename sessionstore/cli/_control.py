@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import select
 import signal
 import time
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from rich.markup import escape
 
 from .._identity import IdentityStatus, ProcessIdentity, check_signal_target, hostname
 from .._models import Session, SessionStatus
+from .._proc import wait_pidfds
 from .._store import SessionStore
 from ..errors import InvalidTransitionError, UnsafeSignalError
 from ._common import (
@@ -121,8 +121,8 @@ class _Target:
     def wait(self, timeout: float) -> bool:
         """True once the process has ended (a zombie counts: it can never run again)."""
         if self._fd is not None:
-            readable, _, _ = select.select([self._fd], [], [], max(timeout, 0.0))
-            return bool(readable) or self.identity.check() is not IdentityStatus.ALIVE
+            exited = not wait_pidfds([self._fd], time.monotonic() + timeout)
+            return exited or self.identity.check() is not IdentityStatus.ALIVE
         assert self._proc is not None
         _, alive = psutil.wait_procs([self._proc], timeout=timeout)
         return not alive
