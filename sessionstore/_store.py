@@ -48,7 +48,6 @@ from ._models import (
     EventLevel,
     ReplayReport,
     Session,
-    SessionStatus,
     StoreState,
     StoreStats,
 )
@@ -59,9 +58,7 @@ from ._opening import (
     replay_at_open,
 )
 from ._ops import (
-    CopySession,
     DeleteRuns,
-    DeleteSession,
     Heartbeat,
     LogEvent,
     Op,
@@ -69,29 +66,26 @@ from ._ops import (
     PruneCheckpoints,
     RemoveChild,
     SaveCheckpoint,
-    SetStatus,
     checkpoint_from_op,
     child_from_op,
     event_from_op,
     session_from_create,
-    session_id_for_key,
 )
 from ._queries import MAX_PAGE, metadata_filter
 from ._readers import ReaderPool
 from ._routing import GONE_ERRORS, WriteRouter
+from ._store_sessions import SessionMethods
 from ._transaction import (
     Transaction,
     checkpoint_from_pop,
     checkpoint_from_put,
     make_add_child,
     make_create,
-    make_keyed_create,
     make_put_checkpoint,
     make_put_writes,
 )
 from ._writer import Writer
 from .errors import (
-    SessionNotFoundError,
     StoreClosedError,
     StoreCorruptError,
     StoreReadOnlyError,
@@ -160,7 +154,7 @@ class ReadLease:
         )
 
 
-class SessionStore:
+class SessionStore(SessionMethods):
     """Sessions, checkpoints, events and child processes in one SQLite file shared by processes.
 
     Open with :meth:`open` (or ``with SessionStore.open(path) as store``). Every method is safe
@@ -388,50 +382,6 @@ class SessionStore:
         self._write(op)
         return session_from_create(op)
 
-    def get_session(self, session_id: str) -> Session:
-        """Return one session.
-
-        Raises:
-            SessionNotFoundError: no such session.
-            StoreClosedError: the store is closing or closed.
-        """
-        found = self._run_read(lambda conn: q.get_session(conn, session_id), "get_session")
-        if found is None:
-            raise SessionNotFoundError(session_id)
-        return found
-
-    def list_sessions(self, status: SessionStatus | str | None = None) -> list[Session]:
-        """Return sessions, oldest first, optionally only those with ``status``.
-
-        Raises:
-            ValueError: unknown status.
-            StoreClosedError: the store is closing or closed.
-        """
-        wanted = None if status is None else SessionStatus(status)
-        return self._run_read(lambda conn: q.list_sessions(conn, wanted), "list_sessions")
-
-    def set_status(self, session_id: str, status: SessionStatus | str) -> None:
-        """Move a session to ``status`` (see pause/resume/stop for the usual ones).
-
-        Raises:
-            SessionNotFoundError: no such session (checked while the store is open).
-            InvalidTransitionError: e.g. pausing a stopped session; nothing changed.
-            ValueError: unknown status.
-        """
-        self._write(SetStatus(session_id=session_id, status=SessionStatus(status)))
-
-    def pause_session(self, session_id: str) -> None:
-        """Mark a session PAUSED (it may be resumed). Raises as :meth:`set_status`."""
-        self.set_status(session_id, SessionStatus.PAUSED)
-
-    def resume_session(self, session_id: str) -> None:
-        """Mark a paused, stopped or crashed session ACTIVE again. Raises as :meth:`set_status`."""
-        self.set_status(session_id, SessionStatus.ACTIVE)
-
-    def stop_session(self, session_id: str) -> None:
-        """Mark a session STOPPED. Raises as :meth:`set_status`."""
-        self.set_status(session_id, SessionStatus.STOPPED)
-
     def heartbeat(self, session_id: str) -> None:
         """Record that the session's owner is alive now.
 
@@ -515,48 +465,6 @@ class SessionStore:
         batch = tx._finish()
         if batch is not None:
             self._write(batch)
-
-    def get_or_create_session_by_key(
-        self,
-        key: str,
-        *,
-        name: str | None = None,
-        objective: str | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Session:
-        """Return the session of a caller's key (a thread or conversation id), creating it.
-
-        Race-free across processes: the session id is derived from the key, and creating it
-        is ``INSERT ... ON CONFLICT DO NOTHING`` in ``BEGIN IMMEDIATE``, so any number of
-        processes asking for one new key at once get one session. ``name`` (default: the key),
-        ``objective`` and ``metadata`` are used only when it is created. A deleted session's
-        key makes a new session (deletion is ordered by op time, see :meth:`delete_session`).
-
-        Returns:
-            The session as stored (the first creator's); while the store is closing or closed,
-            the session as this call's op would create it (queued or journaled).
-
-        Raises:
-            ValueError: a key, name or metadata the rules refuse.
-        """
-        op = make_keyed_create(key, name, objective, metadata)
-        self._write(op)
-        if self._gate.state is StoreState.OPEN:
-            with contextlib.suppress(StoreClosedError, SessionNotFoundError):
-                return self.get_session(op.session_id)
-        return session_from_create(op)
-
-    def find_session_by_key(self, key: str) -> Session | None:
-        """Return the session of a caller's key, or None.
-
-        Raises:
-            ValueError: not a valid key.
-            StoreClosedError: the store is closing or closed.
-        """
-        try:
-            return self.get_session(session_id_for_key(key))
-        except SessionNotFoundError:
-            return None
 
     def put_checkpoint(
         self,
@@ -713,15 +621,6 @@ class SessionStore:
             "checkpoint_writes",
         )
 
-    def delete_session(self, session_id: str) -> None:
-        """Delete a session (thread): its checkpoints, writes, events and children records.
-
-        Ordered by op time: only rows written before this call go, and any op made before
-        it and applied later (a journal replayed late) is skipped, so nothing deleted comes
-        back and nothing newer is destroyed. Deleting an unknown session changes nothing.
-        """
-        self._write(DeleteSession(session_id=session_id))
-
     def prune_checkpoints(
         self, session_id: str, keep: int, *, namespace: str | None = None
     ) -> None:
@@ -756,17 +655,6 @@ class SessionStore:
         """
         op = PopCheckpoint(session_id=session_id, namespace=namespace)
         return checkpoint_from_pop(op, self._write(op))
-
-    def copy_session(self, source_id: str, target_id: str) -> None:
-        """Copy every checkpoint (and its writes) of one session into another, existing one.
-
-        The target keeps the rows it already has. Ordered by op time as
-        :meth:`delete_session`: rows written after this call are not copied by a late replay.
-
-        Raises:
-            SessionNotFoundError: no target session (checked while the store is open).
-        """
-        self._write(CopySession(source_id=source_id, target_id=target_id))
 
     # ----------------------------------------------------------------------------- events
 
@@ -1138,12 +1026,6 @@ class SessionStore:
         from ._maintenance import find_readable
 
         return find_readable(self, session_id, namespace=namespace, limit=limit, check=check)
-
-    def resume_session_with_owner(self, session_id: str, *, claim: bool) -> None:
-        """Resume and record the new owner (this process, or none); see ``_maintenance``."""
-        from ._maintenance import resume_with_owner
-
-        resume_with_owner(self, session_id, claim=claim)
 
     def vacuum(self) -> VacuumReport:
         """Rebuild the file compactly; see :func:`sessionstore._maintenance.vacuum`."""
