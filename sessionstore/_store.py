@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import apsw
 
@@ -37,7 +37,6 @@ from ._journal import Journal
 from ._leases import Gate, Lease
 from ._migrate import FileKind, identify
 from ._models import (
-    CheckpointResult,
     CloseReport,
     Event,
     EventLevel,
@@ -63,6 +62,7 @@ from ._readers import ReaderPool
 from ._routing import GONE_ERRORS, WriteRouter
 from ._store_checkpoints import CheckpointMethods
 from ._store_children import EventChildMethods
+from ._store_maintenance import MaintenanceMethods
 from ._store_sessions import SessionMethods
 from ._transaction import (
     make_create,
@@ -71,15 +71,11 @@ from ._writer import Writer
 from .errors import (
     StoreClosedError,
     StoreCorruptError,
-    StoreReadOnlyError,
 )
 
 __all__ = ["ReadLease", "SessionStore", "live_stores"]
 
 log = logging.getLogger("sessionstore")
-
-if TYPE_CHECKING:
-    from ._maintenance import BackupReport, PruneReport, VacuumReport
 
 T = TypeVar("T")
 
@@ -135,7 +131,7 @@ class ReadLease:
         )
 
 
-class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods):
+class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods, MaintenanceMethods):
     """Sessions, checkpoints, events and child processes in one SQLite file shared by processes.
 
     Open with :meth:`open` (or ``with SessionStore.open(path) as store``). Every method is safe
@@ -391,110 +387,7 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods):
         # The model is built after COMMIT: nothing but SQL runs while the write lock is held.
         return event_from_op(op, result if isinstance(result, int) else None)
 
-    # ----------------------------------------------------------------------------- maintenance
-
-    def replay(self) -> ReplayReport:
-        """Apply the journal beside the database now (any process's closed-store ops).
-
-        Returns:
-            What was applied, rejected (kept aside), invalid or torn.
-
-        Raises:
-            StoreClosedError: the store is closed.
-            StoreReadOnlyError: the store was opened read-only.
-            StoreBusyError: locked past the retry deadline; the journal is left as it was.
-        """
-        if self.read_only:
-            raise StoreReadOnlyError(self.path, "replay")
-        if self._gate.state is StoreState.CLOSED:
-            raise StoreClosedError(self.path)
-        report = self._journal.replay(self._writer.apply_batch)
-        self._router.count(replayed=report.applied)
-        if report.applied or report.rejected or report.invalid or report.torn:
-            log.info("replayed journal of %s: %s", self.path, report)
-        return report
-
-    def checkpoint(self, mode: str = "TRUNCATE") -> CheckpointResult:
-        """Checkpoint the WAL now on the writer connection, between write transactions.
-
-        Args:
-            mode: ``"TRUNCATE"`` (default; the WAL file goes to 0 bytes when no reader pins it)
-                or ``"PASSIVE"``.
-
-        Returns:
-            The result; ``ok`` False when busy (try later). Never raises for BUSY.
-
-        Raises:
-            StoreClosedError: the store is closing or closed.
-            StoreReadOnlyError: the store was opened read-only.
-            StoreIOError: the disk failed (I/O error, no room); the database is as before the
-                call or checkpointed in part, which SQLite makes safe either way.
-            StoreCorruptError: SQLite found the file corrupt.
-            ValueError: unknown mode.
-        """
-        if mode not in ("TRUNCATE", "PASSIVE"):
-            raise ValueError("mode must be 'TRUNCATE' or 'PASSIVE'")
-        if self.read_only:
-            raise StoreReadOnlyError(self.path, "checkpoint")
-        lease = self._gate.acquire("checkpoint")
-        if lease is None:
-            raise StoreClosedError(self.path)
-        try:
-            result = self._writer.checkpoint(mode)
-        except apsw.Error as err:
-            raise translate_open_error(self.path, err, "checkpoint") from err
-        finally:
-            self._gate.release(lease)
-        assert result is not None  # no lock timeout: only None when one is given
-        return result
-
-    def _scheduled_checkpoint(self) -> CheckpointResult | None:
-        # The timer thread's callback: None (the thread ends) once the store is closing.
-        lease = self._gate.acquire("checkpointer")
-        if lease is None:
-            return None
-        try:
-            return self._writer.checkpoint("TRUNCATE")
-        finally:
-            self._gate.release(lease)
-
-    def apply_ops(self, ops: Sequence[Op]) -> list[Exception | None]:
-        """Apply ops made elsewhere (an import, a journal kept aside) in order, idempotently.
-
-        Each op runs in its own savepoint inside transactions of up to 1,000 ops, so one bad op
-        is rejected without undoing the others.
-
-        Returns:
-            Per op, None when applied (or already applied before), else the error rejecting it.
-
-        Raises:
-            StoreClosedError: the store is closing or closed.
-            StoreReadOnlyError: the store was opened read-only.
-            StoreBusyError: locked past the retry deadline; the failing batch was not applied.
-        """
-        if self.read_only:
-            raise StoreReadOnlyError(self.path, "apply_ops")
-        lease = self._gate.acquire("apply_ops")
-        if lease is None:
-            raise StoreClosedError(self.path)
-        try:
-            results = self._writer.apply_batch(ops)
-        finally:
-            self._gate.release(lease)
-        self._router.count(applied=sum(r is None for r in results))
-        return results
-
-    def journal_pending(self) -> int:
-        """Move every queued op to the durable journal now (for a hard exit mid-close).
-
-        Returns:
-            How many ops were journaled. Safe from any thread; never raises for a closed store.
-
-        Raises:
-            JournalFullError, StoreOpenError, StoreIOError: the journal could not take them;
-                each op's JSON was logged at error level first.
-        """
-        return self._router.journal_pending()
+    # ----------------------------------------------------------------------------- state
 
     @property
     def state(self) -> StoreState:
@@ -621,27 +514,6 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods):
         if state is not StoreState.OPEN:
             self._gate.force_closed()
         self._pid = os.getpid()
-
-    # ----------------------------------------------------------------------------- maintenance
-    # (store-level operations live in _maintenance; these delegate, see there for the rules)
-
-    def prune_sessions(self, before: float, *, deadline_s: float | None = None) -> PruneReport:
-        """Delete sessions ended before ``before``; see :func:`._maintenance.prune_sessions`."""
-        from ._maintenance import prune_sessions
-
-        return prune_sessions(self, before, deadline_s=deadline_s)
-
-    def vacuum(self) -> VacuumReport:
-        """Rebuild the file compactly; see :func:`sessionstore._maintenance.vacuum`."""
-        from ._maintenance import vacuum
-
-        return vacuum(self)
-
-    def backup(self, dest: str, *, force: bool = False) -> BackupReport:
-        """Copy the database to ``dest`` online; see :func:`sessionstore._maintenance.backup`."""
-        from ._maintenance import backup
-
-        return backup(self, dest, force=force)
 
 
 lifecycle.install_store_hooks()  # after the hooks of the modules imported above
