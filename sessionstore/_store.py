@@ -1,4 +1,9 @@
-"""SessionStore: the typed facade; each job behind it has a module of its own.
+"""SessionStore: the typed facade's core; each job behind it has a module of its own.
+
+This module keeps the core: construction and ``open``, ``_write``, the read runners and
+leases, state and stats, ``close``. The public methods are grouped by topic in mixins that
+``SessionStore`` inherits (``_store_sessions``, ``_store_checkpoints``, ``_store_children``,
+``_store_maintenance``); ``_store_base`` declares what they use of this core.
 
 A write method builds an op (``_ops``, ``_transaction``) and hands it to the router
 (``_routing``: apply now, queue while closing, journal after close, keep aside); reads lease
@@ -36,21 +41,8 @@ from ._fscheck import warn_if_risky
 from ._journal import Journal
 from ._leases import Gate, Lease
 from ._migrate import FileKind, identify
-from ._models import (
-    CloseReport,
-    Event,
-    EventLevel,
-    ReplayReport,
-    Session,
-    StoreState,
-    StoreStats,
-)
-from ._opening import (
-    check_read_only_kind,
-    check_read_only_version,
-    prepare_schema,
-    replay_at_open,
-)
+from ._models import CloseReport, Event, EventLevel, ReplayReport, Session, StoreState, StoreStats
+from ._opening import check_read_only_kind, check_read_only_version, prepare_schema, replay_at_open
 from ._ops import (
     Heartbeat,
     LogEvent,
@@ -64,14 +56,9 @@ from ._store_checkpoints import CheckpointMethods
 from ._store_children import EventChildMethods
 from ._store_maintenance import MaintenanceMethods
 from ._store_sessions import SessionMethods
-from ._transaction import (
-    make_create,
-)
+from ._transaction import make_create
 from ._writer import Writer
-from .errors import (
-    StoreClosedError,
-    StoreCorruptError,
-)
+from .errors import StoreClosedError, StoreCorruptError
 
 __all__ = ["ReadLease", "SessionStore", "live_stores"]
 
