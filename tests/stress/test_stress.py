@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessionstore import SessionStore, stress
-from sessionstore._stress_models import StressOptions, StressReport
-from sessionstore._stress_verify import (
+from sessionstore.stress._models import StressOptions, StressReport
+from sessionstore.stress._verify import (
     RUN_ENV,
     AckCounter,
     end_survivors,

@@ -1,6 +1,6 @@
 """The exit-storm harness: many orchestrators on one database, all told to stop at once.
 
-``run()`` starts ``procs`` orchestrator processes (``python -m sessionstore._stress_worker``),
+``run()`` starts ``procs`` orchestrator processes (``python -m sessionstore.stress._worker``),
 each with a session and ``children`` child processes (``stubborn`` of which ignore SIGTERM; some
 have a grandchild). They write events, heartbeats and checkpoints for ``seconds``, recording
 every acknowledged write. Then the harness sends SIGTERM to all of them at once and checks the
@@ -14,8 +14,8 @@ invariants sessionstore promises:
 * no session of the run is left ACTIVE and no child row is left ``running``;
 * no BUSY error, traceback or failed write surfaced in any orchestrator.
 
-``baseline="naive"`` runs the same storm through :mod:`sessionstore._naive`, to show what those
-invariants look like without the library. The CLI front end is :func:`add_cli_arguments` plus
+``baseline="naive"`` runs the same storm through :mod:`sessionstore.stress._naive`, to show what
+those invariants look like without the library. The CLI front end is :func:`add_cli_arguments` plus
 :func:`cli_main` (``python -m sessionstore --db PATH stress ...``).
 
 Synchronisation is by events only: readiness arrives on a FIFO, exits on pidfds (Linux).
@@ -38,7 +38,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ._stress_models import (
+from ..errors import SessionStoreError
+from ._models import (
     Baseline,
     StressOptions,
     StressReport,
@@ -46,7 +47,7 @@ from ._stress_models import (
     WorkerSpec,
     check_db_path,
 )
-from ._stress_verify import (
+from ._verify import (
     RUN_ENV,
     AckCounter,
     Tracked,
@@ -57,7 +58,6 @@ from ._stress_verify import (
     track,
     verify_database,
 )
-from .errors import SessionStoreError
 
 __all__ = [
     "ProgressFn",
@@ -124,7 +124,7 @@ def run(
         baseline=baseline,
         **options,
     )
-    from ._store import SessionStore
+    from .._store import SessionStore
 
     # Schema first, in this process: the naive baseline writes into the same tables.
     SessionStore.open(opts.db_path).close()
@@ -201,7 +201,7 @@ class _Storm:
             )
             with open(self.err_path(i), "wb") as err:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "sessionstore._stress_worker", spec.model_dump_json()],
+                    [sys.executable, "-m", "sessionstore.stress._worker", spec.model_dump_json()],
                     stdin=subprocess.DEVNULL,
                     stdout=err,
                     stderr=err,
@@ -277,7 +277,7 @@ class _Storm:
         self._sample_wal()
 
     def verify(self) -> StressReport:
-        from ._stress_report import build_report
+        from ._report import build_report
 
         self.progress("verify", 0, 1, "")
         wal_after = self._wal_bytes()
@@ -456,7 +456,7 @@ def cli_main(args: argparse.Namespace, db_path: str) -> int:
         0 when every invariant held, 1 when one failed (in ``--compare``: one of the
         sessionstore run), 2 for bad input or a storm that could not start.
     """
-    from ._stress_render import RichProgress, print_compare, print_report
+    from ._render import RichProgress, print_compare, print_report
 
     as_json = bool(getattr(args, "json", False))
     options: dict[str, Any] = {

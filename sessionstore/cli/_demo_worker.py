@@ -1,6 +1,6 @@
 """A worker process of ``python -m sessionstore demo``; one script, four behaviours.
 
-``python -m sessionstore._demo_worker --role ROLE --db PATH --session ID``:
+``python -m sessionstore.cli._demo_worker --role ROLE --db PATH --session ID``:
 
 * ``polite``: logs an event every ``--interval``; on SIGTERM closes its store and exits 0.
 * ``stubborn``: the same, but ignores SIGTERM, so only SIGKILL ends it.
@@ -24,8 +24,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from ._config import StoreConfig
-from ._store import SessionStore
+from .._config import StoreConfig
+from .._store import SessionStore
 
 __all__ = ["ROLES", "main"]
 
@@ -60,7 +60,7 @@ def _ready() -> None:
 
 
 def _spawn_grandchild(args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "sessionstore._demo_worker", "--role", "grandchild"]
+    argv = [sys.executable, "-m", "sessionstore.cli._demo_worker", "--role", "grandchild"]
     argv += ["--db", args.db, "--session", args.session]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
@@ -74,7 +74,7 @@ def _run_grandchild(wake: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one demo worker until a signal ends it. Returns its exit code."""
-    parser = argparse.ArgumentParser(prog="sessionstore._demo_worker")
+    parser = argparse.ArgumentParser(prog="sessionstore.cli._demo_worker")
     parser.add_argument("--role", choices=ROLES, required=True)
     parser.add_argument("--db", required=True)
     parser.add_argument("--session", required=True)

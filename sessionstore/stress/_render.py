@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._stress_models import StressReport
+from ._models import StressReport
 
 __all__ = ["RichProgress", "print_compare", "print_report"]
 

@@ -1,4 +1,4 @@
-"""One orchestrator of the stress harness: ``python -m sessionstore._stress_worker SPEC_JSON``.
+"""One orchestrator of the stress harness: ``python -m sessionstore.stress._worker SPEC_JSON``.
 
 It opens the database, creates its session, starts its children, tells the harness it is
 ready, then writes events, heartbeats and checkpoints in a loop. When the storm's SIGTERM
@@ -21,7 +21,7 @@ Readiness goes through the harness's FIFO, never a sleep: the worker writes ``R 
 and each child writes ``G <index> <pid> <grandchild pid or ->`` once it is set up.
 
 ``baseline == "sessionstore"`` uses SessionStore and ProcessLayer as documented. ``"naive"``
-uses :class:`~sessionstore._naive.NaiveStore`, plain ``Popen`` children in the worker's own
+uses :class:`~sessionstore.stress._naive.NaiveStore`, plain ``Popen`` children in the worker's own
 process group, and a SIGTERM handler that does its cleanup inside the handler, closing the
 database before it deals with the children.
 """
@@ -43,7 +43,7 @@ from typing import Any
 
 import apsw
 
-from ._stress_models import WorkerSpec
+from ._models import WorkerSpec
 
 __all__ = ["AckLog", "child_argv", "main"]
 
@@ -160,8 +160,8 @@ def _shutdown_began(spec: WorkerSpec, acks: AckLog) -> None:
 
 
 def _run_sessionstore(spec: WorkerSpec, acks: AckLog) -> None:
-    from . import SessionStore, StoreConfig
-    from .process import ProcessLayer
+    from .. import SessionStore, StoreConfig
+    from ..process import ProcessLayer
 
     store = SessionStore.open(spec.db_path, config=StoreConfig())
     sid = store.create_session(
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m sessionstore._stress_worker SPEC_JSON", file=sys.stderr)
+        print("usage: python -m sessionstore.stress._worker SPEC_JSON", file=sys.stderr)
         return 2
     spec = WorkerSpec.model_validate_json(args[0])
     # Library warnings (writes journaled, lost grace) must reach the harness's stderr scan.

@@ -13,8 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_commands import file_sizes
-from ._cli_common import (
+from .._migrate import file_journal_mode, latest_version
+from .._models import ReplayReport
+from .._store import SessionStore
+from ..errors import StoreBusyError
+from ._commands import file_sizes
+from ._common import (
     EXIT_BUSY,
     EXIT_FAILED,
     EXIT_OK,
@@ -27,15 +31,11 @@ from ._cli_common import (
     quiet_store_warnings,
     resolve_db,
 )
-from ._cli_hooks import hook_config
-from ._cli_session import resolve_session
-from ._migrate import file_journal_mode, latest_version
-from ._models import ReplayReport
-from ._store import SessionStore
-from .errors import StoreBusyError
+from ._hooks import hook_config
+from ._session import resolve_session
 
 if TYPE_CHECKING:
-    from .process import ReapReport
+    from ..process import ReapReport
 
 __all__ = [
     "cmd_checkpoint",
@@ -58,7 +58,7 @@ def reaper() -> Callable[..., ReapReport] | None:
     platform it does not support (Windows) the rest of the CLI still works.
     """
     try:
-        from .process import reap_orphans
+        from ..process import reap_orphans
     except ImportError:
         return None
     return reap_orphans

@@ -579,7 +579,7 @@ def test_stress_is_delegated(tmp_path: Path) -> None:
     assert bad.rc != 0 and len(bad.err.splitlines()) == 1 and "Traceback" not in bad.err
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_examples_run_and_document_the_json_keys(tmp_path: Path) -> None:

@@ -34,8 +34,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NoReturn, get_args
 
-from . import __version__
-from ._cli_common import (
+from .. import __version__
+from .._models import EventLevel, SessionStatus
+from ..errors import (
+    InvalidTransitionError,
+    SchemaVersionError,
+    SessionNotFoundError,
+    SessionStoreError,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreOpenError,
+)
+from ._common import (
     DEFAULT_DB,
     ENV_DB,
     EXIT_BUSY,
@@ -48,16 +58,6 @@ from ._cli_common import (
     UsageError,
     one_line,
     resolve_db,
-)
-from ._models import EventLevel, SessionStatus
-from .errors import (
-    InvalidTransitionError,
-    SchemaVersionError,
-    SessionNotFoundError,
-    SessionStoreError,
-    StoreBusyError,
-    StoreCorruptError,
-    StoreOpenError,
 )
 
 __all__ = ["build_parser", "main"]
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=_positive_float, default=5.0, help="run time (default 5)")
     p.add_argument("--grace", type=_grace, default=1.0, help="SIGTERM->SIGKILL grace (default 1)")
 
-    p = add("run", _lazy("._cli_run", "cmd_run"), "run CMD under the process layer (after --)")
+    p = add("run", _lazy("._run", "cmd_run"), "run CMD under the process layer (after --)")
     p.add_argument("--name", help="session name (default: the command's file name)")
     p.add_argument(
         "--grace", type=_grace, default=5.0, help="SIGTERM->SIGKILL grace at the end (default 5)"
@@ -244,35 +244,35 @@ def build_parser() -> argparse.ArgumentParser:
         ("pause", "end a session's owner gracefully; session paused (resumable)"),
         ("kill", "end a session's owner without grace; orphans reaped"),
     ):
-        p = add(name, _lazy("._cli_control", f"cmd_{name}"), help_text, timeout=30.0)
+        p = add(name, _lazy("._control", f"cmd_{name}"), help_text, timeout=30.0)
         p.add_argument("session", metavar="SESSION")
         p.add_argument("--reap", action="store_true", help="end the orphans of dead owners")
         p.add_argument("--grace", type=_grace, default=5.0, help="grace when reaping (default 5)")
-    p = add("new", _lazy("._cli_control", "cmd_new"), "create an empty database at PATH")
+    p = add("new", _lazy("._control", "cmd_new"), "create an empty database at PATH")
     p.add_argument("path", metavar="PATH")
-    p = add("complete", _lazy("._cli_control", "cmd_complete"), "mark a session completed")
+    p = add("complete", _lazy("._control", "cmd_complete"), "mark a session completed")
     p.add_argument("session", metavar="SESSION")
 
-    p = add("log", _lazy("._cli_hooks", "cmd_log"), "hook: append an event (bounded write)")
+    p = add("log", _lazy("._hooks", "cmd_log"), "hook: append an event (bounded write)")
     p.add_argument("session", metavar="SESSION")
     p.add_argument("message", metavar="MESSAGE")
     p.add_argument("--level", choices=_LEVELS, default="info", help="default info")
     p.add_argument("--data", metavar="JSON|@FILE", help="event data: JSON, @file or @- (stdin)")
-    p = add("heartbeat", _lazy("._cli_hooks", "cmd_heartbeat"), "hook: the owner is alive now")
+    p = add("heartbeat", _lazy("._hooks", "cmd_heartbeat"), "hook: the owner is alive now")
     p.add_argument("session", metavar="SESSION")
-    p = add("child", _lazy("._cli_hooks", "cmd_child_add"), "hook: record a child's start/end")
+    p = add("child", _lazy("._hooks", "cmd_child_add"), "hook: record a child's start/end")
     child = p.add_subparsers(dest="child_action", metavar="ACTION", required=True)
     c = child.add_parser("add", parents=common, help="record a running process")
-    c.set_defaults(handler=_lazy("._cli_hooks", "cmd_child_add"))
+    c.set_defaults(handler=_lazy("._hooks", "cmd_child_add"))
     c.add_argument("session", metavar="SESSION")
     c.add_argument("pid", type=_int_range(2, 2**31 - 1), metavar="PID")
     c = child.add_parser("remove", parents=common, help="record that a child ended")
-    c.set_defaults(handler=_lazy("._cli_hooks", "cmd_child_remove"))
+    c.set_defaults(handler=_lazy("._hooks", "cmd_child_remove"))
     c.add_argument("session", metavar="SESSION")
     c.add_argument("pid", type=_int_range(2, 2**31 - 1), metavar="PID")
     c.add_argument("--exit-code", type=_int_range(-255, 255), default=None)
 
-    p = add("status", _lazy("._cli_commands", "cmd_status"), "sessions, staleness, file sizes")
+    p = add("status", _lazy("._commands", "cmd_status"), "sessions, staleness, file sizes")
     p.add_argument(
         "--stale-after",
         type=_positive_float,
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an active session silent this long is stale (seconds, default 60)",
     )
 
-    p = add("sessions", _lazy("._cli_commands", "cmd_sessions"), "list sessions")
+    p = add("sessions", _lazy("._commands", "cmd_sessions"), "list sessions")
     p.add_argument("--status", choices=[s.value for s in SessionStatus], help="only this status")
     p.add_argument("--name", help="only sessions of this name")
     p.add_argument(
@@ -288,13 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=_int_range(0, 10**9), help="only the newest N")
 
-    p = add("show", _lazy("._cli_commands", "cmd_show"), "one session in detail")
+    p = add("show", _lazy("._commands", "cmd_show"), "one session in detail")
     p.add_argument("session", metavar="SESSION")
     p.add_argument(
         "--events", type=_int_range(1, _MAX_PAGE), default=10, help="recent events (default 10)"
     )
 
-    p = add("events", _lazy("._cli_commands", "cmd_events"), "a session's events")
+    p = add("events", _lazy("._commands", "cmd_events"), "a session's events")
     p.add_argument("session", metavar="SESSION")
     p.add_argument("--after", type=_int_range(0, 2**63 - 1), default=None, help="after this id")
     p.add_argument("--limit", type=_int_range(1, _MAX_PAGE), default=100, help="default 100")
@@ -315,34 +315,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_positive_float, default=0.5, help="poll interval (default 0.5 s)"
     )
 
-    p = add("children", _lazy("._cli_commands", "cmd_children"), "recorded child processes")
+    p = add("children", _lazy("._commands", "cmd_children"), "recorded child processes")
     p.add_argument("--session", metavar="SESSION", help="only this session's")
     p.add_argument("--alive", action="store_true", help="only those alive now")
     p.add_argument("--all", action="store_true", help="include the ones that ended")
 
     p = add(
         "checkpoint",
-        _lazy("._cli_admin", "cmd_checkpoint"),
+        _lazy("._admin", "cmd_checkpoint"),
         "TRUNCATE the WAL now; `checkpoint save` saves a session checkpoint",
     )
     cps = p.add_subparsers(dest="checkpoint_action", metavar="save", required=False)
     c = cps.add_parser("save", parents=common, help="hook: save a named JSON checkpoint")
-    c.set_defaults(handler=_lazy("._cli_hooks", "cmd_checkpoint_save"))
+    c.set_defaults(handler=_lazy("._hooks", "cmd_checkpoint_save"))
     c.add_argument("session", metavar="SESSION")
     c.add_argument("name", metavar="NAME")
     c.add_argument("--data", required=True, metavar="JSON|@FILE", help="JSON, @file or @-")
-    add("doctor", _lazy("._cli_admin", "cmd_doctor"), "check health; exit 1 when unhealthy")
-    add("replay", _lazy("._cli_admin", "cmd_replay"), "apply the op journal now")
-    p = add("resume", _lazy("._cli_admin", "cmd_resume"), "make a session active again")
+    add("doctor", _lazy("._admin", "cmd_doctor"), "check health; exit 1 when unhealthy")
+    add("replay", _lazy("._admin", "cmd_replay"), "apply the op journal now")
+    p = add("resume", _lazy("._admin", "cmd_resume"), "make a session active again")
     p.add_argument("session", metavar="SESSION")
 
-    p = add("export", _lazy("._cli_transfer", "cmd_export"), "one session as a JSON document")
+    p = add("export", _lazy("._transfer", "cmd_export"), "one session as a JSON document")
     p.add_argument("session", metavar="SESSION")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    p = add("import", _lazy("._cli_transfer", "cmd_import"), "import an export (idempotent)")
+    p = add("import", _lazy("._transfer", "cmd_import"), "import an export (idempotent)")
     p.add_argument("file", metavar="FILE", help="an export document, or - for stdin")
 
-    p = add("reap", _lazy("._cli_admin", "cmd_reap"), "end orphans of dead orchestrators")
+    p = add("reap", _lazy("._admin", "cmd_reap"), "end orphans of dead orchestrators")
     p.add_argument("--dry-run", action="store_true", help="only report what would be ended")
 
     # stress parses its own options (sessionstore.stress owns them): everything after the
@@ -354,9 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_stress(args: argparse.Namespace, out: Output) -> int:
     try:
-        stress = importlib.import_module(".stress", __package__)
+        stress = importlib.import_module("..stress", __package__)
     except ModuleNotFoundError as err:
-        if err.name != f"{__package__}.stress":
+        if err.name != "sessionstore.stress":
             raise
         raise CliError("the stress harness (sessionstore.stress) is not in this build") from None
     add_arguments = getattr(stress, "add_cli_arguments", None)

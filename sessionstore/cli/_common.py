@@ -23,10 +23,10 @@ from typing import Any
 from pydantic import BaseModel
 from rich.console import Console
 
-from ._config import StoreConfig
-from ._migrate import FileKind, identify
-from ._store import SessionStore
-from .errors import (
+from .._config import StoreConfig
+from .._migrate import FileKind, identify
+from .._store import SessionStore
+from ..errors import (
     ForeignDatabaseError,
     SchemaVersionError,
     StoreBusyError,

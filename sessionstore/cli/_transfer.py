@@ -20,7 +20,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 
-from ._cli_common import (
+from .._models import Checkpoint, ChildProcess, ChildState, Event, Session, SessionStatus
+from .._ops import (
+    AddChild,
+    CreateSession,
+    Heartbeat,
+    LogEvent,
+    Op,
+    RemoveChild,
+    SaveCheckpoint,
+    SetStatus,
+)
+from .._store import SessionStore
+from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -31,19 +43,7 @@ from ._cli_common import (
     open_store,
     resolve_db,
 )
-from ._cli_session import resolve_session
-from ._models import Checkpoint, ChildProcess, ChildState, Event, Session, SessionStatus
-from ._ops import (
-    AddChild,
-    CreateSession,
-    Heartbeat,
-    LogEvent,
-    Op,
-    RemoveChild,
-    SaveCheckpoint,
-    SetStatus,
-)
-from ._store import SessionStore
+from ._session import resolve_session
 
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "ExportDocument", "cmd_export", "cmd_import"]
 

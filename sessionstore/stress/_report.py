@@ -6,8 +6,8 @@ import signal
 import subprocess
 from collections import Counter
 
-from ._stress_models import Check, StressOptions, StressReport, WorkerResult
-from ._stress_verify import AckRecord, DbFindings, StderrFindings, Tracked
+from ._models import Check, StressOptions, StressReport, WorkerResult
+from ._verify import AckRecord, DbFindings, StderrFindings, Tracked
 
 __all__ = ["build_report"]
 

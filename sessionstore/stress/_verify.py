@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from ._identity import IdentityStatus, ProcessIdentity, boot_id, read_process_info
-from ._store import ReadLease, SessionStore
+from .._identity import IdentityStatus, ProcessIdentity, boot_id, read_process_info
+from .._store import ReadLease, SessionStore
 
 __all__ = [
     "RUN_ENV",

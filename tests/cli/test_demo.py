@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_cli import CLI, LineReader, _env, run
+from test_main import CLI, LineReader, _env, run
 
 
 def _leftovers(marker: str) -> list[int]:

@@ -28,7 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._cli_common import (
+from .._config import StoreConfig
+from .._store import SessionStore
+from ..errors import JournalFullError
+from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
@@ -38,10 +41,7 @@ from ._cli_common import (
     quiet_store_warnings,
     resolve_db,
 )
-from ._cli_session import resolve_session
-from ._config import StoreConfig
-from ._store import SessionStore
-from .errors import JournalFullError
+from ._session import resolve_session
 
 __all__ = [
     "EXIT_NOT_RECORDED",

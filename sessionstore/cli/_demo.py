@@ -29,12 +29,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ._cli_common import EXIT_OK, Output, check_database, dump, fmt_bytes, resolve_db
-from ._config import StoreConfig
-from ._models import ChildProcess
-from ._store import SessionStore
-from .errors import StoreClosedError
-from .process import ChildOutcome, ProcessLayer, ShutdownReport
+from .._config import StoreConfig
+from .._models import ChildProcess
+from .._store import SessionStore
+from ..errors import StoreClosedError
+from ..process import ChildOutcome, ProcessLayer, ShutdownReport
+from ._common import EXIT_OK, Output, check_database, dump, fmt_bytes, resolve_db
 
 __all__ = ["cmd_demo"]
 
@@ -50,7 +50,7 @@ def _worker_argv(role: str, db: str, session_id: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "sessionstore._demo_worker",
+        "sessionstore.cli._demo_worker",
         "--role",
         role,
         "--db",

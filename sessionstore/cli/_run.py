@@ -37,14 +37,14 @@ import sys
 import threading
 from typing import Any
 
-from ._cli_common import CliError, Output, check_database, resolve_db
-from ._cli_session import resolve_session
-from ._config import StoreConfig
-from ._identity import ProcessIdentity, hostname
-from ._models import Session, SessionStatus
-from ._store import SessionStore
-from .errors import SessionStoreError
-from .process import ProcessLayer, ShutdownInProgressError, ShutdownPhase, ShutdownReport
+from .._config import StoreConfig
+from .._identity import ProcessIdentity, hostname
+from .._models import Session, SessionStatus
+from .._store import SessionStore
+from ..errors import SessionStoreError
+from ..process import ProcessLayer, ShutdownInProgressError, ShutdownPhase, ShutdownReport
+from ._common import CliError, Output, check_database, resolve_db
+from ._session import resolve_session
 
 __all__ = ["ENV_SESSION", "RUN_CHECKPOINT", "cmd_run"]
 

@@ -17,7 +17,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_common import (
+from .._identity import IdentityStatus
+from .._models import Checkpoint, ChildProcess, Event, Session, SessionStatus
+from .._store import SessionStore
+from ._common import (
     EXIT_OK,
     Output,
     dump,
@@ -27,10 +30,7 @@ from ._cli_common import (
     open_store,
     resolve_db,
 )
-from ._cli_session import resolve_session
-from ._identity import IdentityStatus
-from ._models import Checkpoint, ChildProcess, Event, Session, SessionStatus
-from ._store import SessionStore
+from ._session import resolve_session
 
 __all__ = [
     "cmd_children",

@@ -39,7 +39,11 @@ import psutil
 from rich.console import Console
 from rich.markup import escape
 
-from ._cli_common import (
+from .._identity import IdentityStatus, ProcessIdentity, check_signal_target, hostname
+from .._models import Session, SessionStatus
+from .._store import SessionStore
+from ..errors import InvalidTransitionError, UnsafeSignalError
+from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     CliError,
@@ -49,12 +53,8 @@ from ._cli_common import (
     resolve_db,
     store_config,
 )
-from ._cli_run import RUN_CHECKPOINT
-from ._cli_session import resolve_session
-from ._identity import IdentityStatus, ProcessIdentity, check_signal_target, hostname
-from ._models import Session, SessionStatus
-from ._store import SessionStore
-from .errors import InvalidTransitionError, UnsafeSignalError
+from ._run import RUN_CHECKPOINT
+from ._session import resolve_session
 
 __all__ = ["cmd_complete", "cmd_kill", "cmd_new", "cmd_pause", "cmd_stop"]
 
@@ -210,7 +210,7 @@ def _control(args: argparse.Namespace, out: Output, action: str) -> int:
         if action == "kill" and data["owner_ended"]:
             args.reap = True  # its children lost their orchestrator without grace
         if args.reap:
-            from .process import reap_orphans
+            from ..process import reap_orphans
 
             report = reap_orphans(store, grace_s=args.grace)
             data["reaped"] = dump(report)

@@ -7,10 +7,10 @@ through the store's public reads (``get_session``, ``list_sessions``); nothing w
 
 from __future__ import annotations
 
-from ._cli_common import EXIT_USAGE, CliError
-from ._models import Session, SessionStatus
-from ._store import SessionStore
-from .errors import SessionNotFoundError
+from .._models import Session, SessionStatus
+from .._store import SessionStore
+from ..errors import SessionNotFoundError
+from ._common import EXIT_USAGE, CliError
 
 __all__ = ["resolve_session"]
 
