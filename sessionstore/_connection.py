@@ -18,14 +18,16 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import apsw
-import tenacity
 
 from ._config import StoreConfig
 from ._forkgate import FORK_GATE
 from .errors import StoreBusyError, StoreCorruptError, StoreIOError, StoreOpenError
+
+if TYPE_CHECKING:
+    import tenacity
 
 __all__ = [
     "Clock",
@@ -104,6 +106,9 @@ class RetryPolicy:
         except apsw.BusyError as err:
             if self._clock() >= end or (abort is not None and abort()):
                 raise StoreBusyError(path, operation, self._clock() - start) from err
+        # Imported on the first BUSY only: the uncontended path, and ``import sessionstore``,
+        # never pay for it.
+        import tenacity
 
         def out_of_time(_state: tenacity.RetryCallState) -> bool:
             if abort is not None and abort():

@@ -19,7 +19,6 @@ import socket
 import sys
 from functools import lru_cache
 
-import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._proc import ProcessUnreadableError, read_stat, settled_argv
@@ -58,6 +57,8 @@ def boot_id() -> str:
                 return f.read().strip()
         except OSError:
             pass
+    import psutil  # only off Linux; imported here so ``import sessionstore`` stays light
+
     return f"boot-{int(psutil.boot_time())}"
 
 
@@ -70,7 +71,7 @@ def hostname() -> str:
 class ProcessInfo(BaseModel):
     """One read of a process: its identity plus what a human needs to recognise it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use, not at import
 
     pid: int
     start_ticks: int
@@ -113,7 +114,7 @@ def read_process_info(pid: int) -> ProcessInfo | None:
 class ProcessIdentity(BaseModel):
     """``(pid, start_ticks, boot_id)``: one process, for good, whatever its PID holds later."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use, not at import
 
     pid: int = Field(gt=0)
     start_ticks: int = Field(ge=0)

@@ -58,7 +58,7 @@ class StoreState(str, enum.Enum):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use, not at import
 
 
 class Session(_Frozen):

@@ -270,7 +270,10 @@ CheckpointKey = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class _OpBase(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: each op class builds its validator on its first use, not at import (15
+    # classes and the union were a tenth of ``import sessionstore``; a tool that only reads
+    # never builds them). Rejected: building them all eagerly at import.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     # The field holding this kind's JSON payload (stored as JSON text), if any.
     PAYLOAD_FIELD: ClassVar[str | None] = None
@@ -640,7 +643,7 @@ Op = Annotated[
     | Batch,
     Field(discriminator="kind"),
 ]
-op_adapter: TypeAdapter[Op] = TypeAdapter(Op)
+op_adapter: TypeAdapter[Op] = TypeAdapter(Op, config=ConfigDict(defer_build=True))
 
 
 def op_from_line(line: bytes) -> Op:

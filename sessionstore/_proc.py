@@ -20,8 +20,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import psutil
-
 __all__ = [
     "LINUX",
     "ProcessTable",
@@ -138,6 +136,8 @@ def read_stat(pid: int) -> StatInfo | None:
 
 
 def _psutil_stat(pid: int) -> StatInfo | None:
+    import psutil  # off Linux only: imported on first use so the library imports light
+
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
@@ -163,6 +163,8 @@ def read_argv(pid: int) -> list[str] | None:
     the close-on-exec pipe closes, which is *before* the kernel fills them in).
     """
     if not LINUX:
+        import psutil
+
         try:
             return list(psutil.Process(pid).cmdline())
         except psutil.Error:
@@ -214,6 +216,8 @@ def environ_value(pid: int, name: bytes) -> bytes | None:
         ProcessUnreadableError: the environment could not be read (another user's process).
     """
     if not LINUX:
+        import psutil
+
         try:
             value = psutil.Process(pid).environ().get(name.decode())
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -240,7 +244,12 @@ def scan() -> ProcessTable:
     """
     procs: dict[int, StatInfo] = {}
     unreadable: set[int] = set()
-    pids = psutil.pids() if not LINUX else [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    if LINUX:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    else:
+        import psutil
+
+        pids = psutil.pids()
     for pid in pids:
         try:
             info = read_stat(pid)
