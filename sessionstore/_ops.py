@@ -44,8 +44,9 @@ import time
 import uuid
 from collections.abc import Callable
 from itertools import compress
+from json.encoder import encode_basestring as _json_str
 from operator import not_
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import apsw
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
@@ -150,9 +151,14 @@ def new_id() -> str:
     return str(uuid.UUID(int=value))
 
 
+# One encoder, made once: ``json.dumps`` with these options builds a new one per call, which
+# cost as much as the encoding itself for a small payload. Stateless, so shared by threads.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+
+
 def dump_json(value: Any) -> str:
     """Serialise ``value`` as strict JSON (no NaN/Infinity), compactly."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return _encode(value)
 
 
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
@@ -170,6 +176,15 @@ def _check_json(value: Any) -> bool:
     # RecursionError, and the walk stops at the first level past the bound. Plain scalars are
     # sorted out at C speed (map/compress, min/max for the int range), so Python code runs only
     # for containers and oddities: a per-node Python loop cost more than the encoding itself.
+    if type(value) is dict and _STR_ONLY.issuperset(map(type, value)):
+        # The usual payload, a flat dict of str keys to scalars, checked in one pass at C
+        # speed; an out-of-range int goes on to the walk, which names it.
+        kinds = set(map(type, value.values()))
+        if kinds <= _SCALAR_TYPES and (
+            int not in kinds
+            or all(INT64_MIN <= v <= INT64_MAX for v in value.values() if type(v) is int)
+        ):
+            return True
     level: list[Any] = [value]
     depth = 0
     while True:
@@ -258,8 +273,36 @@ def _new_op_id() -> str:
     return os.urandom(16).hex()  # 128 random bits, as uuid4 but a few times cheaper
 
 
+M = TypeVar("M", bound=BaseModel)
+_set = object.__setattr__
+
+
+def assemble(
+    cls: type[M],
+    values: dict[str, Any],
+    fields_set: set[str],
+    private: dict[str, Any] | None = None,
+) -> M:
+    """A model instance from values that already obey its rules, without validating again.
+
+    What ``model_construct`` does, minus its per-call field walk and its private-attribute and
+    post-init machinery: 0.3 us against 2.2 us for ``model_construct`` and 1.2 us for plain
+    validation (an ``Event``, measured), on the path every write takes. Only for values the
+    caller has checked against the same rules (the fast op constructors below fall back to the
+    validated constructor for anything they do not check themselves); ``values`` must hold every
+    field, in field order.
+    """
+    model = cls.__new__(cls)
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", fields_set)
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", private)
+    return model
+
+
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
-SessionId = Annotated[str, Field(min_length=1, max_length=64)]
+_SESSION_ID_CHARS = 64
+SessionId = Annotated[str, Field(min_length=1, max_length=_SESSION_ID_CHARS)]
 Pid = Annotated[int, Field(gt=1, lt=2**31)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 Text = Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
@@ -358,6 +401,33 @@ class Heartbeat(_OpBase):
     kind: Literal["heartbeat"] = "heartbeat"
     session_id: SessionId
 
+    @classmethod
+    def make(cls, session_id: str) -> Heartbeat:
+        """``Heartbeat(session_id=...)``, built in about a tenth of the time.
+
+        The same op, field for field and byte for byte (a property test holds the two paths
+        equal): the plain case is checked and encoded here, and anything else (a wrong type, a
+        bound crossed) goes to the validated constructor, which raises its usual error.
+
+        Raises:
+            ValueError: what ``Heartbeat(session_id=...)`` raises (a ``ValidationError``).
+        """
+        if type(session_id) is str and 0 < len(session_id) <= _SESSION_ID_CHARS:
+            op_id, ts = _new_op_id(), time.time()
+            text = (
+                f'{{"op_id":"{op_id}","ts":{ts!r},"kind":"heartbeat",'
+                f'"session_id":{_json_str(session_id)}}}\n'
+            )
+            try:
+                line = text.encode()
+            except UnicodeEncodeError:
+                pass  # the validated constructor says why
+            else:
+                values = {"op_id": op_id, "ts": ts, "kind": "heartbeat", "session_id": session_id}
+                private = {"_line": line, "_payload_json": None}
+                return assemble(cls, values, {"session_id"}, private)
+        return cls(session_id=session_id)
+
 
 class SaveCheckpoint(_OpBase):
     """Store a named JSON snapshot of a session."""
@@ -379,6 +449,54 @@ class LogEvent(_OpBase):
     level: EventLevel = "info"
     message: Text
     data: Any = None
+
+    @classmethod
+    def make(cls, session_id: str, message: str, level: str = "info", data: Any = None) -> LogEvent:
+        """``LogEvent(session_id=..., message=..., level=..., data=...)``, built fast.
+
+        The same op, field for field and byte for byte, as :meth:`Heartbeat.make`; the payload
+        is checked and encoded once by :func:`encode_json` either way. Anything this does not
+        check itself goes to the validated constructor, which raises its usual error.
+
+        Raises:
+            ValueError: what the validated constructor raises (a ``ValidationError``).
+        """
+        if (
+            type(session_id) is str
+            and 0 < len(session_id) <= _SESSION_ID_CHARS
+            and type(message) is str
+            and len(message) <= MAX_MESSAGE_CHARS
+            and type(level) is str
+            and level in _LEVELS
+        ):
+            try:
+                payload, canonical = encode_json(data)
+                op_id, ts = _new_op_id(), time.time()
+                line = (
+                    f'{{"op_id":"{op_id}","ts":{ts!r},"kind":"log_event",'
+                    f'"session_id":{_json_str(session_id)},"level":"{level}",'
+                    f'"message":{_json_str(message)},"data":{payload}}}\n'
+                ).encode()
+            except ValueError:  # UnicodeEncodeError included: the validated path says why
+                pass
+            else:
+                if len(line) <= MAX_OP_BYTES:
+                    values = {
+                        "op_id": op_id,
+                        "ts": ts,
+                        "kind": "log_event",
+                        "session_id": session_id,
+                        "level": level,
+                        "message": message,
+                        "data": canonical,
+                    }
+                    private = {"_line": line, "_payload_json": payload}
+                    return assemble(cls, values, set(_LOG_EVENT_SET), private)
+        return cls(session_id=session_id, message=message, level=level, data=data)
+
+
+_LEVELS = frozenset(get_args(EventLevel))
+_LOG_EVENT_SET = frozenset({"session_id", "message", "level", "data"})
 
 
 class AddChild(_OpBase):
@@ -822,16 +940,20 @@ def _apply_event(conn: apsw.Connection, op: LogEvent) -> int | None:
 
 def event_from_op(op: LogEvent, event_id: int | None) -> Event:
     """The Event a LogEvent op makes; ``event_id`` None while it is not applied yet."""
-    # model_construct: every value comes from a validated op; validating again costs ~5 us.
-    return Event.model_construct(
-        id=event_id,
-        op_id=op.op_id,
-        session_id=op.session_id,
-        level=op.level,
-        message=op.message,
-        data=op.data,
-        created_at=op.ts,
-    )
+    # Every value comes from an op that obeys the rules: assembled, not validated again.
+    values = {
+        "id": event_id,
+        "op_id": op.op_id,
+        "session_id": op.session_id,
+        "level": op.level,
+        "message": op.message,
+        "data": op.data,
+        "created_at": op.ts,
+    }
+    return assemble(Event, values, set(_EVENT_FIELDS))
+
+
+_EVENT_FIELDS = frozenset(Event.model_fields)
 
 
 def _apply_add_child(conn: apsw.Connection, op: AddChild) -> None:
