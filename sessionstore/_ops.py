@@ -176,15 +176,6 @@ def _check_json(value: Any) -> bool:
     # RecursionError, and the walk stops at the first level past the bound. Plain scalars are
     # sorted out at C speed (map/compress, min/max for the int range), so Python code runs only
     # for containers and oddities: a per-node Python loop cost more than the encoding itself.
-    if type(value) is dict and _STR_ONLY.issuperset(map(type, value)):
-        # The usual payload, a flat dict of str keys to scalars, checked in one pass at C
-        # speed; an out-of-range int goes on to the walk, which names it.
-        kinds = set(map(type, value.values()))
-        if kinds <= _SCALAR_TYPES and (
-            int not in kinds
-            or all(INT64_MIN <= v <= INT64_MAX for v in value.values() if type(v) is int)
-        ):
-            return True
     level: list[Any] = [value]
     depth = 0
     while True:
@@ -217,6 +208,22 @@ def _check_json(value: Any) -> bool:
             if depth > MAX_JSON_DEPTH:
                 raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
         level = children
+
+
+def _is_flat(value: Any) -> bool:
+    """True for the usual payload: a dict of str keys to plain scalars, ints within 64 bits.
+
+    Checked in one pass at C speed. Such a value needs no walk, and a shallow copy of it is
+    exactly what a JSON round trip gives back. Anything else (an int out of range included,
+    which the walk then names) answers False.
+    """
+    if type(value) is not dict or not _STR_ONLY.issuperset(map(type, value)):
+        return False
+    kinds = set(map(type, value.values()))
+    return kinds <= _SCALAR_TYPES and (
+        int not in kinds
+        or all(INT64_MIN <= v <= INT64_MAX for v in value.values() if type(v) is int)
+    )
 
 
 def _key_text(key: Any) -> str:
@@ -261,11 +268,14 @@ def encode_json(value: Any) -> tuple[str, Any]:
     """
     if value is None:
         return "null", None  # the common case of an event without data
-    has_container = _check_json(value)
+    flat = _is_flat(value)
+    has_container = flat or _check_json(value)
     try:
         text = dump_json(value)
     except (TypeError, ValueError) as err:
         raise ValueError(f"not JSON-serialisable: {err}") from err
+    if flat:
+        return text, dict(value)  # scalars only: the copy is what a JSON round trip gives
     return text, (json.loads(text) if has_container else value)
 
 

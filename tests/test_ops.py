@@ -30,6 +30,7 @@ from sessionstore._ops import (
     RemoveChild,
     SaveCheckpoint,
     SetStatus,
+    encode_json,
     new_id,
     op_adapter,
     op_from_line,
@@ -565,3 +566,17 @@ def test_fast_ops_copy_pickle_and_stay_frozen() -> None:
     assert op.model_copy(update={"message": "n"}).message == "n"
     with pytest.raises(ValueError, match="frozen"):
         op.message = "changed"  # type: ignore[misc]
+
+
+@settings(max_examples=300)
+@given(data=_payloads)
+def test_encode_json_copy_is_the_json_round_trip(data: Any) -> None:
+    """encode_json's value is what its text decodes to, detached from the caller's object."""
+    try:
+        text, canonical = encode_json(data)
+    except ValueError:
+        return
+    assert canonical == json.loads(text)
+    if isinstance(data, dict) and data:
+        data[next(iter(data))] = "changed by the caller"
+        assert canonical == json.loads(text)
