@@ -104,8 +104,32 @@ class RetryPolicy:
         try:
             return fn()
         except apsw.BusyError as err:
-            if self._clock() >= end or (abort is not None and abort()):
-                raise StoreBusyError(path, operation, self._clock() - start) from err
+            return self.after_busy(
+                fn, err, path=path, operation=operation, start=start, end=end, abort=abort
+            )
+
+    def after_busy(
+        self,
+        fn: Callable[[], T],
+        err: apsw.BusyError,
+        *,
+        path: str,
+        operation: str,
+        start: float,
+        end: float,
+        abort: Callable[[], bool] | None = None,
+    ) -> T:
+        """Redo ``fn`` after its first attempt (begun at ``start``) raised ``err``, until ``end``.
+
+        For a caller that ran the first attempt itself, outside :meth:`call` (the writer's
+        path for one op, where each wrapper layer is a measurable share of the op's cost).
+
+        Raises:
+            StoreBusyError: still BUSY at ``end``, or aborted (chains the last BUSY).
+            Exception: anything else ``fn`` raises, unchanged.
+        """
+        if self._clock() >= end or (abort is not None and abort()):
+            raise StoreBusyError(path, operation, self._clock() - start) from err
         # Imported on the first BUSY only: the uncontended path, and ``import sessionstore``,
         # never pay for it.
         import tenacity
