@@ -29,13 +29,13 @@ where it only held the checkpoint lock the RESTART was about to need.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 
 import apsw
 
+from ._files import size_or_zero
 from ._models import CheckpointResult
 
 __all__ = ["AUTOCHECKPOINT_PAGES", "CheckpointSchedule", "Checkpointer", "run_checkpoint"]
@@ -113,13 +113,6 @@ _MODES = {
 }
 
 
-def _wal_bytes(wal_path: str) -> int:
-    try:
-        return os.stat(wal_path).st_size
-    except FileNotFoundError:
-        return 0
-
-
 def run_checkpoint(conn: apsw.Connection, mode: str, wal_path: str) -> CheckpointResult:
     """Checkpoint ``conn``'s database now; the caller holds the connection and set its busy wait.
 
@@ -133,7 +126,7 @@ def run_checkpoint(conn: apsw.Connection, mode: str, wal_path: str) -> Checkpoin
         process's checkpoint) and should be tried later. It never raises for BUSY.
     """
     started = time.monotonic()
-    before = _wal_bytes(wal_path)
+    before = size_or_zero(wal_path)
     apsw_mode = _MODES[mode]
     error = None
     try:
@@ -149,7 +142,7 @@ def run_checkpoint(conn: apsw.Connection, mode: str, wal_path: str) -> Checkpoin
         log_frames=log_frames,
         checkpointed_frames=done,
         wal_bytes_before=before,
-        wal_bytes_after=_wal_bytes(wal_path),
+        wal_bytes_after=size_or_zero(wal_path),
         duration_s=time.monotonic() - started,
         error=error,
     )

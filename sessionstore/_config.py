@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["StoreConfig"]
 
@@ -76,7 +76,26 @@ class StoreConfig(BaseModel):
     close_at_exit: bool = True
     """Close a store left open at interpreter exit (with a warning), so queued ops are kept."""
 
-    reap_on_open: bool = False
-    """Run :func:`~sessionstore.reap_orphans` when the store opens. Off by default: ending
-    processes is a decision an operator or the orchestrator should make explicitly, and a
-    read-only tool opening the store must never kill anything as a side effect."""
+    @model_validator(mode="before")
+    @classmethod
+    def _no_reap_on_open(cls, data: Any) -> Any:
+        """``reap_on_open`` is gone: the store (the lower layer) never calls the process layer.
+
+        Call :func:`~sessionstore.reap_orphans` on the opened store instead (or run
+        ``python -m sessionstore reap``). ``reap_on_open=False``, its old default, is still
+        accepted (and ignored), so saved configs load.
+        Rejected: keeping it by importing the process layer from the store (the package's only
+        import cycle), or by a reaper the process layer registers at import (a store opened
+        without that import would silently not reap).
+
+        Raises:
+            ValueError: ``reap_on_open=True``.
+        """
+        if isinstance(data, dict) and "reap_on_open" in data:
+            data = dict(data)
+            if data.pop("reap_on_open"):
+                raise ValueError(
+                    "reap_on_open was removed: call sessionstore.reap_orphans(store) after "
+                    "SessionStore.open(...), or run `python -m sessionstore reap`"
+                )
+        return data

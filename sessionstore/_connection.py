@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 import apsw
 
 from ._config import StoreConfig
+from ._files import shm_path, wal_path
 from ._forkgate import FORK_GATE
 from .errors import StoreBusyError, StoreCorruptError, StoreIOError, StoreOpenError
 
@@ -336,7 +337,7 @@ def read_only_mode(path: str, timeout_s: float, *, probe_locks: bool = True) -> 
     deadline = time.monotonic() + timeout_s
     pause = 0.001
     while True:
-        if os.path.exists(f"{path}-wal") and os.path.exists(f"{path}-shm"):
+        if os.path.exists(wal_path(path)) and os.path.exists(shm_path(path)):
             return None
         if probe_locks and not _locked_by_another(path):
             return (

@@ -24,10 +24,11 @@ closed, and waits on every lock holder, not only on SQLite calls).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import weakref
+
+from . import _lifecycle as lifecycle
 
 __all__ = ["FORK_GATE", "FORK_WAIT_S", "ForkGate"]
 
@@ -79,7 +80,9 @@ class ForkGate:
 
 
 FORK_GATE = ForkGate()
-os.register_at_fork(
+lifecycle.at_fork(
+    __name__,
+    "no thread inside SQLite at the fork; fresh locks in the child",
     before=FORK_GATE.before_fork,
     after_in_parent=FORK_GATE.after_fork_in_parent,
     after_in_child=FORK_GATE.after_fork_in_child,

@@ -3,10 +3,25 @@
 One JSON line per op in ``<db>-ops.jsonl`` (the op's own canonical bytes, :attr:`Op.line`). An
 append takes an exclusive ``flock``, writes every line with one ``write`` on an ``O_APPEND``
 descriptor and fsyncs before it returns, so lines from several processes never interleave and
-an acknowledged line survives a crash. Replay takes the same lock, applies every complete line,
-keeps the lines it cannot apply in ``<db>-ops.rejected.jsonl`` (never dropped), and truncates the
-journal only after the apply committed: a crash in between replays again, which op ids make
-harmless.
+an acknowledged line survives a crash.
+
+Replay never holds the lock while it waits for the database: a replayer waiting out another
+process's write lock would hold every appender (a shell hook journaling on its way out) for as
+long. So it reads the journal under the lock and lets go, applies what it read, and takes the
+lock again to remove what it read: the lines it cannot apply go first to
+``<db>-ops.rejected.jsonl`` (never dropped), then the file is unlinked, or, when more was
+appended meanwhile, replaced by a copy holding only the newer lines. Either way the journal's
+name then points at a new file, so whoever consumed lines changed the file's identity: a
+replayer that finds the identity changed since its read leaves the file alone (another one took
+those lines, and the ones it applied twice are harmless: op ids), and an appender that wakes on
+the lock of a file no longer at that name opens the name again. The replayer keeps its
+descriptor open from read to removal, so the file's inode number cannot be reused meanwhile. A
+crash anywhere replays again, which op ids make harmless.
+
+Every wait for the lock is bounded (``JOURNAL_LOCK_WAIT_S``): the lock is held for a read, a
+write and an fsync, so only a holder that is stopped or hung can make anyone wait that long;
+then an append raises :class:`JournalBusyError` (the op is not recorded and the caller is told)
+and a replay is deferred.
 
 The rejected file holds, per kept-aside line, a reason record and then the line byte-exact::
 
@@ -32,6 +47,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import stat
 import threading
 import time
@@ -39,9 +55,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 import apsw
 
+from . import _lifecycle as lifecycle
+from ._files import journal_path, rejected_path
 from ._models import ReplayReport
 from ._ops import Op, op_from_line
 from .errors import (
+    JournalBusyError,
     JournalFullError,
     StoreBusyError,
     StoreClosedError,
@@ -51,6 +70,7 @@ from .errors import (
 
 __all__ = [
     "ENVIRONMENT_ERRORS",
+    "JOURNAL_LOCK_WAIT_S",
     "Journal",
     "journal_path_for",
     "rejected_path_for",
@@ -59,6 +79,12 @@ __all__ = [
 log = logging.getLogger("sessionstore")
 
 ApplyBatch = Callable[[Sequence[Op]], list[Exception | None]]
+
+# How long an append or a replay waits for the journal's lock. Holders keep it for one read or
+# one write+fsync (milliseconds), so an idle machine never comes near this; it is sized for
+# an overloaded one (8 processes appending at a load average of 15 waited over 2 s: the poll
+# below is not a queue) and is reached only against a stopped or hung holder.
+JOURNAL_LOCK_WAIT_S = 5.0
 
 # Errors that say the database or the disk cannot take writes right now, not that an op is
 # wrong: the ops stay where they are (journal or queue) for a later try, never kept aside.
@@ -107,7 +133,9 @@ def _after_fork_in_child() -> None:
     _fds_lock = threading.Lock()
 
 
-os.register_at_fork(
+lifecycle.at_fork(
+    __name__,
+    "the child closes the parent's journal descriptors (their flock is shared)",
     before=_before_fork,
     after_in_parent=_after_fork_in_parent,
     after_in_child=_after_fork_in_child,
@@ -116,12 +144,12 @@ os.register_at_fork(
 
 def journal_path_for(db_path: str) -> str:
     """The journal file of the database at ``db_path`` (a resolved path)."""
-    return f"{db_path}-ops.jsonl"
+    return journal_path(db_path)
 
 
 def rejected_path_for(db_path: str) -> str:
     """The file of kept-aside journal lines of the database at ``db_path``."""
-    return f"{db_path}-ops.rejected.jsonl"
+    return rejected_path(db_path)
 
 
 def _fsync_dir(path: str) -> None:
@@ -217,6 +245,44 @@ def _close(fd: int) -> None:
         os.close(fd)  # closing releases the flock
 
 
+def _flock(fd: int, path: str, wait_s: float) -> None:
+    """Take the exclusive lock on ``fd``, waiting at most ``wait_s``.
+
+    Raises:
+        JournalBusyError: another process held it all that time.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    # Polled, not a blocking flock on a helper thread: a thread left blocked in flock would
+    # take the lock after we gave up and keep it from everyone.
+    start = time.monotonic()
+    pause = 0.0005
+    while True:
+        left = wait_s - (time.monotonic() - start)
+        if left <= 0:
+            raise JournalBusyError(path, time.monotonic() - start)
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.005)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            continue
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open on ``fd`` (a replay may have replaced it)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
+
+
 def _reason_line(reason: str, at: float) -> bytes:
     text = json.dumps({"kept_aside": reason, "at": at}, ensure_ascii=True)
     return text.encode("ascii") + b"\n"
@@ -252,21 +318,39 @@ class Journal:
         return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
     @contextlib.contextmanager
-    def _locked(self, access: int, *, create: bool) -> Iterator[int]:
-        fd, created = _open_side_file(self.path, access, create=create)
+    def _locked(self, access: int, *, create: bool, wait_s: float) -> Iterator[int]:
+        """The journal open and locked; the file the name points at when the lock was taken.
+
+        Raises:
+            FileNotFoundError: no journal and ``create`` is False.
+            JournalBusyError: the lock stayed held past ``wait_s``.
+            StoreOpenError, OSError: as ``_open_side_file``.
+        """
+        start = time.monotonic()
+        while True:
+            fd, created = _open_side_file(self.path, access, create=create)
+            try:
+                _flock(fd, self.path, max(0.0, wait_s - (time.monotonic() - start)))
+                if _same_file(fd, self.path):
+                    break
+            except BaseException:
+                _close(fd)
+                raise
+            _close(fd)  # a replay replaced the file while we waited: open the name again
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             if created:
                 _fsync_dir(self.path)  # the new file's name must survive a crash too
             yield fd
         finally:
             _close(fd)
 
-    def append(self, ops: Sequence[Op]) -> None:
+    def append(self, ops: Sequence[Op], *, lock_wait_s: float = JOURNAL_LOCK_WAIT_S) -> None:
         """Durably append ``ops``, all or none, as one write.
 
         Raises:
             JournalFullError: the journal would pass ``max_bytes``; nothing was written.
+            JournalBusyError: another process held the journal's lock past ``lock_wait_s``;
+                nothing was written.
             StoreOpenError: the journal is a symlink, FIFO or another user's file; untouched.
             OSError: the write or fsync failed (disk full, file too large, I/O error); nothing
                 is left of it and the caller still holds the ops and must report them.
@@ -274,7 +358,7 @@ class Journal:
         if not ops:
             return
         data = b"".join(op.line for op in ops)
-        with self._locked(os.O_WRONLY | os.O_APPEND, create=True) as fd:
+        with self._locked(os.O_WRONLY | os.O_APPEND, create=True, wait_s=lock_wait_s) as fd:
             size = os.fstat(fd).st_size
             if size + len(data) > self.max_bytes:
                 raise JournalFullError(self.path, size, self.max_bytes)
@@ -317,19 +401,24 @@ class Journal:
         """
         self.keep_aside([(op.line, reason) for op, reason in zip(ops, reasons, strict=True)])
 
-    def replay(self, apply_batch: ApplyBatch) -> ReplayReport:
-        """Apply every complete line, keep the rest aside with their reasons, empty the journal.
+    def replay(
+        self, apply_batch: ApplyBatch, *, lock_wait_s: float = JOURNAL_LOCK_WAIT_S
+    ) -> ReplayReport:
+        """Apply every complete line, keep the rest aside with their reasons, remove them.
 
         Every line that cannot be applied for any reason of its own (not an op, breaks a rule,
         unknown session, a constraint, an error binding it...) is kept aside and the others are
-        applied: one bad line never holds the journal back.
+        applied: one bad line never holds the journal back. The journal's lock is held only
+        to read and to remove what was read, never while ``apply_batch`` waits (module doc).
 
         Args:
             apply_batch: applies ops in one transaction and returns, per op, None or the error
                 that op raised (such an op is rejected; the others are committed).
+            lock_wait_s: the longest wait for the journal's lock, each of the two times.
 
         Returns:
-            Counts of applied, rejected, invalid and torn lines.
+            Counts of applied, rejected, invalid and torn lines; ``deferred`` says why nothing
+            was done, or why the lines applied were left in the journal (applied again later).
 
         Raises:
             StoreOpenError: the journal or rejected file is not safe to use; both untouched.
@@ -342,13 +431,14 @@ class Journal:
         pid = os.getpid()
         with contextlib.ExitStack() as stack:
             try:
-                fd = stack.enter_context(self._locked(os.O_RDWR, create=False))
+                fd = stack.enter_context(self._locked(os.O_RDWR, create=False, wait_s=lock_wait_s))
             except FileNotFoundError:
                 return ReplayReport()  # replayed and removed by someone else meanwhile
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            raw = b"".join(chunks)
+            except JournalBusyError as err:
+                return ReplayReport(deferred=str(err))
+            raw = _read_all(fd)
+            # Let go while the database is written (the descriptor stays open: module doc).
+            fcntl.flock(fd, fcntl.LOCK_UN)
             if not raw:
                 return ReplayReport()
             lines = raw.split(b"\n")
@@ -376,19 +466,61 @@ class Journal:
                     log.warning("journal op %s (%s) rejected: %s", op.op_id, op.kind, failure)
                     kept.append((line, f"rejected: {_one_line(failure)}"))
             rejected = len(kept) - invalid
+            applied = len(ops) - rejected
+            try:
+                _flock(fd, self.path, lock_wait_s)
+            except JournalBusyError as err:
+                return ReplayReport(applied=applied, deferred=f"left in the journal: {err}")
+            size = os.fstat(fd).st_size
+            if not _same_file(fd, self.path) or size < len(raw):
+                # Another replay consumed these lines (and kept its rejects aside) meanwhile.
+                return ReplayReport(applied=applied, deferred="consumed by another replay")
             if tail:
                 log.warning("journal %s: torn last line (crash mid-append) kept aside", self.path)
                 kept.append((tail, "torn: an incomplete last line (a crash mid-append)"))
             self.keep_aside(kept)
-            os.ftruncate(fd, 0)
-            os.fsync(fd)
+            self._remove_prefix(fd, len(raw), size)
             return ReplayReport(
-                applied=len(ops) - rejected,
+                applied=applied,
                 rejected=rejected,
                 invalid=invalid,
                 torn=1 if tail else 0,
                 rejected_path=self.rejected_path if kept else None,
             )
+
+    def _remove_prefix(self, fd: int, prefix: int, size: int) -> None:
+        """Drop the first ``prefix`` bytes of the journal open (and locked) on ``fd``.
+
+        The name is made to point at a new file (unlinked, or replaced by a copy of the lines
+        after ``prefix``): never truncated in place, so a replayer that read earlier can tell.
+        """
+        if size == prefix:
+            os.unlink(self.path)
+            _fsync_dir(self.path)
+            return
+        os.lseek(fd, prefix, os.SEEK_SET)
+        rest = _read_all(fd)
+        tmp = f"{self.path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(tmp, flags, 0o600)
+        try:
+            _write_all(out, rest)
+            os.fsync(out)
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(out)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def apply_isolated(apply_batch: ApplyBatch, ops: Sequence[Op]) -> list[Exception | None]:

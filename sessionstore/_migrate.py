@@ -23,6 +23,7 @@ from pathlib import Path
 import apsw
 
 from ._connection import RetryPolicy
+from ._files import wal_path
 from .errors import (
     ForeignDatabaseError,
     SchemaVersionError,
@@ -259,7 +260,7 @@ def identify(path: str, *, busy_timeout_ms: int = 5000) -> FileKind:
         return FileKind.OURS
     # No id in the header: an empty SQLite file, a first-release file, ours freshly migrated
     # with the id still only in the WAL, or a foreign file. Only the schema can tell.
-    immutable = not any(head) or (wal_mode and not os.path.exists(f"{path}-wal"))
+    immutable = not any(head) or (wal_mode and not os.path.exists(wal_path(path)))
     try:
         conn = _read_only(path, immutable=immutable, busy_timeout_ms=busy_timeout_ms)
         try:

@@ -18,6 +18,7 @@ __all__ = [
     "CloseReport",
     "Event",
     "EventLevel",
+    "Frozen",
     "OpFailure",
     "ReplayReport",
     "Session",
@@ -57,11 +58,14 @@ class StoreState(str, enum.Enum):
     CLOSED = "closed"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use, not at import
+class Frozen(BaseModel):
+    """The base of every value model of the package: frozen, so safe to share across threads."""
+
+    # defer_build: each model builds its validator on first use, not at import.
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
 
-class Session(_Frozen):
+class Session(Frozen):
     """One orchestrator session."""
 
     id: str
@@ -80,7 +84,7 @@ class Session(_Frozen):
     heartbeat_at: float | None = None
 
 
-class Checkpoint(_Frozen):
+class Checkpoint(Frozen):
     """A named snapshot of a session's state: JSON ``data``, and optionally binary ``blob``.
 
     ``id`` is the checkpoint's id: the store's for :meth:`SessionStore.save_checkpoint`, the
@@ -99,7 +103,7 @@ class Checkpoint(_Frozen):
     run_id: str | None = None
 
 
-class CheckpointWrite(_Frozen):
+class CheckpointWrite(Frozen):
     """One write attached to a checkpoint (a framework's pending write), keyed by task and idx."""
 
     session_id: str
@@ -113,7 +117,7 @@ class CheckpointWrite(_Frozen):
     task_path: str = ""
 
 
-class Event(_Frozen):
+class Event(Frozen):
     """One log line of a session.
 
     ``id`` is the database's monotonic event id. It is None on the Event returned by a
@@ -130,7 +134,7 @@ class Event(_Frozen):
     created_at: float
 
 
-class ChildProcess(_Frozen):
+class ChildProcess(Frozen):
     """A child process recorded for a session, with the identity captured when it was added."""
 
     session_id: str
@@ -150,7 +154,7 @@ class ChildProcess(_Frozen):
         return ProcessIdentity(pid=self.pid, start_ticks=self.start_ticks, boot_id=self.boot_id)
 
 
-class CheckpointResult(_Frozen):
+class CheckpointResult(Frozen):
     """The outcome of one WAL checkpoint."""
 
     at: float  # wall-clock time it finished
@@ -164,7 +168,7 @@ class CheckpointResult(_Frozen):
     error: str | None = None
 
 
-class OpFailure(_Frozen):
+class OpFailure(Frozen):
     """A write that could not be applied when it was made, and where it went instead."""
 
     op_id: str
@@ -174,7 +178,7 @@ class OpFailure(_Frozen):
     at: float
 
 
-class ReplayReport(_Frozen):
+class ReplayReport(Frozen):
     """What applying a journal did."""
 
     applied: int = 0  # ops applied (already-applied ones count: replay is idempotent)
@@ -185,7 +189,7 @@ class ReplayReport(_Frozen):
     deferred: str | None = None  # why the journal was left for a later open (busy, disk), if so
 
 
-class StoreStats(_Frozen):
+class StoreStats(Frozen):
     """A snapshot of a store's counters. Counts are for this store object (this process)."""
 
     path: str
@@ -203,7 +207,7 @@ class StoreStats(_Frozen):
     failures: list[OpFailure] = Field(default_factory=list)  # the most recent ones
 
 
-class CloseReport(_Frozen):
+class CloseReport(Frozen):
     """What ``close()`` did. The store is CLOSED whatever the report says."""
 
     path: str

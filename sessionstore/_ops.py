@@ -51,6 +51,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 import apsw
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
+from . import _lifecycle as lifecycle
 from ._identity import ProcessIdentity, hostname
 from ._models import (
     Checkpoint,
@@ -119,7 +120,7 @@ def _reset_after_fork() -> None:
     _id_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+lifecycle.at_fork(__name__, "a new op-id lock in the child", after_in_child=_reset_after_fork)
 
 
 def new_id() -> str:

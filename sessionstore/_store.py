@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import functools
 import json
 import logging
 import os
 import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import apsw
 
+from . import _lifecycle as lifecycle
+from ._close import CloseSequence, close_connections
 from ._config import StoreConfig
 from ._connection import (
     RetryPolicy,
@@ -25,10 +23,11 @@ from ._connection import (
     read_only_mode,
     translate_open_error,
 )
+from ._files import wal_size
 from ._forkgate import FORK_GATE
 from ._fscheck import warn_if_risky
 from ._identity import ProcessIdentity, check_signal_target, read_process_info
-from ._journal import Journal, apply_isolated
+from ._journal import Journal
 from ._leases import Gate, Lease
 from ._migrate import FileKind, apply_migrations, identify, latest_version
 from ._models import (
@@ -40,7 +39,6 @@ from ._models import (
     CloseReport,
     Event,
     EventLevel,
-    OpFailure,
     ReplayReport,
     Session,
     SessionStatus,
@@ -69,6 +67,7 @@ from ._ops import (
     session_id_for_key,
 )
 from ._readers import ReaderPool
+from ._routing import GONE_ERRORS, WriteRouter
 from ._rows import (
     CHECKPOINT_COLUMNS,
     CHILD_COLUMNS,
@@ -87,16 +86,13 @@ from ._transaction import (
     make_put_checkpoint,
     make_put_writes,
 )
-from ._writer import BATCH, OP_ERRORS, Writer
+from ._writer import Writer
 from .errors import (
     ProcessNotFoundError,
     SchemaVersionError,
     SessionNotFoundError,
-    SessionStoreError,
-    StoreBusyError,
     StoreClosedError,
     StoreCorruptError,
-    StoreIOError,
     StoreOpenError,
     StoreReadOnlyError,
 )
@@ -108,30 +104,6 @@ log = logging.getLogger("sessionstore")
 T = TypeVar("T")
 
 _MAX_EVENTS_PAGE = 10_000
-# close() returns within its timeout plus this grace (plus the final checkpoint's busy wait,
-# ``checkpoint_busy_timeout_ms``, and closing the connections, a few milliseconds): the queue
-# and the journal replay get at least CLOSE_GRACE_S after the lease drain, and each of the two
-# waits for the writer to let go (_LET_GO_S) is bounded apart from it. The README derives the
-# operator budgets (systemd, docker) from this.
-CLOSE_GRACE_S = 0.25
-_LET_GO_S = 0.1
-_DEFERRED = object()  # marker: the op was queued or journaled, not applied now
-
-# Errors that mean the connection went away under an abandoned lease during close.
-_STORAGE_ERRORS = (
-    apsw.FullError,
-    apsw.IOError,
-    apsw.ReadOnlyError,
-    apsw.CantOpenError,
-    apsw.LockedError,
-    OSError,
-)
-_GONE_ERRORS = (apsw.ConnectionClosedError, apsw.InterruptError, apsw.ThreadingViolationError)
-
-_live: weakref.WeakSet[SessionStore] = weakref.WeakSet()
-# Connections inherited across fork: never closed or freed in the child (SQLite's close could
-# delete state out from under the parent), so kept referenced here for the child's lifetime.
-_inherited_at_fork: list[apsw.Connection] = []
 
 
 QUICK_CHECK_MAX_BYTES = 4 << 20  # quick_check reads every page: about 1 ms per MiB here
@@ -162,7 +134,7 @@ def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
 
 def live_stores() -> list[SessionStore]:
     """Stores in this process that are not closed (tests use it to catch leaks)."""
-    return [s for s in list(_live) if s.state is not StoreState.CLOSED]
+    return [s for s in lifecycle.live() if isinstance(s, SessionStore)]
 
 
 class ReadLease:
@@ -231,7 +203,6 @@ class SessionStore:
         self._clock = clock
         self._policy = RetryPolicy(config.write_deadline_s, clock=clock)
         self._journal = Journal(path, max_bytes=config.max_journal_bytes)
-        self._wal_path = f"{path}-wal"
         self._pid = os.getpid()
         self._init_locks()
         self._writer = Writer(path, config, self._policy, clock)
@@ -239,21 +210,17 @@ class SessionStore:
             lambda: open_connection(self.path, self.config, self._policy, query_only=True),
             config.read_connections,
         )
+        self._router = WriteRouter(
+            path, self._gate, self._writer, self._journal, read_only=read_only
+        )
         self._close_report: CloseReport | None = None
-        self._n_applied = 0
-        self._n_from_queue = 0
-        self._n_replayed = 0
-        self._n_journaled = 0
-        self._failures: deque[OpFailure] = deque(maxlen=100)
         self.open_replay: ReplayReport = ReplayReport()
-        self._corrupt: str | None = None  # why writes stopped going to the database
         # What the integrity probe at open found: "ok", or why it was skipped.
         self.integrity_probe = "not run"
 
     def _init_locks(self) -> None:
         self._gate: Gate[Op] = Gate(self.config.max_pending_ops)
         self._close_lock = threading.Lock()
-        self._counter_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------- opening
 
@@ -321,7 +288,7 @@ class SessionStore:
                 f"{what} here; a read-only open creates and migrates nothing (open it once "
                 "read-write first)",
             )
-        _live.add(self)
+        lifecycle.track(self)
         try:
             [(version,)] = self._read("open", "PRAGMA user_version")
             if int(version) > latest_version():
@@ -339,34 +306,33 @@ class SessionStore:
     def _open(self) -> None:
         # A failed open leaves nothing behind: no live store, no checkpointer thread, no
         # connection. Replay failures do not fail it (see _replay_at_open).
-        _live.add(self)
+        lifecycle.track(self)
         try:
             self._journal.check()  # before anything is touched: a planted link is refused
-            with self._writer.lock, FORK_GATE.section():
-                try:
-                    conn = self._writer.connection_locked()
-                    self.integrity_probe = _probe_integrity(conn, self.path)
-                    apply_migrations(conn, self.path, self._policy)
-                except apsw.Error as err:
-                    raise translate_open_error(self.path, err) from err
+            try:
+                self.integrity_probe = self._writer.with_connection(self._prepare)
+            except apsw.Error as err:
+                raise translate_open_error(self.path, err) from err
             if self.config.checkpointing:
                 self._writer.start_checkpointer(self._scheduled_checkpoint)
             if self.config.replay_on_open:
                 self.open_replay = self._replay_at_open()
-            if self.config.reap_on_open:
-                from .process import reap_orphans  # the process layer builds on the store
-
-                reap_orphans(self)
         except BaseException:
             self._abort_open()
             raise
+
+    def _prepare(self, conn: apsw.Connection) -> str:
+        """At open, on the writer's connection: the integrity probe, then the migrations."""
+        probe = _probe_integrity(conn, self.path)
+        apply_migrations(conn, self.path, self._policy)
+        return probe
 
     def _abort_open(self) -> None:
         self._gate.force_closed()
         self._writer.stop_checkpointer(timeout=5.0)
         errors: list[str] = []
-        self._close_connections(errors)
-        _live.discard(self)
+        close_connections(self._readers, self._writer, self._pid, errors)
+        lifecycle.forget(self)
         for error in errors:
             log.warning("closing %s after a failed open: %s", self.path, error)
 
@@ -387,142 +353,8 @@ class SessionStore:
     # ----------------------------------------------------------------------------- writing
 
     def _write(self, op: Op) -> Any:
-        """Apply ``op`` now, or queue it (closing), or journal it (closed / cannot land).
-
-        Returns:
-            What ``apply`` returned, or ``_DEFERRED``.
-        """
-        if self.read_only:
-            raise StoreReadOnlyError(self.path, op.kind)
-        if self._corrupt is not None:
-            # Found corrupt earlier: nothing more is written into it; the journal keeps the ops
-            # for the next open of a repaired (or restored) file.
-            self._journal_ops([op], f"database found corrupt: {self._corrupt}")
-            return _DEFERRED
-        admission = self._gate.admit_write(op, op.kind)
-        if admission == "queued":
-            return _DEFERRED
-        if admission in ("closed", "overflow"):
-            reason = "store closed" if admission == "closed" else "pending queue full"
-            self._journal_ops([op], reason)
-            return _DEFERRED
-        assert isinstance(admission, Lease)
-        try:
-            result = self._writer.apply(op)
-        except OP_ERRORS:
-            raise
-        except StoreBusyError as err:
-            self._journal_ops([op], str(err))
-            return _DEFERRED
-        except (apsw.CorruptError, apsw.NotADBError) as err:
-            self._corrupt = f"{type(err).__name__}: {err}"
-            log.error("%s is corrupt; further writes go to the journal: %s", self.path, err)
-            self._journal_ops([op], self._corrupt)
-            return _DEFERRED
-        except _STORAGE_ERRORS as err:
-            # The database cannot take the write for a storage reason (disk full, I/O error,
-            # the file or its directory not writable): journaled exactly as BUSY is.
-            self._journal_ops([op], f"{type(err).__name__}: {err}")
-            return _DEFERRED
-        except _GONE_ERRORS as err:
-            if not admission.abandoned and self._gate.state is StoreState.OPEN:
-                raise
-            self._journal_ops([op], f"store closed under the write ({type(err).__name__})")
-            return _DEFERRED
-        finally:
-            self._gate.release(admission)
-        with self._counter_lock:
-            self._n_applied += 1
-        return result
-
-    def _journal_ops(self, ops: Sequence[Op], reason: str) -> None:
-        """Append ops to the durable journal and tell the caller through log and ``stats()``.
-
-        Raises:
-            JournalFullError: the journal is at its size bound (the op is not recorded).
-            StoreOpenError: the journal is not a file this store may write (a link, a FIFO,
-                another user's).
-            StoreIOError: the journal itself could not be written (disk full, a file size
-                limit, a directory made read-only); an ``OSError`` too. Each op's JSON is
-                logged at error level first, and ``stats().failures`` lists it as unrecorded.
-        """
-        try:
-            self._journal.append(ops)
-        except Exception as err:
-            detail = f"{type(err).__name__}: {err}"
-            self._unrecorded(ops, f"{reason}; the journal could not be written: {detail}")
-            if isinstance(err, OSError) and not isinstance(err, SessionStoreError):
-                raise StoreIOError(self.path, "journal a write", detail) from err
-            raise
-        now = time.time()
-        with self._counter_lock:
-            self._n_journaled += len(ops)
-            for op in ops:
-                self._failures.append(
-                    OpFailure(
-                        op_id=op.op_id, kind=op.kind, disposition="journaled", reason=reason, at=now
-                    )
-                )
-        if self._gate.state is StoreState.OPEN:
-            log.warning(
-                "%d op(s) could not be applied to %s (%s); journaled for the next open",
-                len(ops),
-                self.path,
-                reason,
-            )
-
-    def _record_rejected(self, rejected: Sequence[tuple[Op, Exception]]) -> None:
-        """Keep queued ops the database refused in the rejected file, with their reasons.
-
-        Raises:
-            StoreOpenError, OSError: the rejected file could not be written.
-        """
-        reasons = [f"rejected at close: {type(err).__name__}: {err}" for _, err in rejected]
-        # Kept aside in the rejected file: never silently dropped.
-        self._journal.keep_aside_ops([op for op, _ in rejected], reasons)
-        now = time.time()
-        with self._counter_lock:
-            for (op, _), reason in zip(rejected, reasons, strict=True):
-                self._failures.append(
-                    OpFailure(
-                        op_id=op.op_id, kind=op.kind, disposition="rejected", reason=reason, at=now
-                    )
-                )
-        for op, err in rejected:
-            log.warning("queued op %s (%s) rejected: %s", op.op_id, op.kind, err)
-
-    def _secure(self, ops: Sequence[Op], reason: str, out: _DrainOutcome) -> None:
-        """Journal ops the drain could not apply; if even that fails, report them unrecorded.
-
-        Never raises: this is the last place an op can go, and close must finish.
-        """
-        if not ops:
-            return
-        try:
-            self._journal_ops(ops, reason)
-        except Exception as err:  # logged and counted as unrecorded by _journal_ops
-            why = f"{reason}; the journal could not be written: {type(err).__name__}: {err}"
-            out.errors.append(f"{len(ops)} queued op(s) neither applied nor journaled: {why}")
-            out.unrecorded.extend(op.line.decode().rstrip("\n") for op in ops)
-
-    def _unrecorded(self, ops: Sequence[Op], why: str) -> None:
-        """Ops neither applied nor journaled: each one's JSON at error level, and stats()."""
-        now = time.time()
-        for op in ops:
-            log.error(
-                "op %s (%s) neither applied nor journaled (%s): %s",
-                op.op_id,
-                op.kind,
-                why,
-                op.line.decode().rstrip("\n"),
-            )
-        with self._counter_lock:
-            for op in ops:
-                self._failures.append(
-                    OpFailure(
-                        op_id=op.op_id, kind=op.kind, disposition="unrecorded", reason=why, at=now
-                    )
-                )
+        """Route ``op`` (see ``_routing``): what ``apply`` returned, or ``DEFERRED``."""
+        return self._router.write(op)
 
     # ----------------------------------------------------------------------------- reading
 
@@ -537,7 +369,7 @@ class SessionStore:
                 return self._policy.call(
                     lambda: _gated(fn, conn), path=self.path, operation=borrower
                 )
-        except _GONE_ERRORS as err:
+        except GONE_ERRORS as err:
             raise StoreClosedError(self.path, f"store closed during {borrower}") from err
         except (apsw.CorruptError, apsw.NotADBError) as err:
             raise StoreCorruptError(self.path, f"{type(err).__name__}: {err}") from err
@@ -1166,8 +998,7 @@ class SessionStore:
         if self._gate.state is StoreState.CLOSED:
             raise StoreClosedError(self.path)
         report = self._journal.replay(self._writer.apply_batch)
-        with self._counter_lock:
-            self._n_replayed += report.applied
+        self._router.count(replayed=report.applied)
         if report.applied or report.rejected or report.invalid or report.torn:
             log.info("replayed journal of %s: %s", self.path, report)
         return report
@@ -1239,8 +1070,7 @@ class SessionStore:
             results = self._writer.apply_batch(ops)
         finally:
             self._gate.release(lease)
-        with self._counter_lock:
-            self._n_applied += sum(r is None for r in results)
+        self._router.count(applied=sum(r is None for r in results))
         return results
 
     def journal_pending(self) -> int:
@@ -1253,18 +1083,7 @@ class SessionStore:
             JournalFullError, StoreOpenError, StoreIOError: the journal could not take them;
                 each op's JSON was logged at error level first.
         """
-        ops = self._gate.drain_pending()
-        if ops:
-            try:
-                self._journal_ops(ops, "hard exit while closing")
-            except Exception:
-                raise  # _journal_ops logged each op's JSON at error level
-            except BaseException as err:
-                # Interrupted inside the append: the process is about to exit, and the log is
-                # the last place these ops can go.
-                self._unrecorded(ops, f"hard exit while closing: {type(err).__name__}")
-                raise
-        return len(ops)
+        return self._router.journal_pending()
 
     @property
     def state(self) -> StoreState:
@@ -1284,26 +1103,22 @@ class SessionStore:
     def stats(self) -> StoreStats:
         """A snapshot of the store's counters (works in every state)."""
         state, leases, pending = self._gate.counts()
-        try:
-            wal = os.stat(self._wal_path).st_size
-        except FileNotFoundError:
-            wal = 0
-        with self._counter_lock:
-            return StoreStats(
-                path=self.path,
-                state=state,
-                leases=leases,
-                pending=pending,
-                applied=self._n_applied,
-                applied_from_queue=self._n_from_queue,
-                replayed=self._n_replayed,
-                journaled=self._n_journaled,
-                journal_bytes=self._journal.size(),
-                wal_bytes=wal,
-                checkpoints=self._writer.checkpoints,
-                last_checkpoint=self._writer.last_checkpoint,
-                failures=list(self._failures),
-            )
+        counters = self._router.counters()
+        return StoreStats(
+            path=self.path,
+            state=state,
+            leases=leases,
+            pending=pending,
+            applied=counters.applied,
+            applied_from_queue=counters.from_queue,
+            replayed=counters.replayed,
+            journaled=counters.journaled,
+            journal_bytes=self._journal.size(),
+            wal_bytes=wal_size(self.path),
+            checkpoints=self._writer.checkpoints,
+            last_checkpoint=self._writer.last_checkpoint,
+            failures=counters.failures,
+        )
 
     def __repr__(self) -> str:
         state, leases, pending = self._gate.counts()
@@ -1354,193 +1169,30 @@ class SessionStore:
             try:
                 if not self._gate.begin_close():
                     return CloseReport(path=self.path, already_closed=True)
-                report = self._do_close(self.config.close_timeout_s if timeout is None else timeout)
+                report = self._closing().run(
+                    self.config.close_timeout_s if timeout is None else timeout
+                )
             except BaseException as err:
                 # Whatever broke the close (an interrupt), the store ends CLOSED with its
                 # connections closed, and a second close() returns this report.
-                self._close_report = self._close_after_failure(err)
-                _live.discard(self)
+                self._close_report = self._closing().after_failure(err)
+                lifecycle.forget(self)
                 raise
             self._close_report = report
-            _live.discard(self)
+            lifecycle.forget(self)
             return report
 
-    def _close_after_failure(self, err: BaseException) -> CloseReport:
-        out = _DrainOutcome([f"close failed: {type(err).__name__}: {err}"])
-        self._secure(self._gate.close_and_take_all(), "close failed", out)
-        self._writer.stop_checkpointer(timeout=0.1)
-        self._close_connections(out.errors)
-        return CloseReport(path=self.path, errors=out.errors, unrecorded=out.unrecorded)
-
-    def _do_close(self, timeout: float) -> CloseReport:
-        # One deadline for the whole close: every phase gets what is left of ``timeout``, and
-        # the phases after the lease drain get at least CLOSE_GRACE_S between them (see
-        # CLOSE_GRACE_S for the bound this gives).
-        errors: list[str] = []
-        t0 = time.monotonic()
-        end = t0 + timeout
-
-        def left() -> float:
-            return max(0.0, end - time.monotonic())
-
-        self._writer.stop_checkpointer(timeout=min(left(), 0.1))
-        abandoned = self._gate.wait_drained(left())
-        if abandoned:
-            # Their connections may be mid-statement or waiting on a lock: make them give up.
-            self._writer.abort_waits = True
-            self._writer.interrupt()
-            for conn in self._readers.all():
-                with contextlib.suppress(apsw.Error):
-                    conn.interrupt()
-            errors.append(f"{len(abandoned)} lease(s) abandoned after {timeout:.2f} s")
-            # Once an abandoned writer has let go (its op journaled), waits may wait again:
-            # the queue is better applied now than journaled for the next open.
-            if self._writer.lock.acquire(timeout=_LET_GO_S):
-                self._writer.abort_waits = False
-                self._writer.lock.release()
-        t1 = time.monotonic()
-
-        # Queue and replay share what is left, and at least CLOSE_GRACE_S (on the store's
-        # clock: the writer's deadlines are on it).
-        deadline = self._clock() + max(left(), CLOSE_GRACE_S)
-        out = _DrainOutcome(errors)
-        self._drain_queue(deadline, out)
-        applied_from_queue = out.applied
-        with self._counter_lock:
-            self._n_from_queue += applied_from_queue
-        t2 = time.monotonic()
-
-        replayed = 0
-        if self._journal.size() and self._writer.is_open and self._clock() < deadline:
-            # Bounded by the same deadline; what is not replayed in time stays in the journal
-            # for the next open (op ids make a partly applied replay harmless to redo).
-            try:
-                rep = self._journal.replay(
-                    functools.partial(self._writer.apply_batch, deadline=deadline)
-                )
-                replayed = rep.applied
-                with self._counter_lock:
-                    self._n_replayed += rep.applied
-            except Exception as err:  # the journal stays for the next open
-                errors.append(f"journal replay at close: {type(err).__name__}: {err}")
-        t3 = time.monotonic()
-
-        wal_before = self._wal_size()
-        checkpoint = None
-        if self._writer.is_open:
-            try:
-                # Busy here is normal when other processes still use the database (the last
-                # one to close empties the WAL); it is reported in `checkpoint`, and is not an
-                # error of this close.
-                checkpoint = self._writer.checkpoint("TRUNCATE", lock_timeout=_LET_GO_S)
-            except Exception as err:  # close never raises for it; reported
-                errors.append(f"final checkpoint: {err}")
-        t4 = time.monotonic()
-        self._close_connections(errors)
-        t5 = time.monotonic()
-        return CloseReport(
-            path=self.path,
-            drain_s=t1 - t0,
-            queue_s=t2 - t1,
-            replay_s=t3 - t2,
-            checkpoint_s=t4 - t3,
-            close_s=t5 - t4,
-            total_s=t5 - t0,
-            applied_from_queue=applied_from_queue,
-            journaled=self._n_journaled,
-            replayed=replayed,
-            abandoned_leases=[lease.describe() for lease in abandoned],
-            wal_bytes_before=wal_before,
-            wal_bytes_after=self._wal_size(),
-            checkpoint=checkpoint,
-            errors=errors,
-            rejected=out.rejected,
-            unrecorded=out.unrecorded,
+    def _closing(self) -> CloseSequence:
+        return CloseSequence(
+            self.path,
+            clock=self._clock,
+            gate=self._gate,
+            writer=self._writer,
+            readers=self._readers,
+            journal=self._journal,
+            router=self._router,
+            pid=self._pid,
         )
-
-    def _drain_batch(self, ops: list[Op], out: _DrainOutcome, deadline: float) -> None:
-        """Apply queued ops; each ends applied, kept aside, journaled or reported. Never raises."""
-        if not self._writer.is_open:
-            self._secure(ops, "no connection to apply queued ops", out)
-            return
-        try:
-            results = apply_isolated(
-                lambda batch: self._writer.apply_batch(batch, deadline=deadline), ops
-            )
-        except TimeoutError:
-            self._secure(ops, "writer held by an abandoned lease", out)
-            return
-        except Exception as err:  # ENVIRONMENT_ERRORS: the database cannot take them now
-            out.errors.append(f"queued ops not applied: {type(err).__name__}: {err}")
-            # Some may have committed before the error; journaling them again is harmless.
-            self._secure(ops, f"could not apply queued ops at close: {err}", out)
-            return
-        rejected = [(op, err) for op, err in zip(ops, results, strict=True) if err is not None]
-        out.applied += len(ops) - len(rejected)
-        out.rejected += len(rejected)
-        if rejected:
-            try:
-                self._record_rejected(rejected)
-            except Exception as err:  # the rejected file failed: the journal keeps them
-                out.errors.append(f"rejected file: {type(err).__name__}: {err}")
-                self._secure([op for op, _ in rejected], "rejected at close", out)
-
-    def _drain_queue(self, deadline: float, out: _DrainOutcome) -> None:
-        """Apply the pending queue in batches and move the store to CLOSED.
-
-        Never raises ``Exception``: every op taken off the queue ends applied, kept aside,
-        journaled or in ``out.unrecorded``. A ``BaseException`` (KeyboardInterrupt) secures
-        them the same way, then propagates, with the store CLOSED.
-        """
-        in_hand: list[Op] = []
-        # Bounded: a thread that keeps writing refills the queue faster than batches apply
-        # (an append costs a microsecond, an applied op tens), so draining "until empty" could
-        # run forever. Past the deadline the rest goes to the journal and the store closes.
-        try:
-            while True:
-                if self._clock() >= deadline:
-                    in_hand = self._gate.close_and_take_all()
-                    if in_hand:
-                        out.errors.append(
-                            f"{len(in_hand)} queued op(s) journaled at the drain deadline"
-                        )
-                        self._secure(
-                            in_hand, "close: queue still refilling at the drain deadline", out
-                        )
-                    return
-                in_hand = self._gate.take_pending_or_close(BATCH)
-                if not in_hand:
-                    return  # CLOSED: later writes are journaled
-                self._drain_batch(in_hand, out, deadline)
-                in_hand = []
-        except BaseException as err:
-            # _drain_batch does not raise Exception; this is an interrupt (or a bug): nothing
-            # taken off the queue may vanish with it. Ops in hand are kept in `in_hand` until
-            # they are applied or recorded, so journaling them again here is at worst a
-            # duplicate, which replay makes harmless.
-            out.errors.append(f"drain interrupted: {type(err).__name__}: {err}")
-            self._secure(in_hand + self._gate.close_and_take_all(), "close interrupted", out)
-            if not isinstance(err, Exception):
-                raise
-
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(self._wal_path).st_size
-        except FileNotFoundError:
-            return 0
-
-    def _close_connections(self, errors: list[str]) -> None:
-        if self._pid != os.getpid():
-            return  # inherited across fork: never closed here
-        for conn in self._readers.take_all():
-            with FORK_GATE.section():
-                try:
-                    conn.close()
-                except apsw.Error as err:
-                    errors.append(f"close: {type(err).__name__}: {err}")
-                    with contextlib.suppress(apsw.Error):
-                        conn.close(True)
-        errors.extend(self._writer.close())
 
     # ----------------------------------------------------------------------------- fork
 
@@ -1548,40 +1200,16 @@ class SessionStore:
         # The parent's connections are not ours: keep them referenced (never closed, never
         # freed) and open our own lazily on first use. Locks may have been held by threads that
         # do not exist here, so they are replaced, never taken; queued ops belong to the parent.
-        _inherited_at_fork.extend(self._readers.forget_after_fork())
+        lifecycle.keep_inherited([*self._readers.forget_after_fork()])
         inherited = self._writer.forget_after_fork()
         if inherited is not None:
-            _inherited_at_fork.append(inherited)
+            lifecycle.keep_inherited([inherited])
         state = self._gate.state
         self._init_locks()
+        self._router.after_fork(self._gate)
         if state is not StoreState.OPEN:
             self._gate.force_closed()
         self._pid = os.getpid()
 
 
-class _DrainOutcome:
-    """What draining the queue at close did, filled in as it goes."""
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-        self.applied = 0
-        self.rejected = 0
-        self.unrecorded: list[str] = []
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_live):
-        store._after_fork_in_child()
-
-
-def _close_at_exit() -> None:
-    for store in live_stores():
-        if not store.config.close_at_exit or store._pid != os.getpid():
-            continue
-        log.warning("closing %r left open at interpreter exit", store)
-        with contextlib.suppress(Exception):
-            store.close()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_at_exit)
+lifecycle.install_store_hooks()  # after the hooks of the modules imported above

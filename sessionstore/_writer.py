@@ -50,6 +50,7 @@ import apsw
 from ._checkpoint import AUTOCHECKPOINT_PAGES, Checkpointer, CheckpointSchedule, run_checkpoint
 from ._config import StoreConfig
 from ._connection import RetryPolicy, fair_busy_handler, open_connection, set_busy
+from ._files import wal_path
 from ._forkgate import FORK_GATE
 from ._models import CheckpointResult
 from ._ops import Op, apply
@@ -70,8 +71,11 @@ OP_ERRORS = (SessionNotFoundError, InvalidTransitionError)
 class Writer:
     """One write connection, opened lazily (again after a fork), with its checkpointing.
 
-    Methods that touch the connection take :attr:`lock` themselves, except those whose name
-    ends in ``_locked``, whose caller holds it.
+    The writer owns its lock: every method that touches the connection takes it itself,
+    except those whose name ends in ``_locked``, which run only inside the writer (the commit
+    hook, a call already holding it). Callers never take it: :meth:`with_connection` runs a
+    function under it, and a close past its deadline uses :meth:`abandon_waits` and
+    :meth:`resume_waits`.
     """
 
     def __init__(
@@ -79,14 +83,14 @@ class Writer:
     ) -> None:
         self.path = path
         self.config = config
-        self.lock = threading.Lock()
-        self.abort_waits = False  # set by a close that abandoned leases: busy waits give up
+        self._lock = threading.Lock()
+        self._abort_waits = False  # set by a close that abandoned leases: busy waits give up
         self.checkpoints = 0
         self.passive_checkpoints = 0
         self.last_checkpoint: CheckpointResult | None = None
         self._policy = policy
         self._clock = clock
-        self._wal_path = f"{path}-wal"
+        self._wal_path = wal_path(path)
         self._conn: apsw.Connection | None = None
         self._pid = os.getpid()
         self._page_size = 4096
@@ -137,14 +141,14 @@ class Writer:
 
             def should_abort() -> bool:
                 writer = ref()
-                return writer is None or writer.abort_waits
+                return writer is None or writer._abort_waits
 
             conn.set_busy_handler(fair_busy_handler(timeout_ms, should_abort))
         else:
             set_busy(conn, self.config)
 
     def _aborted(self) -> bool:
-        return self.abort_waits
+        return self._abort_waits
 
     def _wait_ms(self) -> float:
         """How long the next busy wait may last: the busy timeout, cut to the call's deadline."""
@@ -161,12 +165,48 @@ class Writer:
     def _left(self, end: float) -> float:
         return max(0.0, end - self._clock())
 
-    def interrupt(self) -> None:
-        """Make a statement running on the connection stop (for a close past its deadline)."""
+    def with_connection(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """``fn(connection)`` holding the lock, inside the fork gate (opening it if needed).
+
+        For work that is neither an op nor a checkpoint: the integrity probe and the
+        migrations at open. ``with`` statements only (C code, see the module docstring).
+
+        Raises:
+            StoreCorruptError, StoreOpenError, StoreBusyError: the connection could not open.
+            BaseException: what ``fn`` raised.
+        """
+        with self._lock, FORK_GATE.section():
+            return fn(self.connection_locked())
+
+    def abandon_waits(self) -> None:
+        """A close past its deadline: busy waits give up and a running statement stops.
+
+        The call holding the lock then fails (its op is journaled by the router) and lets go;
+        :meth:`resume_waits` turns waiting back on once it has.
+        """
+        self._abort_waits = True
         conn = self._conn
         if conn is not None:
             with contextlib.suppress(apsw.Error):
                 conn.interrupt()
+
+    def resume_waits(self, timeout: float) -> bool:
+        """Let busy waits wait again, once the abandoned call has let go of the lock.
+
+        Args:
+            timeout: how long to wait for the lock (a close's bounded wait).
+
+        Returns:
+            True when the lock was free within ``timeout`` (waits are back on), else False
+            (busy waits keep giving up: whatever close applies next may be journaled).
+        """
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        try:
+            self._abort_waits = False
+        finally:
+            self._lock.release()
+        return True
 
     def close(self) -> list[str]:
         """Close the connection (never one inherited across fork). Returns errors, if any."""
@@ -185,7 +225,7 @@ class Writer:
     def forget_after_fork(self) -> apsw.Connection | None:
         """In a forked child: drop the parent's connection (returned, never to be closed here)."""
         conn, self._conn = self._conn, None
-        self.lock = threading.Lock()  # may have been held by a thread that does not exist here
+        self._lock = threading.Lock()  # may have been held by a thread that does not exist here
         self._checkpointer = None
         self._deadline = None
         return conn
@@ -240,14 +280,14 @@ class Writer:
     ) -> T:
         """``fn()`` holding :attr:`lock`, waited for at most ``wait`` seconds (-1: no limit)."""
         if wait < 0:
-            with self.lock:
+            with self._lock:
                 return fn()
-        if not self.lock.acquire(timeout=wait):
+        if not self._lock.acquire(timeout=wait):
             raise timed_out()
         try:
             return fn()
         finally:
-            self.lock.release()
+            self._lock.release()
 
     def apply_batch(
         self, ops: Sequence[Op], *, lock_timeout: float = -1, deadline: float | None = None
@@ -343,7 +383,7 @@ class Writer:
 
     def start_checkpointer(self, run: Callable[[], CheckpointResult | None]) -> None:
         """Run ``run`` every interval on a timer thread (it returns None to end the thread)."""
-        with self.lock:
+        with self._lock:
             self._checkpoint_run = run
             if self._checkpointer is None:
                 self._start_checkpointer(run)

@@ -14,6 +14,7 @@ __all__ = [
     "ChildTerminationError",
     "ForeignDatabaseError",
     "InvalidTransitionError",
+    "JournalBusyError",
     "JournalFullError",
     "ProcessNotFoundError",
     "SchemaVersionError",
@@ -157,6 +158,24 @@ class InvalidTransitionError(SessionStoreError):
         self.current = current
         self.requested = requested
         super().__init__(f"session {session_id!r} is {current}; cannot make it {requested}")
+
+
+class JournalBusyError(StoreBusyError):
+    """Another process held the journal's lock past the wait; the op was not recorded.
+
+    The journal's lock is held only for one read or one write and fsync, so this means the
+    holder is stopped (SIGSTOP) or hung. The write that raised it was neither applied nor
+    journaled; nothing else is affected.
+    """
+
+    def __init__(self, path: str, waited_s: float) -> None:
+        self.path = path
+        self.operation = "journal append"
+        self.waited_s = waited_s
+        SessionStoreError.__init__(
+            self,
+            f"{path!r}: the journal's lock stayed held by another process for {waited_s:.2f} s",
+        )
 
 
 class JournalFullError(SessionStoreError):

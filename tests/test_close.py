@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from _procs import finish, release, start
 from _support import ClosingInBackground, StoppedLockHolder, all_event_ids
 
 from sessionstore import SessionStore, StoreClosedError, StoreConfig, StoreState
-from sessionstore._store import CLOSE_GRACE_S
+from sessionstore._close import CLOSE_GRACE_S
 
 
 def test_writes_racing_close_are_never_lost(tmp_path: object) -> None:
@@ -71,7 +72,7 @@ def test_write_after_close_is_journaled_and_replayed(db_path: str) -> None:
         assert reopened.open_replay.applied == 2
         checkpoint = reopened.latest_checkpoint(sid)
         assert checkpoint is not None and checkpoint.data == {"n": 1}
-        assert os.path.getsize(reopened.journal_path) == 0
+        assert not os.path.exists(reopened.journal_path)  # consumed: removed
 
 
 def test_write_while_closing_is_applied_before_close_returns(db_path: str) -> None:
@@ -278,32 +279,92 @@ def test_writer_that_never_stops_cannot_hold_close_open(db_path: str) -> None:
 
 
 class _LeapingClock:
-    """A clock that leaps 100 s at every reading: any deadline has passed by the next check."""
+    """A clock that stands still until it may leap, then leaps 100 s at every reading."""
 
     def __init__(self) -> None:
         self.now = 0.0
+        self.may_leap: Callable[[], bool] = lambda: False
 
     def __call__(self) -> float:
-        self.now += 100.0
+        if self.may_leap():
+            self.now += 100.0
         return self.now
 
 
 def test_queue_left_at_the_drain_deadline_is_journaled(db_path: str) -> None:
     """Ops still queued when the drain runs out of time are journaled and replayed, not lost."""
     config = StoreConfig(checkpointing=False)
-    store = SessionStore.open(db_path, config=config, clock=_LeapingClock())
+    clock = _LeapingClock()
+    store = SessionStore.open(db_path, config=config, clock=clock)
     sid = store.create_session("s").id
     with ClosingInBackground(store) as closing:
         for i in range(5):
             store.log_event(sid, f"queued {i}")
+        # Close runs on the store's clock alone. It stands still while the lease is held (the
+        # lease wait reads it only then: no lease is abandoned); once the lease is back, every
+        # deadline of the close has passed. The length of a dict is read without its lock: the
+        # clock is read with the gate's lock held.
+        leases = store._gate._leases
+        clock.may_leap = lambda: not leases
         report = closing.finish()
     assert report.applied_from_queue == 0 and report.journaled == 5
+    assert report.abandoned_leases == []
     assert any("drain deadline" in e for e in report.errors)
     # Out of time, close does not replay: the journal is left for the next open, which applies it.
     assert report.replayed == 0 and os.path.getsize(store.journal_path) > 0
     with SessionStore.open(db_path) as reopened:
         assert reopened.open_replay.applied == 5
         assert [e.message for e in reopened.events(sid)] == [f"queued {i}" for i in range(5)]
+
+
+class _SteppingClock:
+    """A clock that moves one second at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_close_measures_its_phases_on_the_stores_clock(db_path: str) -> None:
+    """The report's durations come from the injected clock, not from another clock."""
+    store = SessionStore.open(
+        db_path, config=StoreConfig(checkpointing=False), clock=_SteppingClock()
+    )
+    store.create_session("s")
+    report = store.close()
+    phases = [report.drain_s, report.queue_s, report.replay_s, report.checkpoint_s]
+    assert all(p >= 1.0 for p in [*phases, report.close_s]), report
+    assert report.total_s == sum(phases) + report.close_s
+
+
+def test_lease_drain_deadline_is_on_the_stores_clock(db_path: str) -> None:
+    """A lease held past close's timeout on the store's clock is abandoned, real time aside."""
+    clock = _LeapingClock()
+    store = SessionStore.open(db_path, config=StoreConfig(checkpointing=False), clock=clock)
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold() -> None:
+        with store.lease("slow reader"):
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        clock.may_leap = lambda: True
+        started = time.monotonic()
+        report = store.close(timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(30)
+    assert [lease.split(" (")[0] for lease in report.abandoned_leases] == ["slow reader"]
+    assert elapsed < 30, elapsed
 
 
 def test_writer_stuck_on_another_process_lock_does_not_hang_close(db_path: str) -> None:

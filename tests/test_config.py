@@ -62,3 +62,13 @@ def test_config_is_frozen() -> None:
     config = StoreConfig()
     with pytest.raises(ValueError):
         config.busy_timeout_ms = 1  # type: ignore[misc]
+
+
+def test_reap_on_open_is_refused_with_the_way_to_reap() -> None:
+    """reap_on_open=True names reap_orphans (the store never ends processes); False still loads."""
+    with pytest.raises(ValueError, match=r"reap_orphans\(store\)"):
+        StoreConfig(reap_on_open=True)  # type: ignore[call-arg]
+    assert StoreConfig(reap_on_open=False) == StoreConfig()  # type: ignore[call-arg]
+    assert StoreConfig.model_validate({"reap_on_open": False, "busy_timeout_ms": 10}) == (
+        StoreConfig(busy_timeout_ms=10)
+    )

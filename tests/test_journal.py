@@ -59,7 +59,7 @@ def test_torn_and_invalid_lines_are_kept_aside(store: SessionStore, session_id: 
     report = store.replay()
     assert (report.applied, report.invalid, report.rejected, report.torn) == (1, 1, 1, 1)
     assert [e.message for e in store.events(session_id)] == ["good"]
-    assert os.path.getsize(store.journal_path) == 0
+    assert not os.path.exists(store.journal_path)  # consumed: removed
     assert report.rejected_path is not None
     kept = Path(report.rejected_path).read_bytes().splitlines()
     assert len(kept) == 6  # per kept-aside line: its reason, then the line byte-exact
@@ -93,8 +93,7 @@ def test_eight_processes_append_without_tearing(db_path: str, tmp_path: object) 
     procs = [start("journal_append", db_path, sid, "200", ack) for ack in acks]
     release(procs)
     for p in procs:
-        p.communicate(timeout=60)
-        assert p.returncode == 0
+        finish(p, timeout=60)
     lines = Path(db_path + "-ops.jsonl").read_bytes().splitlines()
     parsed = [op_adapter.validate_json(line) for line in lines]
     acked = [line for ack in acks for line in Path(ack).read_text().split()]
@@ -156,7 +155,7 @@ def test_bad_line_between_good_ones_does_not_block_open(db_path: str) -> None:
         report = reopened.open_replay
         assert (report.applied, report.invalid, report.deferred) == (2, 1, None)
         assert [e.message for e in reopened.events(sid)] == ["before", "after"]
-        assert os.path.getsize(reopened.journal_path) == 0
+        assert not os.path.exists(reopened.journal_path)  # consumed: removed
         assert report.rejected_path is not None
         reason, kept = Path(report.rejected_path).read_bytes().splitlines()
     assert kept == bad
@@ -317,12 +316,13 @@ def test_fork_while_threads_make_ops_never_hangs() -> None:
 def test_fork_during_replay_leaves_no_lock_in_the_child(
     store: SessionStore, session_id: str, tmp_path: Path
 ) -> None:
-    """A child forked while replay holds the journal's flock does not keep that lock.
+    """A child forked during a replay holds no journal lock and cannot finish the replay.
 
     Once the parent is done, other processes append at once while the child still lives, and
-    the child itself cannot go on with the parent's replay. The child drops its copy in its
-    at-fork hook, which runs when the kernel first schedules it: the parent waits for the
-    child's first word (sent after the hooks) before probing, or it would race that start.
+    the child itself cannot go on with the parent's replay (nor remove lines it did not read).
+    The child drops its descriptor in its at-fork hook, which runs when the kernel first
+    schedules it: the parent waits for the child's first word (sent after the hooks) before
+    probing, or it would race that start.
     """
     journal = store._journal
     journal.append([LogEvent(session_id=session_id, message=f"m{i}") for i in range(3)])
@@ -354,7 +354,8 @@ def test_fork_during_replay_leaves_no_lock_in_the_child(
     assert os.read(up_r, 1) == b"u"
     os.close(up_r)
     try:
-        fd = os.open(journal.path, os.O_RDWR)
+        assert not os.path.exists(journal.path)  # consumed by the parent alone
+        fd = os.open(journal.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child has it
         finally:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import pytest
 from _support import StoppedLockHolder, all_event_ids
 
 from sessionstore import SessionNotFoundError, SessionStore, StoreBusyError, StoreConfig
+from sessionstore._connection import RetryPolicy
 from sessionstore._ops import LogEvent
+from sessionstore._writer import Writer
 
 
 def test_passive_checkpoint_once_per_thousand_pages(db_path: str) -> None:
@@ -66,7 +69,7 @@ def test_batch_rejects_one_op_and_keeps_the_rest(store: SessionStore, session_id
 
 def test_batch_lock_timeout(store: SessionStore, session_id: str) -> None:
     """apply_batch gives up with TimeoutError when the writer lock stays held."""
-    with store._writer.lock, pytest.raises(TimeoutError):
+    with store._writer._lock, pytest.raises(TimeoutError):
         store._writer.apply_batch([LogEvent(session_id=session_id, message="x")], lock_timeout=0.05)
     assert store.events(session_id) == []
 
@@ -151,3 +154,75 @@ def test_no_passive_checkpoint_just_below_the_truncate_limit(db_path: str) -> No
         writer = store._writer
         assert writer.passive_checkpoints == 0
         assert writer.checkpoints >= 1 and writer.last_checkpoint is not None
+
+
+def _writer(db_path: str, **config: object) -> tuple[Writer, StoreConfig]:
+    settings = StoreConfig(checkpointing=False, **config)  # type: ignore[arg-type]
+    policy = RetryPolicy(settings.write_deadline_s, clock=time.monotonic)
+    return Writer(db_path, settings, policy, time.monotonic), settings
+
+
+def test_with_connection_runs_under_the_writers_lock(db_path: str) -> None:
+    """with_connection hands fn the open connection while the writer's lock is held."""
+    writer, _ = _writer(db_path)
+    try:
+        held = writer.with_connection(
+            lambda conn: (writer._lock.locked(), conn.execute("SELECT 1"))
+        )
+        assert held[0] is True and writer.is_open
+        assert not writer._lock.locked()
+    finally:
+        writer.close()
+
+
+def test_abandon_waits_cuts_a_write_waiting_on_a_stopped_lock_holder(
+    store: SessionStore, session_id: str
+) -> None:
+    """A write waiting on another process's lock gives up at abandon_waits, not at its deadline."""
+    writer = store._writer
+    errors: list[BaseException] = []
+    op = LogEvent(session_id=session_id, message="w")
+    with StoppedLockHolder(store.path):
+
+        def write() -> None:
+            try:
+                writer.apply(op, deadline=time.monotonic() + 60)
+            except BaseException as err:  # the failure the test looks for
+                errors.append(err)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        while not writer._lock.locked():  # the write holds the lock while it waits
+            pass
+        started = time.monotonic()
+        writer.abandon_waits()
+        thread.join(30)
+        elapsed = time.monotonic() - started
+        assert writer.resume_waits(timeout=5.0) is True
+    assert [type(e) for e in errors] == [StoreBusyError]
+    assert elapsed < 5.0, elapsed
+    writer.apply(op)  # waits are back on: a free database takes the write
+    assert [e.message for e in store.events(session_id)] == ["w"]
+
+
+def test_resume_waits_only_once_the_lock_is_free(db_path: str) -> None:
+    """resume_waits reports False (waits stay abandoned) while another thread holds the lock."""
+    writer, _ = _writer(db_path)
+    writer.abandon_waits()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with writer._lock:
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        assert writer.resume_waits(timeout=0.05) is False
+        assert writer._aborted()
+    finally:
+        release.set()
+        thread.join(30)
+    assert writer.resume_waits(timeout=5.0) is True and not writer._aborted()

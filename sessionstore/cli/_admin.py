@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .._files import rejected_path
 from .._migrate import file_journal_mode, latest_version
 from .._models import ReplayReport
 from .._store import SessionStore
@@ -148,7 +149,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     if sizes["rejected_bytes"]:
         warnings.append(
             f"{fmt_bytes(sizes['rejected_bytes'])} of ops that could not apply are kept aside "
-            f"in {path}-ops.rejected.jsonl"
+            f"in {rejected_path(path)}"
         )
     orphan_count, dead_sessions = _orphan_counts(reap_report)
     if orphan_count:

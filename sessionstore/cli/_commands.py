@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .._files import file_sizes as side_file_sizes
 from .._identity import IdentityStatus
 from .._models import Checkpoint, ChildProcess, Event, Session, SessionStatus
 from .._store import SessionStore
@@ -48,19 +48,7 @@ _FOLLOW_PAGE = 1000
 
 def file_sizes(store: SessionStore) -> dict[str, int]:
     """Sizes of the database, its WAL, the op journal and the rejected-ops file, in bytes."""
-
-    def size(path: str) -> int:
-        try:
-            return os.stat(path).st_size
-        except FileNotFoundError:
-            return 0
-
-    return {
-        "db_bytes": size(store.path),
-        "wal_bytes": size(f"{store.path}-wal"),
-        "journal_bytes": size(store.journal_path),
-        "rejected_bytes": size(f"{store.path}-ops.rejected.jsonl"),
-    }
+    return side_file_sizes(store.path)
 
 
 def newest_checkpoint(store: SessionStore) -> dict[str, Any] | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .._models import CloseReport, SessionStatus
+from .._models import CloseReport, Frozen, SessionStatus
 
 __all__ = [
     "CallbackError",
@@ -45,11 +45,7 @@ class ShutdownPhase(str, enum.Enum):
     BEFORE_CLOSE = "before_close"  # final state written; the store is closed right after
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class ChildOutcome(_Frozen):
+class ChildOutcome(Frozen):
     """How one process ended during shutdown."""
 
     pid: int
@@ -61,7 +57,7 @@ class ChildOutcome(_Frozen):
     exit_code: int | None = None  # Popen form: -N when killed by signal N; None when unknown
 
 
-class CallbackError(_Frozen):
+class CallbackError(Frozen):
     """An exit callback that raised or outlasted its budget; the sequence went on."""
 
     phase: ShutdownPhase
@@ -70,7 +66,7 @@ class CallbackError(_Frozen):
     timed_out: bool = False
 
 
-class ShutdownReport(_Frozen):
+class ShutdownReport(Frozen):
     """What one shutdown did. Every caller of ``shutdown()`` receives this same object."""
 
     session_id: str
@@ -109,7 +105,7 @@ ReapAction = Literal[
 ]
 
 
-class ReapedChild(_Frozen):
+class ReapedChild(Frozen):
     """One recorded child of an orphaned session and what the reaper did with it."""
 
     pid: int
@@ -119,7 +115,7 @@ class ReapedChild(_Frozen):
     action: ReapAction
 
 
-class ReapedSession(_Frozen):
+class ReapedSession(Frozen):
     """A session whose owner is gone, and what was done about it."""
 
     session_id: str
@@ -136,7 +132,7 @@ class ReapedSession(_Frozen):
     enumeration: str = ""  # how the trees' members were found (the tier used)
 
 
-class ReapReport(_Frozen):
+class ReapReport(Frozen):
     """What :func:`~sessionstore.process.reap_orphans` found and did."""
 
     dry_run: bool

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._files import wal_size
 from ..errors import SessionStoreError
 from ._models import (
     Baseline,
@@ -383,10 +384,7 @@ class _Storm:
                             self.tracked[(t.pid, t.start_ticks)] = t
 
     def _wal_bytes(self) -> int:
-        try:
-            return os.stat(self.opts.db_path + "-wal").st_size
-        except FileNotFoundError:
-            return 0
+        return wal_size(self.opts.db_path)
 
     def _sample_wal(self) -> None:
         self.wal_peak = max(self.wal_peak, self._wal_bytes())

@@ -136,10 +136,10 @@ def test_hooks_locked_out_past_their_timeout_are_journaled_then_applied(tmp_path
     for h in hooks:
         assert "journaled" in h.stderr, h
         assert h.doc["journaled"] is True
-        # Each close also tries to apply the journal (T/2 at most), and the journal's file lock
-        # is held across that attempt, so concurrent journaling hooks queue behind each
-        # other's attempts: the bound holding today is T + n * T/2, not T (see the README).
-        assert float(str(h.doc["elapsed_s"])) <= 1.0 + 9 * 0.5 + 1.0, h
+        # The journal's lock is never held while a replay waits for the database, so hooks
+        # journaling at once do not queue behind each other's replays: each stays within its
+        # timeout (0.5 s of slack for a loaded machine's scheduling, not for any wait).
+        assert float(str(h.doc["elapsed_s"])) <= 1.0 + 0.5, h
     messages, names = _landed(db, session)  # the open replays the journal
     logs, checkpoints = _expected(9)
     assert sorted(m for m in messages if m.startswith("hook ")) == sorted(logs)
