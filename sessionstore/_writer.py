@@ -94,6 +94,8 @@ class Writer:
         self._conn: apsw.Connection | None = None
         self._pid = os.getpid()
         self._page_size = 4096
+        # WAL pages up to which a commit needs no checkpoint decision (wal bytes <= the limit).
+        self._limit_pages = config.checkpoint_wal_bytes // self._page_size
         self._passive_at_pages = AUTOCHECKPOINT_PAGES
         self._last_pages = 0
         self._busy_timeout_ms: float = config.busy_timeout_ms
@@ -128,6 +130,7 @@ class Writer:
             conn.transaction_mode = "IMMEDIATE"  # what ``with conn:`` begins (see module doc)
             self._install_busy(conn)
             self._page_size = int(conn.pragma("page_size"))
+            self._limit_pages = self.config.checkpoint_wal_bytes // self._page_size
             conn.set_wal_hook(self._on_commit)
             self._conn = conn
             self._pid = os.getpid()
@@ -487,6 +490,9 @@ class Writer:
         # released and our lock still held: exactly "between two write transactions on the
         # writer's own connection". The commit has happened whatever this does, so nothing
         # here may raise into the caller's write.
+        if self._last_pages <= pages < self._passive_at_pages and pages <= self._limit_pages:
+            self._last_pages = pages  # the usual commit: the WAL grew, below every threshold
+            return apsw.SQLITE_OK
         try:
             if pages < self._last_pages:
                 self._passive_at_pages = AUTOCHECKPOINT_PAGES  # the WAL restarted
