@@ -23,6 +23,7 @@ not others).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -89,29 +90,21 @@ def close_connections(readers: ReaderPool, writer: Writer, pid: int, errors: lis
     errors.extend(writer.close())
 
 
+@dataclasses.dataclass(frozen=True)
 class CloseSequence:
-    """One close of one store, from CLOSING to CLOSED (built by ``SessionStore.close``)."""
+    """One close of one store, from CLOSING to CLOSED (built by ``SessionStore.close``).
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        clock: Callable[[], float],
-        gate: Gate[Op],
-        writer: Writer,
-        readers: ReaderPool,
-        journal: Journal,
-        router: WriteRouter,
-        pid: int,
-    ) -> None:
-        self._path = path
-        self._clock = clock
-        self._gate = gate
-        self._writer = writer
-        self._readers = readers
-        self._journal = journal
-        self._router = router
-        self._pid = pid
+    Holds the store's parts as they are at the close (a fork replaces the gate).
+    """
+
+    path: str
+    clock: Callable[[], float]
+    gate: Gate[Op]
+    writer: Writer
+    readers: ReaderPool
+    journal: Journal
+    router: WriteRouter
+    pid: int
 
     def run(self, timeout: float) -> CloseReport:
         """Run the sequence (the store is CLOSING); the store is CLOSED afterwards.
@@ -124,52 +117,52 @@ class CloseSequence:
                 then finishes with :meth:`after_failure`).
         """
         errors: list[str] = []
-        clock = self._clock
+        clock = self.clock
         t0 = clock()
         end = t0 + timeout
 
         def left() -> float:
             return max(0.0, end - clock())
 
-        self._writer.stop_checkpointer(timeout=min(left(), 0.1))
-        abandoned = self._gate.wait_drained(left(), clock=clock)
+        self.writer.stop_checkpointer(timeout=min(left(), 0.1))
+        abandoned = self.gate.wait_drained(left(), clock=clock)
         if abandoned:
             # Their connections may be mid-statement or waiting on a lock: make them give up.
-            self._writer.abandon_waits()
-            for conn in self._readers.all():
+            self.writer.abandon_waits()
+            for conn in self.readers.all():
                 with contextlib.suppress(apsw.Error):
                     conn.interrupt()
             errors.append(f"{len(abandoned)} lease(s) abandoned after {timeout:.2f} s")
             # Once an abandoned writer has let go (its op journaled), waits may wait again:
             # the queue is better applied now than journaled for the next open.
-            self._writer.resume_waits(timeout=LET_GO_S)
+            self.writer.resume_waits(timeout=LET_GO_S)
         t1 = clock()
 
         # Queue and replay share what is left, and at least CLOSE_GRACE_S.
         deadline = clock() + max(left(), CLOSE_GRACE_S)
         out = DrainOutcome(errors)
         self._drain_queue(deadline, out)
-        self._router.count(from_queue=out.applied)
+        self.router.count(from_queue=out.applied)
         t2 = clock()
 
         replayed = self._replay(deadline, errors)
         t3 = clock()
 
-        wal_before = wal_size(self._path)
+        wal_before = wal_size(self.path)
         checkpoint = None
-        if self._writer.is_open:
+        if self.writer.is_open:
             try:
                 # Busy here is normal when other processes still use the database (the last
                 # one to close empties the WAL); it is reported in `checkpoint`, and is not an
                 # error of this close.
-                checkpoint = self._writer.checkpoint("TRUNCATE", lock_timeout=LET_GO_S)
+                checkpoint = self.writer.checkpoint("TRUNCATE", lock_timeout=LET_GO_S)
             except Exception as err:  # close never raises for it; reported
                 errors.append(f"final checkpoint: {err}")
         t4 = clock()
-        close_connections(self._readers, self._writer, self._pid, errors)
+        close_connections(self.readers, self.writer, self.pid, errors)
         t5 = clock()
         return CloseReport(
-            path=self._path,
+            path=self.path,
             drain_s=t1 - t0,
             queue_s=t2 - t1,
             replay_s=t3 - t2,
@@ -177,11 +170,11 @@ class CloseSequence:
             close_s=t5 - t4,
             total_s=t5 - t0,
             applied_from_queue=out.applied,
-            journaled=self._router.journaled,
+            journaled=self.router.journaled,
             replayed=replayed,
             abandoned_leases=[lease.describe() for lease in abandoned],
             wal_bytes_before=wal_before,
-            wal_bytes_after=wal_size(self._path),
+            wal_bytes_after=wal_size(self.path),
             checkpoint=checkpoint,
             errors=errors,
             rejected=out.rejected,
@@ -195,53 +188,51 @@ class CloseSequence:
             The report of the broken close; the store is CLOSED.
         """
         out = DrainOutcome([f"close failed: {type(err).__name__}: {err}"])
-        out.secure(self._router, self._gate.close_and_take_all(), "close failed")
-        self._writer.stop_checkpointer(timeout=0.1)
-        close_connections(self._readers, self._writer, self._pid, out.errors)
-        return CloseReport(path=self._path, errors=out.errors, unrecorded=out.unrecorded)
+        out.secure(self.router, self.gate.close_and_take_all(), "close failed")
+        self.writer.stop_checkpointer(timeout=0.1)
+        close_connections(self.readers, self.writer, self.pid, out.errors)
+        return CloseReport(path=self.path, errors=out.errors, unrecorded=out.unrecorded)
 
     def _replay(self, deadline: float, errors: list[str]) -> int:
         """Replay the journal by ``deadline``; returns how many ops it applied. Never raises."""
-        if not (self._journal.size() and self._writer.is_open and self._clock() < deadline):
+        if not (self.journal.size() and self.writer.is_open and self.clock() < deadline):
             return 0
         # Bounded by the same deadline; what is not replayed in time stays in the journal for
         # the next open (op ids make a partly applied replay harmless to redo).
         try:
-            rep = self._journal.replay(
-                functools.partial(self._writer.apply_batch, deadline=deadline)
-            )
+            rep = self.journal.replay(functools.partial(self.writer.apply_batch, deadline=deadline))
         except Exception as err:  # the journal stays for the next open
             errors.append(f"journal replay at close: {type(err).__name__}: {err}")
             return 0
-        self._router.count(replayed=rep.applied)
+        self.router.count(replayed=rep.applied)
         return rep.applied
 
     def _drain_batch(self, ops: list[Op], out: DrainOutcome, deadline: float) -> None:
         """Apply queued ops; each ends applied, kept aside, journaled or reported. Never raises."""
-        if not self._writer.is_open:
-            out.secure(self._router, ops, "no connection to apply queued ops")
+        if not self.writer.is_open:
+            out.secure(self.router, ops, "no connection to apply queued ops")
             return
         try:
             results = apply_isolated(
-                lambda batch: self._writer.apply_batch(batch, deadline=deadline), ops
+                lambda batch: self.writer.apply_batch(batch, deadline=deadline), ops
             )
         except TimeoutError:
-            out.secure(self._router, ops, "writer held by an abandoned lease")
+            out.secure(self.router, ops, "writer held by an abandoned lease")
             return
         except Exception as err:  # ENVIRONMENT_ERRORS: the database cannot take them now
             out.errors.append(f"queued ops not applied: {type(err).__name__}: {err}")
             # Some may have committed before the error; journaling them again is harmless.
-            out.secure(self._router, ops, f"could not apply queued ops at close: {err}")
+            out.secure(self.router, ops, f"could not apply queued ops at close: {err}")
             return
         rejected = [(op, err) for op, err in zip(ops, results, strict=True) if err is not None]
         out.applied += len(ops) - len(rejected)
         out.rejected += len(rejected)
         if rejected:
             try:
-                self._router.keep_aside(rejected)
+                self.router.keep_aside(rejected)
             except Exception as err:  # the rejected file failed: the journal keeps them
                 out.errors.append(f"rejected file: {type(err).__name__}: {err}")
-                out.secure(self._router, [op for op, _ in rejected], "rejected at close")
+                out.secure(self.router, [op for op, _ in rejected], "rejected at close")
 
     def _drain_queue(self, deadline: float, out: DrainOutcome) -> None:
         """Apply the pending queue in batches and move the store to CLOSED.
@@ -256,19 +247,19 @@ class CloseSequence:
         # run forever. Past the deadline the rest goes to the journal and the store closes.
         try:
             while True:
-                if self._clock() >= deadline:
-                    in_hand = self._gate.close_and_take_all()
+                if self.clock() >= deadline:
+                    in_hand = self.gate.close_and_take_all()
                     if in_hand:
                         out.errors.append(
                             f"{len(in_hand)} queued op(s) journaled at the drain deadline"
                         )
                         out.secure(
-                            self._router,
+                            self.router,
                             in_hand,
                             "close: queue still refilling at the drain deadline",
                         )
                     return
-                in_hand = self._gate.take_pending_or_close(BATCH)
+                in_hand = self.gate.take_pending_or_close(BATCH)
                 if not in_hand:
                     return  # CLOSED: later writes are journaled
                 self._drain_batch(in_hand, out, deadline)
@@ -279,6 +270,6 @@ class CloseSequence:
             # they are applied or recorded, so journaling them again here is at worst a
             # duplicate, which replay makes harmless.
             out.errors.append(f"drain interrupted: {type(err).__name__}: {err}")
-            out.secure(self._router, in_hand + self._gate.close_and_take_all(), "close interrupted")
+            out.secure(self.router, in_hand + self.gate.close_and_take_all(), "close interrupted")
             if not isinstance(err, Exception):
                 raise

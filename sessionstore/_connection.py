@@ -378,3 +378,30 @@ def open_read_only(path: str, config: StoreConfig, *, snapshot: bool) -> apsw.Co
             raise translate_open_error(path, err) from err
         raise
     return conn
+
+
+def in_transaction(conn: apsw.Connection, body: Callable[[], T]) -> T:
+    """``BEGIN IMMEDIATE``, ``body()``, ``COMMIT``; rolled back on any exception.
+
+    ``conn.transaction_mode`` must be ``"IMMEDIATE"`` (what ``with conn:`` begins). apsw's
+    context manager does all three in C: no exception, not even one a signal handler raises,
+    can fall between them (see ``_writer``). The one transaction wrapper of the package: the
+    writer's ops and batches and the migrations run in it.
+
+    Raises:
+        BaseException: what ``body`` raised (rolled back), or what a signal handler raised
+            inside the commit hook (the commit itself happened: the op is applied).
+    """
+    try:
+        with conn:
+            result = body()
+    except apsw.SQLError as err:
+        # A signal handler's exception inside the commit hook (Python code SQLite calls right
+        # after the commit) makes apsw report the COMMIT as failed and then fail its ROLLBACK,
+        # raising "SQL logic error" in place of, say, the KeyboardInterrupt. The commit did
+        # happen; pass the caller the exception the handler raised, not SQLite's.
+        hook_error = err.__context__
+        if hook_error is None or isinstance(hook_error, apsw.Error) or conn.txn_state():
+            raise
+        raise hook_error from None
+    return result

@@ -16,9 +16,19 @@ handler's exception cannot leave it taken (a counter kept in Python could be lef
 thread that is long gone). It is re-entrant, so a fork from a signal handler that interrupted
 a gated section of the forking thread itself does not wait on itself.
 
-The wait is bounded (``FORK_WAIT_S``, shared by all threads): a fork made while a write waits
-on another process's lock proceeds after that time. Rejected: taking each store's writer lock
-and read connections at fork (misses connections being opened and stores being opened or
+A thread's first section registers its lock; the at-fork hook holds the registry from its
+snapshot of the locks until the fork is done, so a thread starting its first section meanwhile
+waits too (before, such a thread could enter SQLite between the snapshot and the fork).
+
+The wait is bounded (``FORK_WAIT_S``, 30 s, shared by all threads). A section lasts one SQLite
+call, and a write's busy waits end at its ``write_deadline_s`` (10 s by default), so the wait
+runs out only when a thread holds a section far longer than any write may. Then the fork goes
+ahead (an at-fork hook cannot refuse it), and the child is marked: its first call into SQLite
+raises :class:`UnsafeForkError` instead of hanging on a mutex that will never be released. The
+first version waited at most 1 s: on a loaded machine a section can outlast that, and about
+one child in a few thousand hung (caught under gdb: waiting forever in ``sqlite3Malloc`` on
+SQLite's allocator mutex, inside ``apsw.Connection()``). Rejected: taking each store's writer
+lock and read connections at fork (misses connections being opened and stores being opened or
 closed, and waits on every lock holder, not only on SQLite calls).
 """
 
@@ -29,10 +39,11 @@ import time
 import weakref
 
 from . import _lifecycle as lifecycle
+from .errors import UnsafeForkError
 
 __all__ = ["FORK_GATE", "FORK_WAIT_S", "ForkGate"]
 
-FORK_WAIT_S = 1.0
+FORK_WAIT_S = 30.0
 
 
 class ForkGate:
@@ -40,6 +51,8 @@ class ForkGate:
 
     def __init__(self) -> None:
         self._reset()
+        self.unsafe_since_fork = False
+        self.wait_s = FORK_WAIT_S  # the bound on a fork's wait; tests and callers may lower it
 
     def _reset(self) -> None:
         self._local = threading.local()
@@ -48,9 +61,17 @@ class ForkGate:
             weakref.WeakKeyDictionary()
         )
         self._held: list[threading.RLock] = []
+        self._all_held = True
 
     def section(self) -> threading.RLock:
-        """This thread's lock: ``with FORK_GATE.section():`` around a call into SQLite."""
+        """This thread's lock: ``with FORK_GATE.section():`` around a call into SQLite.
+
+        Raises:
+            UnsafeForkError: this process was forked while a thread of its parent was inside
+                SQLite (the wait ran out); SQLite must not be used here.
+        """
+        if self.unsafe_since_fork:
+            raise UnsafeForkError(self.wait_s)
         lock: threading.RLock | None = getattr(self._local, "lock", None)
         if lock is None:
             lock = threading.RLock()
@@ -59,24 +80,28 @@ class ForkGate:
             self._local.lock = lock
         return lock
 
-    def before_fork(self, timeout: float = FORK_WAIT_S) -> None:
-        """Take every thread's lock, waiting at most ``timeout`` in all."""
-        deadline = time.monotonic() + timeout
-        with self._registry_lock:
-            locks = list(self._locks.values())
+    def before_fork(self) -> None:
+        """Take every thread's lock, waiting at most ``wait_s`` in all; keep the registry."""
+        deadline = time.monotonic() + self.wait_s
+        self._registry_lock.acquire()  # released after the fork (module doc)
+        locks = list(self._locks.values())
         for lock in locks:
             if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 self._held.append(lock)
+        self._all_held = len(self._held) == len(locks)
 
     def after_fork_in_parent(self) -> None:
-        """Let the locks go."""
+        """Let the locks and the registry go."""
         held, self._held = self._held, []
         for lock in held:
             lock.release()
+        self._registry_lock.release()
 
     def after_fork_in_child(self) -> None:
         """Fresh locks: the parent's threads and what they held do not exist here."""
+        unsafe = self.unsafe_since_fork or not self._all_held
         self._reset()
+        self.unsafe_since_fork = unsafe
 
 
 FORK_GATE = ForkGate()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import apsw
 
-from ._connection import RetryPolicy
+from ._connection import RetryPolicy, in_transaction
 from ._files import wal_path
 from .errors import (
     ForeignDatabaseError,
@@ -108,7 +108,8 @@ def apply_migrations(conn: apsw.Connection, path: str, policy: RetryPolicy) -> i
     """Bring the schema of ``conn`` up to date.
 
     Args:
-        conn: an open connection (WAL, busy handler set).
+        conn: an open connection (WAL, busy handler set); its ``transaction_mode`` is set
+            to IMMEDIATE (what :func:`in_transaction` begins).
         path: the database path, for errors.
         policy: retries BEGIN IMMEDIATE on BUSY.
 
@@ -127,25 +128,20 @@ def apply_migrations(conn: apsw.Connection, path: str, policy: RetryPolicy) -> i
         raise SchemaVersionError(path, current, latest)
 
     def migrate() -> int:
-        conn.execute("BEGIN IMMEDIATE").fetchall()
-        try:
-            version = _user_version(conn)
-            if version > latest:
-                raise SchemaVersionError(path, version, latest)
-            applied = 0
-            for migration in migrations[version:]:
-                for _ in conn.execute(migration.sql):
-                    pass  # drain: every statement of the script must run
-                conn.execute(f"PRAGMA user_version = {migration.version}").fetchall()
-                applied += 1
-            conn.execute("COMMIT").fetchall()
-        except BaseException:
-            if conn.txn_state() != apsw.mapping_txn_state["SQLITE_TXN_NONE"]:
-                conn.execute("ROLLBACK").fetchall()
-            raise
+        version = _user_version(conn)
+        if version > latest:
+            raise SchemaVersionError(path, version, latest)
+        applied = 0
+        for migration in migrations[version:]:
+            for _ in conn.execute(migration.sql):
+                pass  # drain: every statement of the script must run
+            conn.execute(f"PRAGMA user_version = {migration.version}").fetchall()
+            applied += 1
         return applied
 
-    return policy.call(migrate, path=path, operation="migrate")
+    # BEGIN IMMEDIATE, COMMIT, ROLLBACK on any exception: the writer's one wrapper, in C.
+    conn.transaction_mode = "IMMEDIATE"
+    return policy.call(lambda: in_transaction(conn, migrate), path=path, operation="migrate")
 
 
 class FileKind(str, enum.Enum):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 import apsw
 
 from . import _lifecycle as lifecycle
+from . import _queries as q
 from ._close import CloseSequence, close_connections
 from ._config import StoreConfig
 from ._connection import (
@@ -26,10 +26,10 @@ from ._connection import (
 from ._files import wal_size
 from ._forkgate import FORK_GATE
 from ._fscheck import warn_if_risky
-from ._identity import ProcessIdentity, check_signal_target, read_process_info
+from ._identity import ProcessIdentity
 from ._journal import Journal
 from ._leases import Gate, Lease
-from ._migrate import FileKind, apply_migrations, identify, latest_version
+from ._migrate import FileKind, identify
 from ._models import (
     Checkpoint,
     CheckpointResult,
@@ -45,10 +45,14 @@ from ._models import (
     StoreState,
     StoreStats,
 )
+from ._opening import (
+    check_read_only_kind,
+    check_read_only_version,
+    prepare_schema,
+    replay_at_open,
+)
 from ._ops import (
-    AddChild,
     CopySession,
-    CreateSession,
     DeleteRuns,
     DeleteSession,
     Heartbeat,
@@ -62,38 +66,27 @@ from ._ops import (
     checkpoint_from_op,
     child_from_op,
     event_from_op,
-    owner_fields,
     session_from_create,
     session_id_for_key,
 )
+from ._queries import MAX_PAGE, metadata_filter
 from ._readers import ReaderPool
 from ._routing import GONE_ERRORS, WriteRouter
-from ._rows import (
-    CHECKPOINT_COLUMNS,
-    CHILD_COLUMNS,
-    EVENT_COLUMNS,
-    SESSION_COLUMNS,
-    checkpoint_from_row,
-    child_from_row,
-    event_from_row,
-    session_from_row,
-)
-from ._threads import MAX_PAGE, find_checkpoints, get_writes, metadata_filter
 from ._transaction import (
     Transaction,
+    checkpoint_from_pop,
     checkpoint_from_put,
+    make_add_child,
+    make_create,
     make_keyed_create,
     make_put_checkpoint,
     make_put_writes,
 )
 from ._writer import Writer
 from .errors import (
-    ProcessNotFoundError,
-    SchemaVersionError,
     SessionNotFoundError,
     StoreClosedError,
     StoreCorruptError,
-    StoreOpenError,
     StoreReadOnlyError,
 )
 
@@ -106,30 +99,14 @@ T = TypeVar("T")
 _MAX_EVENTS_PAGE = 10_000
 
 
-QUICK_CHECK_MAX_BYTES = 4 << 20  # quick_check reads every page: about 1 ms per MiB here
-
-
-def _probe_integrity(conn: apsw.Connection, path: str) -> str:
-    """``PRAGMA quick_check`` at open, for files up to ``QUICK_CHECK_MAX_BYTES``.
-
-    Catches the common corruptions (a torn or overwritten page, a broken index) before the
-    first write lands on them. Larger files skip it (``doctor`` runs the full check).
-
-    Raises:
-        StoreCorruptError: the check found a problem; nothing was written.
-    """
-    size = int(conn.pragma("page_count")) * int(conn.pragma("page_size"))
-    if size > QUICK_CHECK_MAX_BYTES:
-        return f"skipped: {size} bytes, over {QUICK_CHECK_MAX_BYTES}"
-    found = [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
-    if found != ["ok"]:
-        raise StoreCorruptError(path, "quick_check: " + "; ".join(found[:5]))
-    return "ok"
-
-
 def _gated(fn: Callable[[apsw.Connection], T], conn: apsw.Connection) -> T:
     with FORK_GATE.section():  # no fork while this thread is inside SQLite (see _forkgate)
         return fn(conn)
+
+
+# Passed by the library's own constructors: a direct ``SessionStore(...)`` or ``ReadLease(...)``
+# raises TypeError naming the right way (trio's NoPublicConstructor, without a metaclass).
+_BUILD = object()
 
 
 def live_stores() -> list[SessionStore]:
@@ -144,7 +121,9 @@ class ReadLease:
     :class:`StoreClosedError`, never a crash or a hang.
     """
 
-    def __init__(self, store: SessionStore, lease: Lease) -> None:
+    def __init__(self, store: SessionStore, lease: Lease, *, _token: object = None) -> None:
+        if _token is not _BUILD:
+            raise TypeError("ReadLease is not built by hand; use `with store.lease() as lease`")
         self._store = store
         self._lease = lease
 
@@ -190,8 +169,15 @@ class SessionStore:
         *,
         clock: Callable[[], float],
         read_only: bool = False,
+        _token: object = None,
     ) -> None:
-        """Use :meth:`SessionStore.open`; this only sets up state, it opens nothing."""
+        """Use :meth:`SessionStore.open`; this only sets up state, it opens nothing.
+
+        Raises:
+            TypeError: called directly rather than through :meth:`SessionStore.open`.
+        """
+        if _token is not _BUILD:
+            raise TypeError("SessionStore is not built by hand; use SessionStore.open(path)")
         self.path = path
         self.config = config
         self.read_only = read_only
@@ -270,7 +256,9 @@ class SessionStore:
         # Resolved once: every side file (-wal, -shm, the journal, the rejected file) is named
         # from the real path, so opening through a symlink and through the file itself share
         # one journal. Resolving again later could name another file if a link changed.
-        store = cls(os.path.realpath(path_str), config, clock=clock, read_only=read_only)
+        store = cls(
+            os.path.realpath(path_str), config, clock=clock, read_only=read_only, _token=_BUILD
+        )
         # Before anything writes:
         kind = identify(store.path, busy_timeout_ms=config.busy_timeout_ms)
         if read_only:
@@ -281,51 +269,34 @@ class SessionStore:
         return store
 
     def _open_read_only(self, kind: FileKind) -> None:
-        if kind is not FileKind.OURS:
-            what = "no sessionstore database" if kind is FileKind.NEW else "an older schema"
-            raise StoreOpenError(
-                self.path,
-                f"{what} here; a read-only open creates and migrates nothing (open it once "
-                "read-write first)",
-            )
+        check_read_only_kind(self.path, kind)  # before the store is live
         lifecycle.track(self)
         try:
-            [(version,)] = self._read("open", "PRAGMA user_version")
-            if int(version) > latest_version():
-                raise SchemaVersionError(self.path, int(version), latest_version())
-            if int(version) < latest_version():
-                raise StoreOpenError(
-                    self.path,
-                    f"schema version {version} is older than {latest_version()}; a read-only "
-                    "open migrates nothing (open it once read-write first)",
-                )
+            version = self._run_read(q.schema_version, "open")
+            check_read_only_version(self.path, int(version))
         except BaseException:
             self._abort_open()
             raise
 
     def _open(self) -> None:
         # A failed open leaves nothing behind: no live store, no checkpointer thread, no
-        # connection. Replay failures do not fail it (see _replay_at_open).
+        # connection. Replay failures do not fail it (see _opening.replay_at_open).
         lifecycle.track(self)
         try:
             self._journal.check()  # before anything is touched: a planted link is refused
             try:
-                self.integrity_probe = self._writer.with_connection(self._prepare)
+                self.integrity_probe = self._writer.with_connection(
+                    lambda conn: prepare_schema(conn, self.path, self._policy)
+                )
             except apsw.Error as err:
                 raise translate_open_error(self.path, err) from err
             if self.config.checkpointing:
                 self._writer.start_checkpointer(self._scheduled_checkpoint)
             if self.config.replay_on_open:
-                self.open_replay = self._replay_at_open()
+                self.open_replay = replay_at_open(self.path, self.replay)
         except BaseException:
             self._abort_open()
             raise
-
-    def _prepare(self, conn: apsw.Connection) -> str:
-        """At open, on the writer's connection: the integrity probe, then the migrations."""
-        probe = _probe_integrity(conn, self.path)
-        apply_migrations(conn, self.path, self._policy)
-        return probe
 
     def _abort_open(self) -> None:
         self._gate.force_closed()
@@ -335,20 +306,6 @@ class SessionStore:
         lifecycle.forget(self)
         for error in errors:
             log.warning("closing %s after a failed open: %s", self.path, error)
-
-    def _replay_at_open(self) -> ReplayReport:
-        """Replay the journal; no op, and no state of the database, ever makes open fail.
-
-        Raises:
-            StoreOpenError: the journal or rejected file is not safe to touch.
-        """
-        try:
-            return self.replay()
-        except StoreOpenError:
-            raise
-        except Exception as err:  # busy, disk, anything: the journal stays for the next open
-            log.warning("journal of %s not replayed at open: %s", self.path, err)
-            return ReplayReport(deferred=f"{type(err).__name__}: {err}")
 
     # ----------------------------------------------------------------------------- writing
 
@@ -392,9 +349,6 @@ class SessionStore:
         finally:
             conn.close()
 
-    def _read(self, borrower: str, sql: str, bindings: Sequence[Any] = ()) -> list[Any]:
-        return self._run_read(lambda conn: conn.execute(sql, bindings).fetchall(), borrower)
-
     @contextlib.contextmanager
     def lease(self, borrower: str = "user") -> Iterator[ReadLease]:
         """Hold a read lease for ad-hoc queries; ``close()`` waits for it (up to its timeout).
@@ -406,7 +360,7 @@ class SessionStore:
         if lease is None:
             raise StoreClosedError(self.path)
         try:
-            yield ReadLease(self, lease)
+            yield ReadLease(self, lease, _token=_BUILD)
         finally:
             self._gate.release(lease)
 
@@ -420,9 +374,7 @@ class SessionStore:
         Raises:
             ValueError: empty or too long name, or metadata not a JSON-serialisable dict.
         """
-        op = CreateSession(
-            name=name, objective=objective, metadata=metadata or {}, **owner_fields()
-        )
+        op = make_create(name, objective, metadata)
         self._write(op)
         return session_from_create(op)
 
@@ -433,12 +385,10 @@ class SessionStore:
             SessionNotFoundError: no such session.
             StoreClosedError: the store is closing or closed.
         """
-        rows = self._read(
-            "get_session", f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
-        )
-        if not rows:
+        found = self._run_read(lambda conn: q.get_session(conn, session_id), "get_session")
+        if found is None:
             raise SessionNotFoundError(session_id)
-        return session_from_row(rows[0])
+        return found
 
     def list_sessions(self, status: SessionStatus | str | None = None) -> list[Session]:
         """Return sessions, oldest first, optionally only those with ``status``.
@@ -447,17 +397,8 @@ class SessionStore:
             ValueError: unknown status.
             StoreClosedError: the store is closing or closed.
         """
-        if status is None:
-            rows = self._read(
-                "list_sessions", f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id"
-            )
-        else:
-            rows = self._read(
-                "list_sessions",
-                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE status = ? ORDER BY created_at, id",
-                (SessionStatus(status).value,),
-            )
-        return [session_from_row(r) for r in rows]
+        wanted = None if status is None else SessionStatus(status)
+        return self._run_read(lambda conn: q.list_sessions(conn, wanted), "list_sessions")
 
     def set_status(self, session_id: str, status: SessionStatus | str) -> None:
         """Move a session to ``status`` (see pause/resume/stop for the usual ones).
@@ -529,17 +470,15 @@ class SessionStore:
         """
         if limit is not None and limit < 1:
             raise ValueError("limit must be >= 1")
-        order = "DESC" if newest_first else "ASC"
-        where = "session_id = ?" + (" AND name = ?" if name is not None else "")
-        params: tuple[Any, ...] = (session_id,) if name is None else (session_id, name)
-        sql = (
-            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE {where} "
-            f"ORDER BY created_at {order}, id {order} LIMIT ?"
+        found = self._run_read(
+            lambda conn: q.list_checkpoints(
+                conn, session_id, name=name, limit=limit, newest_first=newest_first
+            ),
+            "list_checkpoints",
         )
-        rows = self._read("list_checkpoints", sql, (*params, -1 if limit is None else limit))
-        if not rows:
+        if not found:
             self.get_session(session_id)  # SessionNotFoundError for an unknown id
-        return [checkpoint_from_row(r) for r in rows]
+        return found
 
     # ----------------------------------------------------------------------------- threads
 
@@ -705,7 +644,7 @@ class SessionStore:
         if metadata:
             metadata_filter(metadata)  # ValueError before anything is read
         return self._run_read(
-            lambda conn: find_checkpoints(
+            lambda conn: q.find_checkpoints(
                 conn,
                 session_id=session_id,
                 namespace=namespace,
@@ -760,7 +699,7 @@ class SessionStore:
             StoreClosedError: the store is closing or closed.
         """
         return self._run_read(
-            lambda conn: get_writes(conn, session_id, namespace, checkpoint_id),
+            lambda conn: q.checkpoint_writes(conn, session_id, namespace, checkpoint_id),
             "checkpoint_writes",
         )
 
@@ -806,18 +745,7 @@ class SessionStore:
             journaled and takes effect, ordered by its time, when applied.
         """
         op = PopCheckpoint(session_id=session_id, namespace=namespace)
-        result = self._write(op)
-        if not isinstance(result, tuple):
-            return None
-        checkpoint_id, name, data = result
-        return Checkpoint(
-            id=checkpoint_id,
-            session_id=session_id,
-            name=name,
-            data=json.loads(data),
-            created_at=op.ts,
-            namespace=namespace,
-        )
+        return checkpoint_from_pop(op, self._write(op))
 
     def copy_session(self, source_id: str, target_id: str) -> None:
         """Copy every checkpoint (and its writes) of one session into another, existing one.
@@ -860,15 +788,10 @@ class SessionStore:
         """
         if not 1 <= limit <= _MAX_EVENTS_PAGE:
             raise ValueError(f"limit must be within 1..{_MAX_EVENTS_PAGE}")
-        rows = self._read(
-            "events",
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE session_id = ? AND id > ? "
-            "ORDER BY id LIMIT ?",
-            (session_id, after_id or 0, limit),
-        )
-        if not rows and after_id is None:
+        found = self._run_read(lambda conn: q.events(conn, session_id, after_id, limit), "events")
+        if not found and after_id is None:
             self.get_session(session_id)
-        return [event_from_row(r) for r in rows]
+        return found
 
     # ----------------------------------------------------------------------------- children
 
@@ -896,27 +819,7 @@ class SessionStore:
                 ``ProcessLookupError``.
             SessionNotFoundError: no such session (checked while the store is open).
         """
-        if isinstance(pid, bool) or not isinstance(pid, int):
-            raise ValueError(f"pid must be an int, not {type(pid).__name__}")
-        check_signal_target(pid)
-        if identity is not None and identity.pid != pid:
-            raise ValueError(f"identity is for pid {identity.pid}, not {pid}")
-        if identity is None or pgid is None or argv is None:
-            info = read_process_info(pid)
-            if info is None:
-                raise ProcessNotFoundError(pid)
-            if identity is None:
-                identity = ProcessIdentity.capture(pid)
-            pgid = info.pgid if pgid is None else pgid
-            argv = info.argv if argv is None else argv
-        op = AddChild(
-            session_id=session_id,
-            pid=pid,
-            start_ticks=identity.start_ticks,
-            boot_id=identity.boot_id,
-            pgid=pgid,
-            argv=argv,
-        )
+        op = make_add_child(session_id, pid, identity=identity, pgid=pgid, argv=argv)
         self._write(op)
         return child_from_op(op)
 
@@ -956,16 +859,12 @@ class SessionStore:
             SessionNotFoundError: no such session.
             StoreClosedError: the store is closing or closed.
         """
-        where = "" if include_exited else " AND state IN ('running', 'unkillable')"
-        rows = self._read(
-            "children",
-            f"SELECT {CHILD_COLUMNS} FROM child_processes WHERE session_id = ?{where} "
-            "ORDER BY registered_at, pid",
-            (session_id,),
+        found = self._run_read(
+            lambda conn: q.children(conn, session_id, include_exited=include_exited), "children"
         )
-        if not rows:
+        if not found:
             self.get_session(session_id)
-        return [child_from_row(r) for r in rows]
+        return found
 
     def all_children(self, include_exited: bool = False) -> list[ChildProcess]:
         """Return every session's recorded children, oldest first.
@@ -973,12 +872,9 @@ class SessionStore:
         Raises:
             StoreClosedError: the store is closing or closed.
         """
-        where = "" if include_exited else " WHERE state IN ('running', 'unkillable')"
-        rows = self._read(
-            "all_children",
-            f"SELECT {CHILD_COLUMNS} FROM child_processes{where} ORDER BY registered_at, pid",
+        return self._run_read(
+            lambda conn: q.all_children(conn, include_exited=include_exited), "all_children"
         )
-        return [child_from_row(r) for r in rows]
 
     # ----------------------------------------------------------------------------- maintenance
 
@@ -1184,7 +1080,7 @@ class SessionStore:
 
     def _closing(self) -> CloseSequence:
         return CloseSequence(
-            self.path,
+            path=self.path,
             clock=self._clock,
             gate=self._gate,
             writer=self._writer,

@@ -11,11 +11,14 @@ discards every op of the transaction: nothing is applied, queued or journaled.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ._identity import ProcessIdentity, check_signal_target, read_process_info
 from ._models import Checkpoint, Event, EventLevel, Session, SessionStatus
 from ._ops import (
+    AddChild,
     Batch,
     CopySession,
     CreateSession,
@@ -24,6 +27,7 @@ from ._ops import (
     Heartbeat,
     LogEvent,
     Op,
+    PopCheckpoint,
     PruneCheckpoints,
     PutCheckpoint,
     PutWrites,
@@ -35,10 +39,13 @@ from ._ops import (
     session_from_create,
     session_id_for_key,
 )
+from .errors import ProcessNotFoundError
 
 __all__ = [
     "Transaction",
+    "checkpoint_from_pop",
     "checkpoint_from_put",
+    "make_add_child",
     "make_create",
     "make_keyed_create",
     "make_put_checkpoint",
@@ -140,6 +147,62 @@ def make_put_writes(
         namespace=namespace,
         task_path=task_path,
         replace=replace,
+    )
+
+
+def make_add_child(
+    session_id: str,
+    pid: int,
+    *,
+    identity: ProcessIdentity | None,
+    pgid: int | None,
+    argv: list[str] | None,
+) -> AddChild:
+    """The op :meth:`SessionStore.add_child` writes; what is not given is read from the process.
+
+    Raises:
+        ValueError: pid not an int in 2..pid_max, our own pid, or ``identity.pid`` differs.
+        ProcessNotFoundError: no process has that pid (nothing to identify).
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise ValueError(f"pid must be an int, not {type(pid).__name__}")
+    check_signal_target(pid)
+    if identity is not None and identity.pid != pid:
+        raise ValueError(f"identity is for pid {identity.pid}, not {pid}")
+    if identity is None or pgid is None or argv is None:
+        info = read_process_info(pid)
+        if info is None:
+            raise ProcessNotFoundError(pid)
+        if identity is None:
+            identity = ProcessIdentity.capture(pid)
+        pgid = info.pgid if pgid is None else pgid
+        argv = info.argv if argv is None else argv
+    return AddChild(
+        session_id=session_id,
+        pid=pid,
+        start_ticks=identity.start_ticks,
+        boot_id=identity.boot_id,
+        pgid=pgid,
+        argv=argv,
+    )
+
+
+def checkpoint_from_pop(op: PopCheckpoint, result: Any) -> Checkpoint | None:
+    """The Checkpoint a PopCheckpoint op removed (``result`` is what applying it returned).
+
+    Returns:
+        None when there was none, or the op was queued or journaled (not applied now).
+    """
+    if not isinstance(result, tuple):
+        return None
+    checkpoint_id, name, data = result
+    return Checkpoint(
+        id=checkpoint_id,
+        session_id=op.session_id,
+        name=name,
+        data=json.loads(data),
+        created_at=op.ts,
+        namespace=op.namespace,
     )
 
 

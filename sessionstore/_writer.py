@@ -49,7 +49,13 @@ import apsw
 
 from ._checkpoint import AUTOCHECKPOINT_PAGES, Checkpointer, CheckpointSchedule, run_checkpoint
 from ._config import StoreConfig
-from ._connection import RetryPolicy, fair_busy_handler, open_connection, set_busy
+from ._connection import (
+    RetryPolicy,
+    fair_busy_handler,
+    in_transaction,
+    open_connection,
+    set_busy,
+)
 from ._files import wal_path
 from ._forkgate import FORK_GATE
 from ._models import CheckpointResult
@@ -545,38 +551,13 @@ class Writer:
         return limit_pages - pages < AUTOCHECKPOINT_PAGES
 
 
-def _in_transaction(conn: apsw.Connection, body: Callable[[], T]) -> T:
-    """``BEGIN IMMEDIATE``, ``body()``, ``COMMIT``; rolled back on any exception.
-
-    apsw's context manager does all three in C (``transaction_mode`` is IMMEDIATE): no
-    exception, not even one a signal handler raises, can fall between them (see module doc).
-
-    Raises:
-        BaseException: what ``body`` raised (rolled back), or what a signal handler raised
-            inside the commit hook (the commit itself happened: the op is applied).
-    """
-    try:
-        with conn:
-            result = body()
-    except apsw.SQLError as err:
-        # A signal handler's exception inside the commit hook (Python code SQLite calls right
-        # after the commit) makes apsw report the COMMIT as failed and then fail its ROLLBACK,
-        # raising "SQL logic error" in place of, say, the KeyboardInterrupt. The commit did
-        # happen; pass the caller the exception the handler raised, not SQLite's.
-        hook_error = err.__context__
-        if hook_error is None or isinstance(hook_error, apsw.Error) or conn.txn_state():
-            raise
-        raise hook_error from None
-    return result
-
-
 def _one_transaction(conn: apsw.Connection, op: Op) -> Any:
-    """One op in its own transaction: :func:`_in_transaction` for one op, without a closure."""
+    """One op in its own transaction: ``in_transaction`` for one op, without a closure."""
     try:
         with conn:
             result = apply(op, conn)
     except apsw.SQLError as err:
-        hook_error = err.__context__  # see _in_transaction
+        hook_error = err.__context__  # see in_transaction (_connection)
         if hook_error is None or isinstance(hook_error, apsw.Error) or conn.txn_state():
             raise
         raise hook_error from None
@@ -598,4 +579,4 @@ def _savepoint_each(conn: apsw.Connection, ops: Sequence[Op]) -> list[Exception 
                 out.append(None)
         return out
 
-    return _in_transaction(conn, body)
+    return in_transaction(conn, body)

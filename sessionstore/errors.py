@@ -26,6 +26,7 @@ __all__ = [
     "StoreIOError",
     "StoreOpenError",
     "StoreReadOnlyError",
+    "UnsafeForkError",
     "UnsafeSignalError",
 ]
 
@@ -220,6 +221,24 @@ class ChildTerminationError(SessionStoreError):
         self.pid = pid
         self.detail = detail
         super().__init__(f"child {pid}: {detail}")
+
+
+class UnsafeForkError(SessionStoreError):
+    """This process was forked while a thread of its parent was inside SQLite.
+
+    SQLite's process-wide mutexes may be held forever in such a child, so the store refuses
+    every call into SQLite here rather than hang. It happens only when a fork waited
+    ``wait_s`` for the parent's store threads to leave SQLite and they did not.
+    """
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        super().__init__(
+            "this process was forked while a thread of its parent had been inside SQLite for "
+            f"over {wait_s:g} s; SQLite's locks may never be released here, so sessionstore "
+            "will not use SQLite in this process (fork before starting threads, or use the "
+            "'spawn' or 'forkserver' start method)"
+        )
 
 
 def _restore(cls: type[SessionStoreError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:

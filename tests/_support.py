@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import TracebackType
 
 from _procs import start
@@ -94,3 +96,31 @@ class StoppedLockHolder:
         assert self._proc is not None
         os.kill(self._proc.pid, signal.SIGCONT)
         self._proc.communicate("go\n", timeout=30)
+
+
+class HeldInThread:
+    """Enter a context manager in another thread and stay inside it until this block ends.
+
+    ``with HeldInThread(lambda: store.lease("x")):`` returns once the other thread holds it,
+    and lets go (and joins the thread) on leaving.
+    """
+
+    def __init__(self, enter: Callable[[], AbstractContextManager[object]]) -> None:
+        self._enter = enter
+        self._holding = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        with self._enter():
+            self._holding.set()
+            self._release.wait(60)
+
+    def __enter__(self) -> HeldInThread:
+        self._thread.start()
+        assert self._holding.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release.set()
+        self._thread.join(30)

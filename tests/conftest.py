@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from sessionstore import SessionStore
-from sessionstore._store import live_stores
+from sessionstore.testing import open_stores
 
 
 def _living_children() -> dict[int, psutil.Process]:
@@ -45,11 +45,11 @@ def _describe(fds: set[int]) -> list[str]:
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
     """Fail a test that leaves a store open or a child process alive (and clean up after it)."""
-    stores_before = {id(s) for s in live_stores()}
+    stores_before = {id(s) for s in open_stores()}
     children_before = set(_living_children())
     fds_before = _open_fds()
     yield
-    leaked_stores = [s for s in live_stores() if id(s) not in stores_before]
+    leaked_stores = [s for s in open_stores() if id(s) not in stores_before]
     leaked_children = {
         pid: p for pid, p in _living_children().items() if pid not in children_before
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _procs import finish, release, start
-from _support import ClosingInBackground, StoppedLockHolder, all_event_ids
+from _support import ClosingInBackground, HeldInThread, StoppedLockHolder, all_event_ids
 
 from sessionstore import SessionStore, StoreClosedError, StoreConfig, StoreState
 from sessionstore._close import CLOSE_GRACE_S
@@ -58,21 +58,6 @@ def test_writes_racing_close_are_never_lost(tmp_path: object) -> None:
             present = set(all_event_ids(reopened, sid))
         assert set(acked) <= present, f"round {round_no}: lost {len(set(acked) - present)}"
         assert len(acked) == 400
-
-
-def test_write_after_close_is_journaled_and_replayed(db_path: str) -> None:
-    """A write after close lands in the journal; the next open applies it and empties it."""
-    store = SessionStore.open(db_path)
-    sid = store.create_session("s").id
-    store.close()
-    store.save_checkpoint(sid, "late", {"n": 1})
-    store.remove_child(sid, 4242, exit_code=0)
-    assert store.stats().journaled == 2 and os.path.getsize(store.journal_path) > 0
-    with SessionStore.open(db_path) as reopened:
-        assert reopened.open_replay.applied == 2
-        checkpoint = reopened.latest_checkpoint(sid)
-        assert checkpoint is not None and checkpoint.data == {"n": 1}
-        assert not os.path.exists(reopened.journal_path)  # consumed: removed
 
 
 def test_write_while_closing_is_applied_before_close_returns(db_path: str) -> None:
@@ -136,53 +121,6 @@ def test_reader_in_another_process_does_not_hang_close(db_path: str) -> None:
         assert [e.message for e in reopened.events(sid)] == ["after the reader's snapshot"]
 
 
-def test_busy_past_deadline_goes_to_journal(db_path: str, caplog: pytest.LogCaptureFixture) -> None:
-    """A write locked out past the deadline is journaled, logged and counted, never lost."""
-    config = StoreConfig(busy_timeout_ms=50, write_deadline_s=0.3)
-    store = SessionStore.open(db_path, config=config)
-    sid = store.create_session("s").id
-    holder = start("hold_write", db_path)
-    try:
-        with caplog.at_level(logging.WARNING, logger="sessionstore"):
-            event = store.log_event(sid, "locked out")
-        assert event.id is None
-        stats = store.stats()
-        assert stats.journaled == 1 and stats.failures[0].disposition == "journaled"
-        assert "locked" in stats.failures[0].reason
-        assert "journaled" in caplog.text
-    finally:
-        holder.communicate("go\n", timeout=30)
-    report = store.close()
-    assert report.journaled == 1 and report.replayed == 1  # close replays once it can
-    with SessionStore.open(db_path) as reopened:
-        assert [e.message for e in reopened.events(sid)] == ["locked out"]
-
-
-def test_pending_overflow_goes_to_journal(db_path: str) -> None:
-    """Past max_pending_ops a write made while closing is journaled, not dropped."""
-    store = SessionStore.open(db_path, config=StoreConfig(max_pending_ops=1))
-    sid = store.create_session("s").id
-    with ClosingInBackground(store):
-        store.log_event(sid, "queued")
-        store.log_event(sid, "overflowed")
-        assert store.stats().pending == 1 and store.stats().journaled == 1
-    with SessionStore.open(db_path) as reopened:
-        assert sorted(e.message for e in reopened.events(sid)) == ["overflowed", "queued"]
-
-
-def test_journal_pending_moves_queue_to_disk(db_path: str) -> None:
-    """journal_pending() (the hard-exit path) writes every queued op to the journal at once."""
-    store = SessionStore.open(db_path)
-    sid = store.create_session("s").id
-    with ClosingInBackground(store):
-        for i in range(3):
-            store.log_event(sid, f"q{i}")
-        assert store.journal_pending() == 3
-        assert store.stats().pending == 0
-    with SessionStore.open(db_path) as reopened:
-        assert [e.message for e in reopened.events(sid)] == ["q0", "q1", "q2"]
-
-
 @pytest.mark.slow
 def test_wal_bounded_under_load_and_empty_after_close(db_path: str) -> None:
     """4 writer processes for 5 s with a reader polling: WAL stays bounded, 0 bytes after close."""
@@ -206,46 +144,6 @@ def test_wal_bounded_under_load_and_empty_after_close(db_path: str) -> None:
         pass
     assert not os.path.exists(db_path + "-wal") or os.path.getsize(db_path + "-wal") == 0
     assert store.stats().state is StoreState.CLOSED
-
-
-def test_forked_child_reopens_its_own_connection(db_path: str) -> None:
-    """After fork the child never uses the parent's connection: it opens its own and writes."""
-    store = SessionStore.open(db_path)
-    sid = store.create_session("s").id
-    store.log_event(sid, "parent before fork")
-    parent_conn = store._writer._conn
-    pid = os.fork()
-    if pid == 0:  # the child: exit with a status that says what it saw
-        try:
-            store.log_event(sid, "child")
-            child_conn = store._writer._conn  # the child's own, opened after the fork
-            ok = child_conn is not None and child_conn is not parent_conn
-            store.close()
-            os._exit(0 if ok else 3)
-        except BaseException:
-            os._exit(4)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    store.log_event(sid, "parent after fork")
-    assert [e.message for e in store.events(sid)] == [
-        "parent before fork",
-        "child",
-        "parent after fork",
-    ]
-    store.close()
-
-
-def test_store_left_open_is_closed_at_exit(db_path: str) -> None:
-    """A process that forgets close() still closes at interpreter exit, with a warning."""
-    with SessionStore.open(db_path) as store:
-        sid = store.create_session("s").id
-    proc = start("leave_open", db_path, sid)
-    _, err = proc.communicate("", timeout=60)
-    assert proc.returncode == 0
-    assert "left open at interpreter exit" in err
-    assert not os.path.exists(db_path + "-wal") or os.path.getsize(db_path + "-wal") == 0
-    with SessionStore.open(db_path) as store:
-        assert [e.message for e in store.events(sid)] == ["written before exit"]
 
 
 def test_writer_that_never_stops_cannot_hold_close_open(db_path: str) -> None:
@@ -279,15 +177,16 @@ def test_writer_that_never_stops_cannot_hold_close_open(db_path: str) -> None:
 
 
 class _LeapingClock:
-    """A clock that stands still until it may leap, then leaps 100 s at every reading."""
+    """A fake clock: stands still until ``may_leap()``, then moves ``step`` at every reading."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: float = 100.0, may_leap: Callable[[], bool] = lambda: False) -> None:
         self.now = 0.0
-        self.may_leap: Callable[[], bool] = lambda: False
+        self.step = step
+        self.may_leap = may_leap
 
     def __call__(self) -> float:
         if self.may_leap():
-            self.now += 100.0
+            self.now += self.step
         return self.now
 
 
@@ -317,21 +216,12 @@ def test_queue_left_at_the_drain_deadline_is_journaled(db_path: str) -> None:
         assert [e.message for e in reopened.events(sid)] == [f"queued {i}" for i in range(5)]
 
 
-class _SteppingClock:
-    """A clock that moves one second at every reading."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 def test_close_measures_its_phases_on_the_stores_clock(db_path: str) -> None:
     """The report's durations come from the injected clock, not from another clock."""
     store = SessionStore.open(
-        db_path, config=StoreConfig(checkpointing=False), clock=_SteppingClock()
+        db_path,
+        config=StoreConfig(checkpointing=False),
+        clock=_LeapingClock(step=1.0, may_leap=lambda: True),
     )
     store.create_session("s")
     report = store.close()
@@ -344,25 +234,11 @@ def test_lease_drain_deadline_is_on_the_stores_clock(db_path: str) -> None:
     """A lease held past close's timeout on the store's clock is abandoned, real time aside."""
     clock = _LeapingClock()
     store = SessionStore.open(db_path, config=StoreConfig(checkpointing=False), clock=clock)
-    release = threading.Event()
-    holding = threading.Event()
-
-    def hold() -> None:
-        with store.lease("slow reader"):
-            holding.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert holding.wait(30)
+    with HeldInThread(lambda: store.lease("slow reader")):
         clock.may_leap = lambda: True
         started = time.monotonic()
         report = store.close(timeout=60)
         elapsed = time.monotonic() - started
-    finally:
-        release.set()
-        holder.join(30)
     assert [lease.split(" (")[0] for lease in report.abandoned_leases] == ["slow reader"]
     assert elapsed < 30, elapsed
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import apsw
@@ -11,8 +13,9 @@ import pytest
 from _procs import finish, release, start
 from _support import all_event_ids
 
+import sessionstore
 from sessionstore import SessionStore, StoreBusyError, StoreCorruptError, StoreOpenError
-from sessionstore._connection import RetryPolicy, is_transient_busy
+from sessionstore._connection import RetryPolicy, in_transaction, is_transient_busy
 
 
 def _digest(path: Path) -> str:
@@ -197,3 +200,40 @@ def test_retry_policy_stops_at_once_when_aborted() -> None:
         policy.call(busy, path="p", operation="w", abort=lambda: calls >= 3)
     assert calls == 3
     assert clock.now < 1.0
+
+
+def test_only_in_transaction_begins_and_commits() -> None:
+    """No module runs BEGIN/COMMIT by hand: every transaction goes through in_transaction."""
+    package = Path(sessionstore.__file__).parent
+    found = []
+    for source in sorted(package.rglob("*.py")):
+        if source.relative_to(package).as_posix() == "stress/_naive.py":
+            continue  # the deliberately naive baseline the stress harness compares against
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and re.match(r"\s*(BEGIN|COMMIT)\b", node.value)
+            ):
+                found.append(f"{source.relative_to(package)}:{node.lineno}")
+    assert found == []
+
+
+def test_in_transaction_commits_or_rolls_back_everything(db_path: str) -> None:
+    """The body's writes commit together, or none of them does when the body raises."""
+    conn = apsw.Connection(db_path)
+    conn.transaction_mode = "IMMEDIATE"
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        in_transaction(conn, lambda: conn.execute("INSERT INTO t VALUES (1), (2)"))
+
+        def fails() -> None:
+            conn.execute("INSERT INTO t VALUES (3)")
+            raise ValueError("refused")
+
+        with pytest.raises(ValueError, match="refused"):
+            in_transaction(conn, fails)
+        assert conn.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,)]
+        assert not conn.txn_state()
+    finally:
+        conn.close()

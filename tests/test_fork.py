@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from sessionstore import SessionStore
+from sessionstore import SessionStore, UnsafeForkError
+from sessionstore._forkgate import FORK_GATE
 
 _CHILD_TIMEOUT_MS = 10_000
 
@@ -46,12 +47,6 @@ def _child(store: SessionStore, db: str, sid: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, open: about one run in four, one child of 200 hangs (seen on 3.10 "
-    "and 3.13); suspected cause: the fork gate gives up after 1 s and forks with a store "
-    "thread still inside SQLite",
-)
 # Python 3.12+ warns at every fork of a threaded process; forking under threads is the point.
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_under_writing_and_reading_threads_never_hangs(db_path: str) -> None:
@@ -86,4 +81,46 @@ def test_fork_under_writing_and_reading_threads_never_hangs(db_path: str) -> Non
     failed = [code for code in outcomes if code]
     assert hung == 0 and not failed, f"{hung} hung, failed with {failed} of {len(outcomes)}"
     store.log_event(sid, "parent after the forks")  # the parent's handles still work
+    store.close()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_fork_past_the_wait_gives_the_child_a_clear_error_not_a_hang(db_path: str) -> None:
+    """A thread holds a section past the fork's wait: the child's SQLite use raises, never hangs.
+
+    The thread stays inside its section (as a thread stuck in SQLite would) until the fork is
+    done, so the fork's wait (lowered to 0.2 s here) runs out; the child must then refuse SQLite
+    with UnsafeForkError, and the parent's store keeps working once the thread leaves.
+    """
+    store = SessionStore.open(db_path)
+    sid = store.create_session("stuck").id
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with FORK_GATE.section():
+            inside.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    saved = FORK_GATE.wait_s
+    try:
+        assert inside.wait(30)
+        FORK_GATE.wait_s = 0.2
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                SessionStore.open(db_path).close()
+            except UnsafeForkError:
+                code = 0
+            except BaseException:
+                code = 2
+            os._exit(code)
+    finally:
+        FORK_GATE.wait_s = saved
+        leave.set()
+        holder.join(30)
+    assert _wait_child(pid) == 0
+    assert store.get_session(sid).id == sid
     store.close()

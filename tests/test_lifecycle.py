@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _procs import start
 
 import sessionstore
-from sessionstore import SessionStore, StoreConfig
-from sessionstore._files import wal_size
+from sessionstore import SessionStore
 from sessionstore._lifecycle import HOOKS
 from sessionstore._store import live_stores
 
@@ -88,16 +89,41 @@ def test_a_failed_open_leaves_no_live_store(tmp_path: Path) -> None:
     assert live_stores() == []
 
 
-def test_a_store_left_open_is_closed_at_interpreter_exit(db_path: str) -> None:
-    """A store never closed is closed by the exit hook: its queued state is on disk after exit."""
-    code = (
-        "import sys\n"
-        "from sessionstore import SessionStore\n"
-        "store = SessionStore.open(sys.argv[1])\n"
-        "store.create_session('left open')\n"
-    )
-    subprocess.run([sys.executable, "-c", code, db_path], timeout=60, check=True)
-    # Closed at exit: the final TRUNCATE checkpoint emptied the WAL.
-    assert wal_size(db_path) == 0
-    with SessionStore.open(db_path, config=StoreConfig(checkpointing=False)) as store:
-        assert [s.name for s in store.list_sessions()] == ["left open"]
+def test_forked_child_reopens_its_own_connection(db_path: str) -> None:
+    """After fork the child never uses the parent's connection: it opens its own and writes."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.log_event(sid, "parent before fork")
+    parent_conn = store._writer._conn
+    pid = os.fork()
+    if pid == 0:  # the child: exit with a status that says what it saw
+        try:
+            store.log_event(sid, "child")
+            child_conn = store._writer._conn  # the child's own, opened after the fork
+            ok = child_conn is not None and child_conn is not parent_conn
+            store.close()
+            os._exit(0 if ok else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    store.log_event(sid, "parent after fork")
+    assert [e.message for e in store.events(sid)] == [
+        "parent before fork",
+        "child",
+        "parent after fork",
+    ]
+    store.close()
+
+
+def test_store_left_open_is_closed_at_exit(db_path: str) -> None:
+    """A process that forgets close() still closes at interpreter exit, with a warning."""
+    with SessionStore.open(db_path) as store:
+        sid = store.create_session("s").id
+    proc = start("leave_open", db_path, sid)
+    _, err = proc.communicate("", timeout=60)
+    assert proc.returncode == 0
+    assert "left open at interpreter exit" in err
+    assert not os.path.exists(db_path + "-wal") or os.path.getsize(db_path + "-wal") == 0
+    with SessionStore.open(db_path) as store:
+        assert [e.message for e in store.events(sid)] == ["written before exit"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from _support import StoppedLockHolder, all_event_ids
+from _support import HeldInThread, StoppedLockHolder, all_event_ids
 
 from sessionstore import SessionNotFoundError, SessionStore, StoreBusyError, StoreConfig
 from sessionstore._connection import RetryPolicy
@@ -209,20 +209,7 @@ def test_resume_waits_only_once_the_lock_is_free(db_path: str) -> None:
     """resume_waits reports False (waits stay abandoned) while another thread holds the lock."""
     writer, _ = _writer(db_path)
     writer.abandon_waits()
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with writer._lock:
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert holding.wait(30)
+    with HeldInThread(lambda: writer._lock):
         assert writer.resume_waits(timeout=0.05) is False
         assert writer._aborted()
-    finally:
-        release.set()
-        thread.join(30)
     assert writer.resume_waits(timeout=5.0) is True and not writer._aborted()

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .. import _queries
 from .._files import rejected_path
 from .._migrate import file_journal_mode, latest_version
 from .._models import ReplayReport
@@ -89,19 +90,8 @@ def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
 
 
 def _pragmas(store: SessionStore) -> dict[str, Any]:
-    names = (
-        "journal_mode",
-        "page_size",
-        "page_count",
-        "freelist_count",
-        "auto_vacuum",
-        "user_version",
-    )
-    found: dict[str, Any] = {}
     with store.lease("cli doctor") as lease:
-        for name in names:  # one statement per call: apsw runs a multi-statement string lazily
-            rows = lease.execute(f"PRAGMA {name}")
-            found[name] = rows[0][0] if rows else None
+        found = _queries.pragmas(lease)
     if store.snapshot is not None:  # an immutable read says "delete" whatever the file is
         found["journal_mode"] = file_journal_mode(store.path)
     found["schema_version_supported"] = latest_version()
@@ -115,8 +105,8 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     warnings: list[str] = []
     with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         with store.lease("cli doctor") as lease:
-            integrity = [str(r[0]) for r in lease.execute("PRAGMA integrity_check")]
-            fk_violations = len(lease.execute("PRAGMA foreign_key_check"))
+            integrity = _queries.integrity_check(lease)
+            fk_violations = _queries.foreign_key_violations(lease)
         pragmas = _pragmas(store)
         sizes = file_sizes(store)
         reap = reaper()

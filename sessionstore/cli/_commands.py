@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .. import _queries
 from .._files import file_sizes as side_file_sizes
 from .._identity import IdentityStatus
 from .._models import Checkpoint, ChildProcess, Event, Session, SessionStatus
@@ -54,36 +55,23 @@ def file_sizes(store: SessionStore) -> dict[str, int]:
 def newest_checkpoint(store: SessionStore) -> dict[str, Any] | None:
     """The most recent session checkpoint in the whole store (its data left out), or None."""
     with store.lease("cli newest checkpoint") as lease:
-        rows = lease.execute(
-            "SELECT id, session_id, name, created_at FROM checkpoints "
-            "ORDER BY created_at DESC, id DESC LIMIT 1"
-        )
-    if not rows:
-        return None
-    cid, sid, name, created_at = rows[0]
-    return {"id": cid, "session_id": sid, "name": name, "created_at": created_at}
+        return _queries.newest_checkpoint(lease)
 
 
 def recent_events(store: SessionStore, session_id: str, count: int) -> list[Event]:
     """The last ``count`` events of a session, oldest first."""
     with store.lease("cli recent events") as lease:
-        rows = lease.execute(
-            "SELECT min(id) FROM (SELECT id FROM events WHERE session_id = ? "
-            "ORDER BY id DESC LIMIT ?)",
-            (session_id, count),
-        )
-    first = rows[0][0] if rows else None
+        first = _queries.first_of_last_events(lease, session_id, count)
     if first is None:
         return []
-    return store.events(session_id, after_id=int(first) - 1, limit=count)
+    return store.events(session_id, after_id=first - 1, limit=count)
 
 
 def _status_counts(store: SessionStore) -> dict[str, int]:
     with store.lease("cli status counts") as lease:
-        rows = lease.execute("SELECT status, count(*) FROM sessions GROUP BY status")
+        found = _queries.status_counts(lease)
     counts = {s.value: 0 for s in SessionStatus}
-    for status, n in rows:
-        counts[str(status)] = int(n)
+    counts.update(found)
     return {"total": sum(counts.values()), **counts}
 
 
@@ -91,11 +79,7 @@ def _stale(store: SessionStore, stale_after_s: float, now: float) -> list[dict[s
     # An active session whose owner has not written a heartbeat (or, never having sent one, was
     # created) longer ago than the threshold: its orchestrator is probably gone or stuck.
     with store.lease("cli stale sessions") as lease:
-        rows = lease.execute(
-            "SELECT id, name, heartbeat_at, created_at, owner_pid, owner_host FROM sessions "
-            "WHERE status = 'active' AND coalesce(heartbeat_at, created_at) < ? ORDER BY id",
-            (now - stale_after_s,),
-        )
+        rows = _queries.stale_sessions(lease, now - stale_after_s)
     return [
         {
             "id": sid,

@@ -29,6 +29,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .. import _queries
 from .._config import StoreConfig
 from .._models import ChildProcess
 from .._store import SessionStore
@@ -113,9 +114,7 @@ class _Progress:
 
 def _count_events(store: SessionStore, session_id: str) -> int:
     with store.lease("demo progress") as lease:
-        return int(
-            lease.execute("SELECT count(*) FROM events WHERE session_id = ?", (session_id,))[0][0]
-        )
+        return _queries.count_events(lease, session_id)
 
 
 def _run_loop(

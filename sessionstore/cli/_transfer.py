@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 
+from .. import _queries
 from .._models import Checkpoint, ChildProcess, ChildState, Event, Session, SessionStatus
 from .._ops import (
     AddChild,
@@ -236,24 +237,12 @@ def plan_import(store: SessionStore, doc: ExportDocument) -> tuple[list[Op], dic
     """
     s = doc.session
     with store.lease("cli import plan") as lease:
-        found = lease.execute("SELECT heartbeat_at FROM sessions WHERE id = ?", (s.id,))
-        have_checkpoints = {
-            str(r[0])
-            for r in lease.execute("SELECT id FROM checkpoints WHERE session_id = ?", (s.id,))
-        }
-        have_events = {
-            str(r[0])
-            for r in lease.execute("SELECT op_id FROM events WHERE session_id = ?", (s.id,))
-        }
-        have_children = {
-            (int(r[0]), int(r[1]), str(r[2])): str(r[3])
-            for r in lease.execute(
-                "SELECT pid, start_ticks, boot_id, state FROM child_processes WHERE session_id = ?",
-                (s.id,),
-            )
-        }
+        found = _queries.get_session(lease, s.id)
+        have_checkpoints = _queries.checkpoint_ids(lease, s.id)
+        have_events = _queries.event_op_ids(lease, s.id)
+        have_children = _queries.child_states(lease, s.id)
     ops: list[Op] = []
-    created = not found
+    created = found is None
     if created:
         ops.append(
             CreateSession(
@@ -270,7 +259,7 @@ def plan_import(store: SessionStore, doc: ExportDocument) -> tuple[list[Op], dic
         )
         if s.status is not SessionStatus.ACTIVE:
             ops.append(SetStatus(ts=_status_ts(s), session_id=s.id, status=s.status))
-    target_hb = None if created else found[0][0]
+    target_hb = None if found is None else found.heartbeat_at
     if s.heartbeat_at is not None and (target_hb is None or target_hb < s.heartbeat_at):
         ops.append(Heartbeat(ts=s.heartbeat_at, session_id=s.id))
     new_checkpoints = [c for c in doc.checkpoints if c.id not in have_checkpoints]

@@ -12,6 +12,7 @@ if sys.platform == "win32":  # pragma: no cover - exercised only on Windows
         "groups and pidfds (Linux) or psutil on macOS/BSD; the store itself works without it"
     )
 
+from .._exports import publish as _publish
 from ._coordinator import ProcessLayer
 from ._errors import LayerAlreadyInstalledError, ShutdownInProgressError
 from ._reaper import reap_orphans
@@ -38,3 +39,6 @@ __all__ = [
     "ShutdownReport",
     "reap_orphans",
 ]
+
+_publish(__name__, [obj for name, obj in list(globals().items()) if name in __all__])
+del _publish

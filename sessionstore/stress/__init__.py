@@ -10,7 +10,7 @@ invariants sessionstore promises:
   deadline is SIGKILLed and reported hung;
 * no child or grandchild is alive (survivors are killed by the harness, identity re-checked,
   and reported as orphans);
-* ``PRAGMA integrity_check`` is ok and every acknowledged write is in the database;
+* SQLite's integrity check is ok and every acknowledged write is in the database;
 * no session of the run is left ACTIVE and no child row is left ``running``;
 * no BUSY error, traceback or failed write surfaced in any orchestrator.
 
@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .._exports import publish as _publish
 from .._files import wal_size
 from ..errors import SessionStoreError
 from ._models import (
@@ -528,3 +529,8 @@ _FLAGS = {
     "deadline_s": "--deadline",
     "db_path": "--db",
 }
+
+
+# The option and report models say where users import them from (see sessionstore._exports).
+_publish(__name__, [StressOptions, StressReport, WorkerResult])
+del _publish

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from .. import _queries
 from .._identity import IdentityStatus, ProcessIdentity, boot_id, read_process_info
+from .._models import ChildState
 from .._store import ReadLease, SessionStore
 
 __all__ = [
@@ -181,8 +183,8 @@ def verify_database(db_path: str, records: list[AckRecord]) -> DbFindings:
     try:
         replayed = store.open_replay.applied
         with store.lease("stress-verify") as lease:
-            rows = lease.execute("PRAGMA integrity_check")
-            integrity = "ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:5])
+            found_problems = _queries.integrity_check(lease)
+            integrity = "ok" if found_problems == ["ok"] else "; ".join(found_problems[:5])
             found = [_check_session(lease, rec) for rec in records]
     finally:
         store.close()
@@ -193,21 +195,20 @@ def _check_session(lease: ReadLease, rec: AckRecord) -> SessionFindings:
     if rec.session_id is None:
         return SessionFindings()
     sid = rec.session_id
-    row = lease.execute("SELECT status, heartbeat_at FROM sessions WHERE id = ?", (sid,))
-    if not row:
+    session = _queries.get_session(lease, sid)
+    if session is None:
         return SessionFindings(missing=rec.acked)
-    status, heartbeat_at = row[0]
-    events = {r[0] for r in lease.execute("SELECT op_id FROM events WHERE session_id = ?", (sid,))}
-    ckpts = {r[0] for r in lease.execute("SELECT id FROM checkpoints WHERE session_id = ?", (sid,))}
+    heartbeat_at = session.heartbeat_at
+    events = _queries.event_op_ids(lease, sid)
+    ckpts = _queries.checkpoint_ids(lease, sid)
     missing = len(rec.events - events) + len(rec.checkpoints - ckpts)
     if rec.last_heartbeat is not None and (
         heartbeat_at is None or heartbeat_at < rec.last_heartbeat
     ):
         missing += 1
-    running = lease.execute(
-        "SELECT count(*) FROM child_processes WHERE session_id = ? AND state = 'running'", (sid,)
-    )[0][0]
-    return SessionFindings(status=str(status), missing=missing, child_rows_running=int(running))
+    states = _queries.child_states(lease, sid).values()
+    running = sum(1 for state in states if state is ChildState.RUNNING)
+    return SessionFindings(status=session.status.value, missing=missing, child_rows_running=running)
 
 
 # --------------------------------------------------------------------------------- processes

@@ -1,0 +1,101 @@
+"""Where a write goes: applied now, queued while closing, journaled, kept aside, or unrecorded."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from _procs import start
+from _support import ClosingInBackground
+
+from sessionstore import SessionStore, StoreConfig
+
+
+def test_write_after_close_is_journaled_and_replayed(db_path: str) -> None:
+    """A write after close lands in the journal; the next open applies it and empties it."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    store.save_checkpoint(sid, "late", {"n": 1})
+    store.remove_child(sid, 4242, exit_code=0)
+    assert store.stats().journaled == 2 and os.path.getsize(store.journal_path) > 0
+    with SessionStore.open(db_path) as reopened:
+        assert reopened.open_replay.applied == 2
+        checkpoint = reopened.latest_checkpoint(sid)
+        assert checkpoint is not None and checkpoint.data == {"n": 1}
+        assert not os.path.exists(reopened.journal_path)  # consumed: removed
+
+
+def test_busy_past_deadline_goes_to_journal(db_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A write locked out past the deadline is journaled, logged and counted, never lost."""
+    config = StoreConfig(busy_timeout_ms=50, write_deadline_s=0.3)
+    store = SessionStore.open(db_path, config=config)
+    sid = store.create_session("s").id
+    holder = start("hold_write", db_path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sessionstore"):
+            event = store.log_event(sid, "locked out")
+        assert event.id is None
+        stats = store.stats()
+        assert stats.journaled == 1 and stats.failures[0].disposition == "journaled"
+        assert "locked" in stats.failures[0].reason
+        assert "journaled" in caplog.text
+    finally:
+        holder.communicate("go\n", timeout=30)
+    report = store.close()
+    assert report.journaled == 1 and report.replayed == 1  # close replays once it can
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["locked out"]
+
+
+def test_pending_overflow_goes_to_journal(db_path: str) -> None:
+    """Past max_pending_ops a write made while closing is journaled, not dropped."""
+    store = SessionStore.open(db_path, config=StoreConfig(max_pending_ops=1))
+    sid = store.create_session("s").id
+    with ClosingInBackground(store):
+        store.log_event(sid, "queued")
+        store.log_event(sid, "overflowed")
+        assert store.stats().pending == 1 and store.stats().journaled == 1
+    with SessionStore.open(db_path) as reopened:
+        assert sorted(e.message for e in reopened.events(sid)) == ["overflowed", "queued"]
+
+
+def test_journal_pending_moves_queue_to_disk(db_path: str) -> None:
+    """journal_pending() (the hard-exit path) writes every queued op to the journal at once."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    with ClosingInBackground(store):
+        for i in range(3):
+            store.log_event(sid, f"q{i}")
+        assert store.journal_pending() == 3
+        assert store.stats().pending == 0
+    with SessionStore.open(db_path) as reopened:
+        assert [e.message for e in reopened.events(sid)] == ["q0", "q1", "q2"]
+
+
+def test_queued_op_the_database_refuses_is_kept_aside_with_its_reason(db_path: str) -> None:
+    """A queued op for an unknown session is kept aside at close, listed as rejected, not lost."""
+    store = SessionStore.open(db_path)
+    with ClosingInBackground(store) as closing:
+        store.log_event("no-such-session", "orphan")
+        report = closing.finish()
+    assert report.rejected == 1 and report.applied_from_queue == 0
+    [failure] = store.stats().failures
+    assert failure.disposition == "rejected" and "SessionNotFoundError" in failure.reason
+    reason, kept = Path(f"{store.path}-ops.rejected.jsonl").read_bytes().splitlines()
+    assert b"rejected at close" in reason and json.loads(kept)["message"] == "orphan"
+
+
+def test_failure_ring_keeps_the_most_recent_hundred(db_path: str) -> None:
+    """stats().failures is bounded: the last 100 failures, oldest first; counters count them all."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    events = [store.log_event(sid, f"late {i}") for i in range(130)]
+    stats = store.stats()
+    assert stats.journaled == 130
+    assert [f.op_id for f in stats.failures] == [e.op_id for e in events[-100:]]
+    assert {f.disposition for f in stats.failures} == {"journaled"}
