@@ -18,8 +18,7 @@ class StoreConfig(BaseModel):
     (a ``ValueError``) before any file is touched. The model is frozen: one config may be shared.
     """
 
-    # Built on first use, not at import: ``import sessionstore`` stays light (see ``_ops``).
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
     """How long one statement waits for another process's lock before SQLite gives up."""

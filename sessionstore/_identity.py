@@ -71,7 +71,7 @@ def hostname() -> str:
 class ProcessInfo(BaseModel):
     """One read of a process: its identity plus what a human needs to recognise it."""
 
-    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use, not at import
+    model_config = ConfigDict(frozen=True)
 
     pid: int
     start_ticks: int
@@ -114,7 +114,7 @@ def read_process_info(pid: int) -> ProcessInfo | None:
 class ProcessIdentity(BaseModel):
     """``(pid, start_ticks, boot_id)``: one process, for good, whatever its PID holds later."""
 
-    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use, not at import
+    model_config = ConfigDict(frozen=True)
 
     pid: int = Field(gt=0)
     start_ticks: int = Field(ge=0)

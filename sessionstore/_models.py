@@ -61,8 +61,7 @@ class StoreState(str, enum.Enum):
 class Frozen(BaseModel):
     """The base of every value model of the package: frozen, so safe to share across threads."""
 
-    # defer_build: each model builds its validator on first use, not at import.
-    model_config = ConfigDict(frozen=True, defer_build=True)
+    model_config = ConfigDict(frozen=True)  # built at import: see _ops._OpBase for why
 
 
 class Session(Frozen):

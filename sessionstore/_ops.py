@@ -324,10 +324,10 @@ CheckpointKey = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class _OpBase(BaseModel):
-    # defer_build: each op class builds its validator on its first use, not at import (15
-    # classes and the union were a tenth of ``import sessionstore``; a tool that only reads
-    # never builds them). Rejected: building them all eagerly at import.
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    # Validators are built at import, not on first use (pydantic's defer_build): deferred,
+    # the build landed inside a write's deadline, and a hook bounded by --timeout 1.0 ran
+    # 0.15-0.2 s longer and past its bound on a loaded machine (tests/cli/test_hooks.py).
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # The field holding this kind's JSON payload (stored as JSON text), if any.
     PAYLOAD_FIELD: ClassVar[str | None] = None
@@ -772,7 +772,7 @@ Op = Annotated[
     | Batch,
     Field(discriminator="kind"),
 ]
-op_adapter: TypeAdapter[Op] = TypeAdapter(Op, config=ConfigDict(defer_build=True))
+op_adapter: TypeAdapter[Op] = TypeAdapter(Op)
 
 
 def op_from_line(line: bytes) -> Op:
