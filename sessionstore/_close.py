@@ -54,8 +54,9 @@ LET_GO_S = 0.1
 class DrainOutcome:
     """What draining the queue at close did, filled in as it goes."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], lock_wait_s: Callable[[], float]) -> None:
         self.errors = errors
+        self.lock_wait_s = lock_wait_s  # how long journaling may wait for the journal's lock
         self.applied = 0
         self.rejected = 0
         self.unrecorded: list[str] = []
@@ -65,7 +66,7 @@ class DrainOutcome:
 
         Never raises ``Exception``.
         """
-        why = router.secure(ops, reason)
+        why = router.secure(ops, reason, lock_wait_s=self.lock_wait_s())
         if why is not None:
             self.errors.append(f"{len(ops)} queued op(s) neither applied nor journaled: {why}")
             self.unrecorded.extend(op.line.decode().rstrip("\n") for op in ops)
@@ -138,9 +139,11 @@ class CloseSequence:
             self.writer.resume_waits(timeout=LET_GO_S)
         t1 = clock()
 
-        # Queue and replay share what is left, and at least CLOSE_GRACE_S.
+        # Queue and replay share what is left, and at least CLOSE_GRACE_S. Journaling what
+        # cannot be applied may wait for the journal's lock until then, and LET_GO_S at least
+        # (a peer appending holds it for milliseconds; only a stopped one for longer).
         deadline = clock() + max(left(), CLOSE_GRACE_S)
-        out = DrainOutcome(errors)
+        out = DrainOutcome(errors, lambda: max(deadline - clock(), LET_GO_S))
         self._drain_queue(deadline, out)
         self.router.count(from_queue=out.applied)
         t2 = clock()
@@ -187,7 +190,7 @@ class CloseSequence:
         Returns:
             The report of the broken close; the store is CLOSED.
         """
-        out = DrainOutcome([f"close failed: {type(err).__name__}: {err}"])
+        out = DrainOutcome([f"close failed: {type(err).__name__}: {err}"], lambda: LET_GO_S)
         out.secure(self.router, self.gate.close_and_take_all(), "close failed")
         self.writer.stop_checkpointer(timeout=0.1)
         close_connections(self.readers, self.writer, self.pid, out.errors)
@@ -200,7 +203,10 @@ class CloseSequence:
         # Bounded by the same deadline; what is not replayed in time stays in the journal for
         # the next open (op ids make a partly applied replay harmless to redo).
         try:
-            rep = self.journal.replay(functools.partial(self.writer.apply_batch, deadline=deadline))
+            rep = self.journal.replay(
+                functools.partial(self.writer.apply_batch, deadline=deadline),
+                lock_wait_s=max(0.0, deadline - self.clock()),
+            )
         except Exception as err:  # the journal stays for the next open
             errors.append(f"journal replay at close: {type(err).__name__}: {err}")
             return 0

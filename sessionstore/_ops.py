@@ -62,6 +62,7 @@ from ._models import (
     Session,
     SessionStatus,
 )
+from ._prune import prune_rows
 from .errors import InvalidTransitionError, SessionNotFoundError
 
 __all__ = [
@@ -82,10 +83,12 @@ __all__ = [
     "Op",
     "PopCheckpoint",
     "PruneCheckpoints",
+    "PruneSessions",
     "PutCheckpoint",
     "PutWrites",
     "RemoveChild",
     "SaveCheckpoint",
+    "SetOwner",
     "SetStatus",
     "apply",
     "checkpoint_row_id",
@@ -714,6 +717,41 @@ class PopCheckpoint(_OpBase):
     namespace: Namespace = ""
 
 
+class SetOwner(_OpBase):
+    """Record the process that owns a session now (an orchestrator taking it over), or none.
+
+    Ordered with status changes: it applies only if no status change newer than it has
+    landed, so it goes in one :class:`Batch` with the ``SetStatus`` that hands the session
+    over (a resume), at the same ``ts``. All owner fields None clears the owner.
+    """
+
+    kind: Literal["set_owner"] = "set_owner"
+    session_id: SessionId
+    owner_pid: Int64 | None = None
+    owner_start_ticks: Int64 | None = None
+    owner_boot_id: Token | None = None
+    owner_host: Token | None = None
+
+
+class PruneSessions(_OpBase):
+    """Delete sessions that ended before ``before``, with everything recorded in them.
+
+    A session goes only when it ended (stopped, completed or crashed) and nothing in it
+    (status, heartbeat, event, checkpoint, write, child) is newer than ``before``: an op
+    acknowledged after the cutoff is never deleted by it, whenever the prune runs. At most
+    ``limit`` sessions per op, so one op holds the write lock briefly (the caller repeats).
+    Each pruned session is tombstoned at ``before``, so an older op replayed late does not
+    resurrect it. Tombstones older than ``tombstones_before`` (when given) are dropped: the
+    caller passes a time before which no op can still be applied (see ``_maintenance``).
+    Its SQL is :func:`sessionstore._prune.prune_rows`.
+    """
+
+    kind: Literal["prune_sessions"] = "prune_sessions"
+    before: float = Field(allow_inf_nan=False)
+    limit: Annotated[int, Field(ge=1, le=100_000)] = 500
+    tombstones_before: float | None = Field(default=None, allow_inf_nan=False)
+
+
 _Member = Annotated[
     CreateSession
     | SetStatus
@@ -728,7 +766,8 @@ _Member = Annotated[
     | PruneCheckpoints
     | DeleteRuns
     | CopySession
-    | PopCheckpoint,
+    | PopCheckpoint
+    | SetOwner,
     Field(discriminator="kind"),
 ]
 
@@ -769,6 +808,8 @@ Op = Annotated[
     | DeleteRuns
     | CopySession
     | PopCheckpoint
+    | PruneSessions
+    | SetOwner
     | Batch,
     Field(discriminator="kind"),
 ]
@@ -1251,6 +1292,28 @@ def _apply_pop(conn: apsw.Connection, op: PopCheckpoint) -> tuple[str, str, str]
     return checkpoint_id, name, data
 
 
+def _apply_owner(conn: apsw.Connection, op: SetOwner) -> None:
+    _, status_at = _require_session(conn, op.session_id)
+    if op.ts < status_at:
+        return  # the session changed hands (or status) after this op was made
+    conn.execute(
+        "UPDATE sessions SET owner_pid = ?, owner_start_ticks = ?, owner_boot_id = ?, "
+        "owner_host = ?, updated_at = max(updated_at, ?) WHERE id = ?",
+        (
+            op.owner_pid,
+            op.owner_start_ticks,
+            op.owner_boot_id,
+            op.owner_host,
+            op.ts,
+            op.session_id,
+        ),
+    ).fetchall()
+
+
+def _prune_sessions(conn: apsw.Connection, op: PruneSessions) -> tuple[int, int]:
+    return prune_rows(conn, op.before, op.limit, op.tombstones_before)
+
+
 def _apply_batch(conn: apsw.Connection, op: Batch) -> list[Any]:
     # Any member's error propagates: the caller's transaction (or savepoint) rolls back all.
     return [apply(member, conn) for member in op.ops]
@@ -1271,6 +1334,8 @@ _APPLY: dict[type[Any], Callable[[apsw.Connection, Any], Any]] = {
     DeleteRuns: _apply_delete_runs,
     CopySession: _apply_copy,
     PopCheckpoint: _apply_pop,
+    PruneSessions: _prune_sessions,
+    SetOwner: _apply_owner,
     Batch: _apply_batch,
 }
 

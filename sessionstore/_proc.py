@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import errno
 import os
+import selectors
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -26,13 +28,20 @@ __all__ = [
     "ProcessUnreadableError",
     "StatInfo",
     "environ_value",
+    "list_pids",
     "read_argv",
+    "read_cgroup",
+    "read_children",
     "read_stat",
     "scan",
     "settled_argv",
+    "wait_pidfds",
 ]
 
 LINUX = sys.platform.startswith("linux")
+
+_POLL_S = 0.02  # how often ``wait_pidfds`` calls its ``poll`` (processes without a pidfd)
+_MAX_SELECT_S = 3600.0  # clamp: huge select timeouts misbehave (python/cpython#154836)
 
 # How long a command line may stay empty while the kernel is inside execve (the new image is
 # mapped, its argument area not yet filled in). Measured: microseconds, milliseconds under load.
@@ -205,6 +214,50 @@ def settled_argv(pid: int, *, timeout: float = _EXEC_SETTLE_S) -> list[str] | No
         pause = min(pause * 2, 0.01)
 
 
+def read_children(pid: int) -> list[int] | None:
+    """The pids whose parent is ``pid`` now (any of its threads), from the kernel's own list.
+
+    ``/proc/<pid>/task/<tid>/children`` reads the parent's list of children directly: about
+    20 µs, against a millisecond or more for a pass over every process, which is what lets a
+    chase keep up with a process that forks and exits in a loop. An orphan is re-parented to
+    a *thread* of its subreaper, hence every thread is read. The kernel documents the list as
+    possibly incomplete while children are being added or removed *during the read*; callers
+    that need certainty read again once the parent can no longer change it (stopped, or a
+    list that only grows, as ours does while nothing reaps).
+
+    Returns:
+        The children's pids (zombies included), or None when the kernel does not offer the
+        list (not Linux, no ``CONFIG_PROC_CHILDREN``) or no process has that pid.
+
+    Raises:
+        ProcessUnreadableError: the list exists but could not be read.
+    """
+    if not LINUX:
+        return None
+    base = f"/proc/{pid}/task"
+    try:
+        tids = os.listdir(base)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError as err:
+        raise ProcessUnreadableError(pid, f"{base}: {err.strerror}") from err
+    found: list[int] = []
+    for tid in tids:
+        try:
+            raw = _read(pid, f"{base}/{tid}/children")
+        except ProcessUnreadableError:
+            if not os.path.exists(f"{base}/{tid}"):
+                continue  # the thread ended while we read
+            raise
+        if raw is None:
+            task = f"{base}/{tid}"
+            if os.path.isdir(task) and not os.path.exists(f"{task}/children"):
+                return None  # the thread is there, its list is not: no CONFIG_PROC_CHILDREN
+            continue  # the thread ended while we read
+        found.extend(int(part) for part in raw.split())
+    return found
+
+
 def environ_value(pid: int, name: bytes) -> bytes | None:
     """The value of environment variable ``name`` in process ``pid`` (its initial environment).
 
@@ -235,6 +288,35 @@ def environ_value(pid: int, name: bytes) -> bytes | None:
     return None
 
 
+def list_pids() -> list[int]:
+    """Every visible pid now (one listing of ``/proc``; psutil's elsewhere)."""
+    if not LINUX:
+        import psutil  # off Linux only: imported on first use so the library imports light
+
+        return list(psutil.pids())
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def read_cgroup(pid: int) -> str | None:
+    """The cgroup v2 path of a process (``/`` is the root), from ``/proc/<pid>/cgroup``.
+
+    Returns:
+        The path, or None when there is no such process or it is in no v2 hierarchy.
+
+    Raises:
+        ProcessUnreadableError: it could not be read.
+    """
+    if not LINUX:
+        return None
+    raw = _read(pid, f"/proc/{pid}/cgroup")
+    if raw is None:
+        return None
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip()
+    return None
+
+
 def scan() -> ProcessTable:
     """Read every visible process once (kernel threads left out).
 
@@ -244,13 +326,7 @@ def scan() -> ProcessTable:
     """
     procs: dict[int, StatInfo] = {}
     unreadable: set[int] = set()
-    if LINUX:
-        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    else:
-        import psutil
-
-        pids = psutil.pids()
-    for pid in pids:
+    for pid in list_pids():
         try:
             info = read_stat(pid)
         except ProcessUnreadableError:
@@ -260,3 +336,62 @@ def scan() -> ProcessTable:
         if info is not None and info.pid != 2 and info.ppid != 2:
             procs[pid] = info
     return ProcessTable(procs=procs, unreadable=frozenset(unreadable))
+
+
+def wait_pidfds(
+    pidfds: Iterable[int],
+    deadline: float,
+    *,
+    wake_fd: int | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    poll: Callable[[], bool] | None = None,
+) -> set[int]:
+    """Wait until every pidfd is readable (its process exited), or the deadline passes.
+
+    The one wait on process exits of the package: shutdown, the CLI's ``stop`` and the stress
+    harness all call it. One selector over every pidfd (a pidfd turns readable when its process
+    exits, zombie or not), so it sleeps until something happens; it polls only for what has no
+    pidfd (old kernels, ``EMFILE``, not Linux), through ``poll``.
+
+    Args:
+        pidfds: the processes to wait for.
+        deadline: a ``time.monotonic()`` value.
+        wake_fd: also wake when this fd turns readable (the fd is not read); then
+            ``should_stop()`` decides whether to give up early.
+        should_stop: checked before each wait and on every wake; True ends the wait.
+        poll: for processes without a pidfd: called every 20 ms, True once they have all
+            exited (the wait is over only when it says so too).
+
+    Returns:
+        The pidfds still not readable (empty when every process exited, and ``poll``, if
+        given, said True).
+    """
+    pending = set(pidfds)
+    polled_done = poll is None or poll()
+    if not pending and polled_done:
+        return pending
+    with selectors.DefaultSelector() as sel:
+        for fd in pending:
+            sel.register(fd, selectors.EVENT_READ)
+        if wake_fd is not None:
+            sel.register(wake_fd, selectors.EVENT_READ)
+        while pending or not polled_done:
+            if should_stop():
+                break
+            timeout = deadline - time.monotonic()
+            if not polled_done:
+                timeout = min(timeout, _POLL_S)
+            # One look even when the time is up: a deadline already past asks "which are
+            # still running now", and gets the answer rather than the whole set.
+            for key, _ in sel.select(min(max(timeout, 0.0), _MAX_SELECT_S)):
+                sel.unregister(key.fd)
+                if key.fd == wake_fd:
+                    if should_stop():
+                        return pending
+                    continue  # woken for something else: don't spin on it
+                pending.discard(key.fd)
+            if not polled_done:
+                polled_done = poll is not None and poll()
+            if timeout <= 0:
+                break
+    return pending

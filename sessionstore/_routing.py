@@ -34,7 +34,7 @@ from typing import Any, Literal, NamedTuple
 
 import apsw
 
-from ._journal import Journal
+from ._journal import JOURNAL_LOCK_WAIT_S, Journal
 from ._leases import Gate, Lease
 from ._models import OpFailure, StoreState
 from ._ops import Op
@@ -158,11 +158,17 @@ class WriteRouter:
 
     # ------------------------------------------------------------------ journal, keep aside
 
-    def journal(self, ops: Sequence[Op], reason: str) -> None:
+    def journal(
+        self, ops: Sequence[Op], reason: str, *, lock_wait_s: float = JOURNAL_LOCK_WAIT_S
+    ) -> None:
         """Append ops to the durable journal and tell the caller through log and ``stats()``.
+
+        ``lock_wait_s`` bounds the wait for the journal's file lock (a close passes what is
+        left of its deadline).
 
         Raises:
             JournalFullError: the journal is at its size bound (the op is not recorded).
+            JournalBusyError: another process held the journal's lock past ``lock_wait_s``.
             StoreOpenError: the journal is not a file this store may write (a link, a FIFO,
                 another user's).
             StoreIOError: the journal itself could not be written (disk full, a file size
@@ -170,7 +176,7 @@ class WriteRouter:
                 logged at error level first, and ``stats().failures`` lists it as unrecorded.
         """
         try:
-            self._journal.append(ops)
+            self._journal.append(ops, lock_wait_s=lock_wait_s)
         except Exception as err:
             detail = f"{type(err).__name__}: {err}"
             self.unrecorded(ops, f"{reason}; the journal could not be written: {detail}")
@@ -202,7 +208,9 @@ class WriteRouter:
         for op, err in rejected:
             log.warning("queued op %s (%s) rejected: %s", op.op_id, op.kind, err)
 
-    def secure(self, ops: Sequence[Op], reason: str) -> str | None:
+    def secure(
+        self, ops: Sequence[Op], reason: str, *, lock_wait_s: float = JOURNAL_LOCK_WAIT_S
+    ) -> str | None:
         """Journal ops that could not be applied; if even that fails, they are unrecorded.
 
         Never raises ``Exception``: this is the last place an op can go, and close must finish.
@@ -214,7 +222,7 @@ class WriteRouter:
         if not ops:
             return None
         try:
-            self.journal(ops, reason)
+            self.journal(ops, reason, lock_wait_s=lock_wait_s)
         except Exception as err:  # logged and counted as unrecorded by journal()
             return f"{reason}; the journal could not be written: {type(err).__name__}: {err}"
         return None

@@ -1,4 +1,11 @@
-"""SessionStore: the typed API over ops, the closing gate, the pending queue and the journal."""
+"""SessionStore: the typed facade; each job behind it has a module of its own.
+
+A write method builds an op (``_ops``, ``_transaction``) and hands it to the router
+(``_routing``: apply now, queue while closing, journal after close, keep aside); reads lease
+a connection from the gate (``_leases``) and the pool (``_readers``); ``open`` runs the checks
+of ``_opening``, ``close`` the sequence of ``_close``; process-wide hooks live in
+``_lifecycle``, side-file names in ``_files``, the one write connection in ``_writer``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
 
@@ -93,6 +100,9 @@ from .errors import (
 __all__ = ["ReadLease", "SessionStore", "live_stores"]
 
 log = logging.getLogger("sessionstore")
+
+if TYPE_CHECKING:
+    from ._maintenance import BackupReport, PruneReport, VacuumReport
 
 T = TypeVar("T")
 
@@ -1106,6 +1116,46 @@ class SessionStore:
         if state is not StoreState.OPEN:
             self._gate.force_closed()
         self._pid = os.getpid()
+
+    # ----------------------------------------------------------------------------- maintenance
+    # (store-level operations live in _maintenance; these delegate, see there for the rules)
+
+    def prune_sessions(self, before: float, *, deadline_s: float | None = None) -> PruneReport:
+        """Delete sessions ended before ``before``; see :func:`._maintenance.prune_sessions`."""
+        from ._maintenance import prune_sessions
+
+        return prune_sessions(self, before, deadline_s=deadline_s)
+
+    def find_checkpoints_lenient(
+        self,
+        session_id: str,
+        *,
+        namespace: str | None = None,
+        limit: int | None = None,
+        check: Callable[[Checkpoint], str | None] | None = None,
+    ) -> tuple[list[Checkpoint], list[tuple[str, str]]]:
+        """:meth:`find_checkpoints`, skipping corrupt rows; see ``_maintenance.find_readable``."""
+        from ._maintenance import find_readable
+
+        return find_readable(self, session_id, namespace=namespace, limit=limit, check=check)
+
+    def resume_session_with_owner(self, session_id: str, *, claim: bool) -> None:
+        """Resume and record the new owner (this process, or none); see ``_maintenance``."""
+        from ._maintenance import resume_with_owner
+
+        resume_with_owner(self, session_id, claim=claim)
+
+    def vacuum(self) -> VacuumReport:
+        """Rebuild the file compactly; see :func:`sessionstore._maintenance.vacuum`."""
+        from ._maintenance import vacuum
+
+        return vacuum(self)
+
+    def backup(self, dest: str, *, force: bool = False) -> BackupReport:
+        """Copy the database to ``dest`` online; see :func:`sessionstore._maintenance.backup`."""
+        from ._maintenance import backup
+
+        return backup(self, dest, force=force)
 
 
 lifecycle.install_store_hooks()  # after the hooks of the modules imported above

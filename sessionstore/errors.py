@@ -215,7 +215,14 @@ class ProcessNotFoundError(SessionStoreError, ProcessLookupError):
 
 
 class ChildTerminationError(SessionStoreError):
-    """A child process could not be verified gone (for example stuck in uninterruptible sleep)."""
+    """A child process could not be verified gone (for example stuck in uninterruptible sleep).
+
+    Reserved: no operation of this version raises it. Shutdown and ``reap_orphans`` never raise
+    for a process that outlives SIGKILL; they report it (outcome ``unkillable``, verification
+    ``orphans_left`` with its reason) and go on, because an exception would stop the sequence
+    before the final state and the close. The name stays exported for callers that raise it
+    from such a report, and for code written against earlier releases.
+    """
 
     def __init__(self, pid: int, detail: str) -> None:
         self.pid = pid

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import threading
 import time
 from collections.abc import Iterable, Iterator
 
 import psutil
 
+from ._proc import wait_pidfds
 from ._store import SessionStore, live_stores
 
 __all__ = [
@@ -32,8 +32,6 @@ __all__ = [
     "open_stores",
     "wait_pids_exited",
 ]
-
-_MAX_SELECT_S = 3600.0  # huge select timeouts misbehave on some platforms
 
 
 class FakeClock:
@@ -195,19 +193,7 @@ def wait_pids_exited(pids: Iterable[int], timeout: float) -> set[int]:
 
 
 def _wait_fds(fds: dict[int, int], deadline: float) -> set[int]:
-    pending = dict(fds)
-    with selectors.DefaultSelector() as sel:
-        for fd in pending:
-            sel.register(fd, selectors.EVENT_READ)
-        while pending:
-            left = deadline - time.monotonic()
-            # One look even when the time is up: a timeout of 0 asks "which are running now".
-            for key, _ in sel.select(min(max(left, 0.0), _MAX_SELECT_S)):
-                sel.unregister(key.fd)
-                pending.pop(key.fd, None)
-            if left <= 0:
-                break
-    return set(pending.values())
+    return {fds[fd] for fd in wait_pidfds(fds, deadline)}
 
 
 def _processes(pids: list[int]) -> list[psutil.Process]:

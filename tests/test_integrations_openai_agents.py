@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 from agents import Agent, Runner, set_tracing_disabled
 from agents.items import ModelResponse
@@ -162,3 +163,33 @@ def test_a_runner_run_remembers_the_conversation_across_a_reopen(tmp_path: Path)
         assert "My name is Ada." in texts[0]
         assert "What is my name?" in texts[-1]
         assert len(asyncio.run(session.get_items())) == 4
+
+
+def test_a_corrupt_record_does_not_hide_valid_history(store: SessionStore) -> None:
+    """Damaged rows (bad JSON, a non-object) are skipped and reported; the rest comes back."""
+    session = SessionStoreSession("c", store)
+
+    async def add() -> None:
+        await session.add_items([_msg(str(i)) for i in range(6)])
+
+    asyncio.run(add())
+    ids = [cp.id for cp in store.find_checkpoints(session._sid, namespace="items")]  # newest first
+    # Damage two records on disk, as a bit flip or another tool would: item 4 and item 1.
+    conn = apsw.Connection(store.path)
+    conn.set_busy_timeout(5000)
+    conn.execute(
+        'UPDATE checkpoints SET data = \'{"role": "us\' WHERE checkpoint_id = ?', (ids[1],)
+    )
+    conn.execute("UPDATE checkpoints SET data = '42' WHERE checkpoint_id = ?", (ids[4],))
+    conn.close()
+
+    async def go() -> None:
+        assert [i["content"] for i in await session.get_items()] == ["0", "2", "3", "5"]
+        # The latest 3 readable items: the page is filled from below the damaged one.
+        assert [i["content"] for i in await session.get_items(limit=3)] == ["2", "3", "5"]
+        assert {cid for cid, _ in session.skipped} == {ids[1], ids[4]}
+        assert (await session.pop_item())["content"] == "5"
+        assert (await session.pop_item())["content"] == "3"  # the damaged "4" is popped past
+        assert [i["content"] for i in await session.get_items()] == ["0", "2"]
+
+    asyncio.run(go())

@@ -18,7 +18,13 @@ import pytest
 from _procs import finish, release, start
 from _support import all_event_ids
 
-from sessionstore import JournalFullError, SessionStore, SessionStoreError, StoreConfig
+from sessionstore import (
+    JournalBusyError,
+    JournalFullError,
+    SessionStore,
+    SessionStoreError,
+    StoreConfig,
+)
 from sessionstore._journal import Journal, apply_isolated
 from sessionstore._ops import LogEvent, RemoveChild, new_id, op_adapter
 from sessionstore._store import live_stores
@@ -437,3 +443,33 @@ def test_journal_that_cannot_grow_is_a_store_io_error(db_path: str) -> None:
     os.waitpid(pid, 0)
     assert outcome == "StoreIOError,True,True,unrecorded"
     assert os.path.getsize(store.journal_path) == size
+
+
+def test_stopped_journal_lock_holder_bounds_the_wait_and_defers_replay(db_path: str) -> None:
+    """A peer stopped while holding the journal's lock: an append gives up at its bound, untouched.
+
+    The append raises JournalBusyError (nothing written, the journal as the peer left it), and
+    a replay does not wait for the database behind that lock: it is deferred and says why.
+    """
+    with SessionStore.open(db_path) as store:
+        sid = store.create_session("j").id
+    journal = Journal(db_path, max_bytes=1 << 20)
+    journal.append([LogEvent(session_id=sid, message="before")])
+    before = Path(journal.path).read_bytes()
+    holder = start("hold_journal_lock", db_path)
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(JournalBusyError):
+            journal.append([LogEvent(session_id=sid, message="late")], lock_wait_s=0.3)
+        waited = time.monotonic() - t0
+        report = journal.replay(lambda ops: [None] * len(ops), lock_wait_s=0.3)
+        assert report.applied == 0 and report.deferred is not None
+        assert Path(journal.path).read_bytes() == before
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        release([holder])
+        finish(holder)
+    assert 0.3 <= waited < 3.0  # the bound, plus scheduling on a loaded machine
+    with SessionStore.open(db_path) as store:  # the lock is free again: the journal replays
+        assert store.open_replay.applied == 1

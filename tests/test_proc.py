@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,8 +16,10 @@ from sessionstore._proc import (
     ProcessUnreadableError,
     environ_value,
     read_argv,
+    read_children,
     read_stat,
     settled_argv,
+    wait_pidfds,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
@@ -108,3 +111,36 @@ def test_unreadable_environment_is_unknown_not_absent() -> None:
         if target is not None:
             target.kill()
             target.wait()
+
+
+def test_read_children_lists_live_and_zombie_children() -> None:
+    """read_children names our children, a zombie among them, and None for no such process."""
+    live = subprocess.Popen(["sleep", "600"])
+    done = subprocess.Popen(["true"])
+    fd = os.pidfd_open(done.pid)
+    try:
+        assert wait_pidfds([fd], time.monotonic() + 10) == set()  # exited, not yet reaped
+        assert {live.pid, done.pid} <= set(read_children(os.getpid()) or [])
+        assert read_children(2**22 + 1) is None
+    finally:
+        os.close(fd)
+        live.kill()
+        live.wait()
+        done.wait()
+
+
+def test_wait_pidfds_returns_what_is_left_when_woken() -> None:
+    """A wake fd with should_stop() ends the wait early; the live process's pidfd is returned."""
+    live = subprocess.Popen(["sleep", "600"])
+    fd = os.pidfd_open(live.pid)
+    r, w = os.pipe()
+    try:
+        os.write(w, b"!")
+        left = wait_pidfds([fd], time.monotonic() + 60, wake_fd=r, should_stop=lambda: True)
+        assert left == {fd}
+        live.kill()
+        assert wait_pidfds([fd], time.monotonic() + 10) == set()
+    finally:
+        for f in (fd, r, w):
+            os.close(f)
+        live.wait()

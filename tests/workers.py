@@ -102,6 +102,16 @@ def hold_write(db: str) -> None:
     conn.close()
 
 
+def hold_journal_lock(db: str) -> None:
+    """Hold the journal's file lock (as an appender does for a moment) until a line arrives."""
+    import fcntl
+
+    fd = os.open(db + "-ops.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _ready_then_wait()
+    os.close(fd)
+
+
 def hold_open(db: str) -> None:
     """Keep the store open (so -wal and -shm exist) until a line arrives on stdin."""
     store = SessionStore.open(db)
@@ -188,6 +198,69 @@ def close_on_full_disk(db: str, session_id: str, n: str) -> None:
     print(json.dumps(outcome), flush=True)
 
 
+def write_until_told(db: str, session_id: str, ack_path: str) -> None:
+    """Write events until a line arrives on stdin; each acknowledged op id goes to ``ack_path``.
+
+    Prints ``warm`` once 50 events are acknowledged, so a test can act while writes flow.
+    """
+    import selectors
+
+    store = SessionStore.open(db)
+    _ready_then_wait()
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    n = 0
+    with open(ack_path, "a", encoding="utf-8") as ack:
+        while not sel.select(timeout=0):
+            event = store.log_event(session_id, f"event {n}", data={"n": n, "pad": "x" * 200})
+            ack.write(event.op_id + "\n")
+            ack.flush()
+            n += 1
+            if n == 50:
+                print("warm", flush=True)
+    store.close()
+    print(n, flush=True)
+
+
+def write_rounds(db: str) -> None:
+    """Per round, a stdin line ``SID ...``: write events to each SID in turn until ``end``.
+
+    Prints ``started`` after the round's first write, and at ``end`` one JSON line: the event
+    op ids acknowledged per session and the sessions found missing. ``quit`` ends the worker.
+    """
+    import selectors
+
+    from sessionstore import SessionNotFoundError
+
+    store = SessionStore.open(db)
+    print("ready", flush=True)
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    line = sys.stdin.readline()
+    while line.strip() not in ("", "quit"):
+        sids = line.split()
+        acked: dict[str, list[str]] = {}
+        missing: set[str] = set()
+        i = 0
+        while True:
+            sid = sids[i % len(sids)]
+            i += 1
+            if sid not in missing:
+                try:
+                    op_id = store.log_event(sid, "late").op_id
+                    acked.setdefault(sid, []).append(op_id)
+                except SessionNotFoundError:
+                    missing.add(sid)
+            if i == 1:
+                print("started", flush=True)
+            if sel.select(timeout=0):
+                break
+        sys.stdin.readline()  # "end"
+        print(json.dumps({"acked": acked, "missing": sorted(missing)}), flush=True)
+        line = sys.stdin.readline()
+    store.close()
+
+
 COMMANDS = {
     "write": write,
     "open": open_only,
@@ -195,12 +268,15 @@ COMMANDS = {
     "store_rmw": store_rmw,
     "journal_append": journal_append,
     "hold_write": hold_write,
+    "hold_journal_lock": hold_journal_lock,
     "hold_open": hold_open,
     "hold_read": hold_read,
     "poll_reader": poll_reader,
     "load": load,
     "leave_open": leave_open,
     "close_on_full_disk": close_on_full_disk,
+    "write_until_told": write_until_told,
+    "write_rounds": write_rounds,
 }
 
 if __name__ == "__main__":

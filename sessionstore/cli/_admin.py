@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -81,10 +80,7 @@ def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
 
     out.result({"checkpoint": dump(result)}, human)
     if not result.ok:
-        print(
-            "sessionstore: checkpoint busy: another process is reading; try again later",
-            file=sys.stderr,
-        )
+        out.warn("checkpoint busy: another process is reading; try again later")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -186,16 +182,24 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
 
     out.result(data, human)
     if problems:
-        print(f"sessionstore: doctor: {'; '.join(problems)}", file=sys.stderr)
+        out.warn(f"doctor: {'; '.join(problems)}", problems=problems)
         return EXIT_FAILED
     return EXIT_OK
 
 
 def _orphan_counts(report: ReapReport | None) -> tuple[int, int]:
-    """(live orphaned processes, sessions of dead orchestrators) in a dry-run report."""
+    """(live orphaned processes, sessions of dead orchestrators) in a dry-run report.
+
+    The count is what ``reap`` would end, found by the same enumeration: recorded children
+    still alive, plus the members of their trees found by group, tree marker and cgroup
+    (``descendants_ended`` of a dry run), daemons of children that already exited included.
+    """
     if report is None:
         return 0, 0
-    alive = sum(1 for s in report.sessions for c in s.children if c.action == "would_terminate")
+    alive = sum(
+        sum(1 for c in s.children if c.action == "would_terminate") + s.descendants_ended
+        for s in report.sessions
+    )
     return alive, len(report.sessions)
 
 
@@ -235,7 +239,10 @@ def cmd_resume(args: argparse.Namespace, out: Output) -> int:
         # Resume first: it is the step that may be refused (a completed session), and a refused
         # command must leave the file unchanged. The journal is applied after it; status changes
         # are last-writer-wins by time, so an older journaled "stop" cannot undo this resume.
-        store.resume_session(before.id)
+        # The owner is cleared: this command ends in a moment, and a dead owner would make the
+        # reaper take the resumed session for an orphan. The orchestrator that picks the session
+        # up records itself (`run --session` does).
+        store.resume_session_with_owner(before.id, claim=False)
         if store.stats().journaled > journaled:
             raise CliError(
                 f"resume: {store.path} stayed locked past {args.timeout:g} s; the resume was "

@@ -7,8 +7,10 @@ documents they print are a stable interface (README "CLI"): keys are only ever a
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich import box
@@ -78,19 +80,22 @@ def _status_counts(store: SessionStore) -> dict[str, int]:
 def _stale(store: SessionStore, stale_after_s: float, now: float) -> list[dict[str, Any]]:
     # An active session whose owner has not written a heartbeat (or, never having sent one, was
     # created) longer ago than the threshold: its orchestrator is probably gone or stuck.
-    with store.lease("cli stale sessions") as lease:
-        rows = _queries.stale_sessions(lease, now - stale_after_s)
-    return [
-        {
-            "id": sid,
-            "name": name,
-            "heartbeat_at": hb,
-            "age_s": round(now - (hb if hb is not None else created), 3),
-            "owner_pid": pid,
-            "owner_host": host,
-        }
-        for sid, name, hb, created, pid, host in rows
-    ]
+    # Read through the store (no SQL here); the owner is the same object as in `sessions`.
+    stale = []
+    for s in store.list_sessions(SessionStatus.ACTIVE):
+        last = s.heartbeat_at if s.heartbeat_at is not None else s.created_at
+        if last < now - stale_after_s:
+            stale.append(
+                {
+                    "id": s.id,
+                    "name": s.name,
+                    "heartbeat_at": s.heartbeat_at,
+                    "age_s": round(now - last, 3),
+                    "owner": dump(s.owner),
+                    "owner_host": s.owner_host,
+                }
+            )
+    return sorted(stale, key=lambda e: e["id"])
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
@@ -133,7 +138,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
                     escape(s["name"]),
                     fmt_time(s["heartbeat_at"]),
                     fmt_age(s["age_s"]),
-                    f"{s['owner_pid']}@{s['owner_host']}",
+                    f"{(s['owner'] or {}).get('pid', '-')}@{s['owner_host']}",
                 )
             con.print(t)
         else:
@@ -194,7 +199,8 @@ def _identity_now(child: ChildProcess) -> IdentityStatus:
 
 def _child_doc(child: ChildProcess) -> dict[str, Any]:
     now = _identity_now(child)
-    return {**dump(child), "identity_status": now.value, "alive": now is IdentityStatus.ALIVE}
+    # "identity": the process's identity checked now, the same key as `stop`'s owner candidates.
+    return {**dump(child), "identity": now.value, "alive": now is IdentityStatus.ALIVE}
 
 
 def _children_table(children: list[dict[str, Any]], *, with_session: bool) -> Table:
@@ -210,7 +216,7 @@ def _children_table(children: list[dict[str, Any]], *, with_session: bool) -> Ta
             str(c["pgid"]) if c["pgid"] is not None else "-",
             c["state"],
             str(c["exit_code"]) if c["exit_code"] is not None else "-",
-            c["identity_status"],
+            c["identity"],
             fmt_time(c["registered_at"]),
             escape(" ".join(c["argv"])),
         ]
@@ -267,11 +273,79 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+_LEVEL_RANK = {"debug": 0, "info": 1, "warning": 2, "error": 3, "critical": 4}
+
+
+def _event_filter(args: argparse.Namespace) -> Callable[[Event], bool] | None:
+    """``--since/--until/--level`` as one predicate, or None when none is given."""
+    since, until, level = args.since, args.until, args.level
+    if since is None and until is None and level is None:
+        return None
+    rank = _LEVEL_RANK[level] if level is not None else 0
+
+    def keep(e: Event) -> bool:
+        return (
+            (since is None or e.created_at >= since)
+            and (until is None or e.created_at < until)
+            and _LEVEL_RANK.get(e.level, 0) >= rank
+        )
+
+    return keep
+
+
+def _scan(
+    store: SessionStore,
+    args: argparse.Namespace,
+    keep: Callable[[Event], bool],
+    latest: int | None,
+) -> tuple[list[Event], int]:
+    """The matching events after ``args.after``: the first ``--limit``, or the ``latest`` N.
+
+    Pages through the session by id: an event's time is its op's, and an op journaled and
+    replayed late gets a newer id than younger events, so no id range can stand in for a time
+    range. Returns the matches and the last id read (where a follow goes on from).
+    """
+    after = args.after or 0
+    found: collections.deque[Event] | list[Event] = (
+        collections.deque(maxlen=latest) if latest is not None else []
+    )
+    while True:
+        page = store.events(args.session, after_id=after, limit=_FOLLOW_PAGE)
+        for e in page:
+            if keep(e):
+                found.append(e)
+                if latest is None and len(found) >= args.limit:
+                    return list(found), e.id or after
+        if page:
+            after = page[-1].id or after
+        if len(page) < _FOLLOW_PAGE:
+            return list(found), after
+
+
+def _emit_stream(out: Output, events: list[Event]) -> None:
+    for e in events:
+        if out.json_mode:
+            out.json(e, indent=None)  # JSON Lines: one event per line
+        else:
+            out.console.print(_event_line(e), markup=False)
+
+
 def cmd_events(args: argparse.Namespace, out: Output) -> int:
     """``events SESSION``: a page of events, or ``--follow`` new ones as they are written."""
     with open_store(resolve_db(args.db), args.timeout, read_only=True) as store:
         # An unknown id fails before anything is printed; a prefix or name becomes the id.
         args.session = resolve_session(store, args.session).id
+        keep = _event_filter(args)
+        if keep is not None:
+            lines = args.lines if args.lines is not None else (10 if args.follow else None)
+            if args.follow and args.since is not None and args.lines is None:
+                lines = None  # asked to start at a time: everything since it, then follow
+            events, last_read = _scan(store, args, keep, lines)
+            if args.follow:
+                _emit_stream(out, events)
+                args.after = last_read
+                return _follow(store, args, out, keep)
+            return _print_events(args, out, events, last_read)
         if args.after is None:
             # Like tail: -n N is the latest N; --follow starts near the end (the last 10) unless
             # --after asks for an earlier start, so a long log is not replayed in full.
@@ -286,7 +360,12 @@ def cmd_events(args: argparse.Namespace, out: Output) -> int:
             args.after = after
             return _follow(store, args, out)
         events = store.events(args.session, after_id=after, limit=args.limit)
-    last_id = events[-1].id if events else after
+    return _print_events(args, out, events, events[-1].id if events else after)
+
+
+def _print_events(
+    args: argparse.Namespace, out: Output, events: list[Event], last_id: int | None
+) -> int:
     data = {"session_id": args.session, "events": dump(events), "last_id": last_id}
 
     def human(con: Console) -> None:
@@ -299,7 +378,12 @@ def cmd_events(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _follow(store: SessionStore, args: argparse.Namespace, out: Output) -> int:
+def _follow(
+    store: SessionStore,
+    args: argparse.Namespace,
+    out: Output,
+    keep: Callable[[Event], bool] | None = None,
+) -> int:
     # Poll by event id. SQLite has no cross-process change notification, so a paced poll is the
     # mechanism here (each poll is one indexed range read; no read transaction is held between
     # polls, so the follower never pins the WAL). Ends at --follow-timeout or on Ctrl+C (130).
@@ -307,11 +391,7 @@ def _follow(store: SessionStore, args: argparse.Namespace, out: Output) -> int:
     after = args.after
     while True:
         events = store.events(args.session, after_id=after, limit=_FOLLOW_PAGE)
-        for e in events:
-            if out.json_mode:
-                out.json(e, indent=None)  # JSON Lines: one event per line
-            else:
-                out.console.print(_event_line(e), markup=False)
+        _emit_stream(out, events if keep is None else [e for e in events if keep(e)])
         if events:
             after = events[-1].id
             if len(events) == _FOLLOW_PAGE:

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel
@@ -55,7 +56,9 @@ __all__ = [
     "open_store",
     "quiet_store_warnings",
     "resolve_db",
+    "rfc3339",
     "store_config",
+    "with_rfc3339",
 ]
 
 DEFAULT_DB = os.path.join(".sessionstore", "sessions.db")
@@ -220,6 +223,46 @@ def fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def rfc3339(ts: float | None) -> str | None:
+    """An epoch time as RFC 3339 in UTC with a ``Z`` (``2024-05-01T12:00:00.123456Z``), or None.
+
+    Printed beside the epoch number in JSON: machines compare the number, people and log tools
+    read the text. Rejected: local time with an offset, which differs between two hosts
+    reading the same database.
+    """
+    if ts is None:
+        return None
+    stamp = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def with_rfc3339(value: Any) -> Any:
+    """``value`` with ``<key>_rfc3339`` added beside every numeric ``<key>`` ending in ``_at``.
+
+    One rule for every command, applied where JSON is printed, so no command can forget it.
+    Rejected: replacing the numbers by text, which would break every reader of the epoch keys.
+    """
+    if isinstance(value, list):
+        return [with_rfc3339(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        out[key] = with_rfc3339(v)
+        if key.endswith("_at") and (
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+        ):
+            out[f"{key}_rfc3339"] = None if v is None else _rfc3339_or_none(float(v))
+    return out
+
+
+def _rfc3339_or_none(ts: float) -> str | None:
+    try:
+        return rfc3339(ts)
+    except (OverflowError, OSError, ValueError):
+        return None  # out of datetime's range: the number stays the truth
+
+
 def fmt_age(seconds: float | None) -> str:
     """``3.2s``, ``4m05s``, ``2h10m``, ``3d04h`` or ``-``."""
     if seconds is None:
@@ -267,7 +310,26 @@ class Output:
         else:
             human(self.console)
 
+    def warn(self, message: str, **fields: Any) -> None:
+        """One line on stderr about the outcome: text, or with ``--json`` a JSON object.
+
+        The JSON form is ``{"event": "warning", "message": ..., **fields}``, the shape of every
+        line the CLI writes on stderr under ``--json`` (``log``, ``warning``, ``error``).
+        """
+        if self.json_mode:
+            line = json.dumps({"event": "warning", "message": message, **dump(fields)})
+        else:
+            line = f"sessionstore: {message}"
+        with contextlib.suppress(OSError):
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
     def json(self, data: Any, *, indent: int | None = 2) -> None:
-        """Print one JSON document (or one JSON line with ``indent=None``) and flush."""
-        sys.stdout.write(json.dumps(dump(data), indent=indent, ensure_ascii=False) + "\n")
+        """Print one JSON document (or one JSON line with ``indent=None``) and flush.
+
+        Every epoch time (a key ending in ``_at``) gets its RFC 3339 text beside it, under the
+        same key plus ``_rfc3339`` (README "JSON output").
+        """
+        doc = with_rfc3339(dump(data))
+        sys.stdout.write(json.dumps(doc, indent=indent, ensure_ascii=False) + "\n")
         sys.stdout.flush()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import select
 import signal
 import time
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from rich.markup import escape
 
 from .._identity import IdentityStatus, ProcessIdentity, check_signal_target, hostname
 from .._models import Session, SessionStatus
+from .._proc import wait_pidfds
 from .._store import SessionStore
 from ..errors import InvalidTransitionError, UnsafeSignalError
 from ._common import (
@@ -121,8 +121,8 @@ class _Target:
     def wait(self, timeout: float) -> bool:
         """True once the process has ended (a zombie counts: it can never run again)."""
         if self._fd is not None:
-            readable, _, _ = select.select([self._fd], [], [], max(timeout, 0.0))
-            return bool(readable) or self.identity.check() is not IdentityStatus.ALIVE
+            exited = not wait_pidfds([self._fd], time.monotonic() + timeout)
+            return exited or self.identity.check() is not IdentityStatus.ALIVE
         assert self._proc is not None
         _, alive = psutil.wait_procs([self._proc], timeout=timeout)
         return not alive
@@ -185,7 +185,8 @@ def _control(args: argparse.Namespace, out: Output, action: str) -> int:
             "session_id": session.id,
             "name": session.name,
             "owner_candidates": statuses,
-            "owner_pid": None if live is None else live.identity.pid,
+            # The same owner object as `sessions` and `status` print (pid, start_ticks, boot_id).
+            "owner": None if live is None else dump(live.identity),
             "signalled": [],
             "owner_ended": None,
             "waited_s": None,
@@ -289,8 +290,9 @@ def _human(con: Console, data: dict[str, Any]) -> None:
     head = f"{data['action']} session {data['session_id']} ({escape(data['name'])}):"
     if data["signalled"]:
         ended = "ended" if data["owner_ended"] else "did NOT end"
+        pid = data["owner"]["pid"] if data["owner"] else "-"
         con.print(
-            f"{head} sent {'+'.join(data['signalled'])} to owner pid {data['owner_pid']}; "
+            f"{head} sent {'+'.join(data['signalled'])} to owner pid {pid}; "
             f"it {ended} after {data['waited_s']:.2f} s"
         )
     else:

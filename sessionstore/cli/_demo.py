@@ -35,6 +35,7 @@ from .._models import ChildProcess
 from .._store import SessionStore
 from ..errors import StoreClosedError
 from ..process import ChildOutcome, ProcessLayer, ShutdownReport
+from ..process._os import exit_by_signal
 from ._common import EXIT_OK, Output, check_database, dump, fmt_bytes, resolve_db
 
 __all__ = ["cmd_demo"]
@@ -244,15 +245,6 @@ def _render(
     con.print(f"resume with       [bold]{escape(resume)}[/]", soft_wrap=True)
 
 
-def _exit_by(signum: int) -> None:
-    """End this process by ``signum`` (default action), as the shell expects after Ctrl+C."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    signal.signal(signum, signal.SIG_DFL)
-    signal.raise_signal(signum)
-    os._exit(128 + signum)  # only reached when the signal did not end us (PID 1)
-
-
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     """``demo``: run the orchestrator for ``--seconds`` and print its shutdown report."""
     db = os.path.abspath(resolve_db(args.db))
@@ -316,5 +308,5 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     }
     out.result(data, lambda con: _render(con, report, roles, rows, replayed, resume))
     if report.signal_number:
-        _exit_by(report.signal_number)
+        exit_by_signal(report.signal_number)
     return exit_code

@@ -142,9 +142,10 @@ def _hook_write(
         close = store.close()
     elapsed = time.monotonic() - t0
     if journaled:
-        sys.stderr.write(
-            f"sessionstore: {what}: journaled (database locked past the write deadline); "
-            "applied by the next process that opens or closes it\n"
+        out.warn(
+            f"{what}: journaled (database locked past the write deadline); "
+            "applied by the next process that opens or closes it",
+            journaled=True,
         )
     if out.json_mode:
         out.json(

@@ -123,6 +123,9 @@ exit codes:
   128+N  ended by signal N (run passes on the command's or its own)
 
 SESSION may be a full id, a unique id prefix, or a session name.
+With --json, stdout is JSON (streams: JSON Lines) and every stderr line is a JSON
+object: {{"event": "error", "error": KIND, "message": ..., "exit_code": N}} on failure.
+Times are epoch seconds, each with an RFC 3339 UTC text beside it (KEY_rfc3339).
 """
 
 
@@ -306,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the latest N (with --follow: N before following, default 10)",
     )
     p.add_argument(
+        "--since", type=_time_arg, help="written at or after: ISO 8601 or an age (30s, 10m, 2h)"
+    )
+    p.add_argument("--until", type=_time_arg, help="written before: ISO 8601 or an age")
+    p.add_argument("--level", choices=_LEVELS, help="only this level and more severe ones")
+    p.add_argument(
         "--follow", "-f", action="store_true", help="keep printing new events (like tail -f)"
     )
     p.add_argument(
@@ -341,6 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p = add("import", _lazy("._transfer", "cmd_import"), "import an export (idempotent)")
     p.add_argument("file", metavar="FILE", help="an export document, or - for stdin")
+
+    p = add(
+        "prune",
+        _lazy("._maintain", "cmd_prune"),
+        "delete sessions that ended before a time, with their events, checkpoints and children",
+    )
+    p.add_argument(
+        "--older-than",
+        type=_time_arg,
+        required=True,
+        metavar="TIME",
+        help="ended before this: ISO 8601 or an age (30m, 12h, 7d, 4w)",
+    )
+    add("vacuum", _lazy("._maintain", "cmd_vacuum"), "rebuild the database file compactly")
+    p = add("backup", _lazy("._maintain", "cmd_backup"), "online copy of the database to DEST")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("--force", action="store_true", help="replace an existing DEST")
 
     p = add("reap", _lazy("._admin", "cmd_reap"), "end orphans of dead orchestrators")
     p.add_argument("--dry-run", action="store_true", help="only report what would be ended")
@@ -418,10 +443,44 @@ def _error_code(err: BaseException) -> int:
     return EXIT_FAILED
 
 
-def _report(message: str) -> None:
+# The "error" key of a JSON error: one stable word per exit code (README "JSON output").
+_ERROR_KINDS = {
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "usage",
+    EXIT_NO_DB: "no_database",
+    EXIT_BUSY: "busy",
+    EXIT_NOT_FOUND: "not_found",
+    6: "not_recorded",  # _hooks.EXIT_NOT_RECORDED (not imported here: start-up time)
+}
+
+
+def _report(message: str, err: BaseException, as_json: bool) -> None:
+    # Under --json the error is one JSON object on stderr (README "JSON output"), so a program
+    # reading our streams never meets plain text or a traceback there.
+    if as_json:
+        code = _error_code(err)
+        line = json.dumps(
+            {
+                "event": "error",
+                "error": _ERROR_KINDS.get(code, "failed"),
+                "type": type(err).__name__,
+                "message": message,
+                "exit_code": code,
+            },
+            ensure_ascii=False,
+        )
+    else:
+        line = f"sessionstore: error: {message}"
     with contextlib.suppress(OSError):
-        sys.stderr.write(f"sessionstore: error: {message}\n")
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
+
+
+def _wants_json(argv: list[str], args: argparse.Namespace | None) -> bool:
+    if args is not None:
+        return bool(getattr(args, "json", False))
+    # The arguments did not parse: look for the flag itself (before a `run` command's `--`).
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
 
 
 def _quiet_stdout() -> None:
@@ -459,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    args: argparse.Namespace | None = None
     try:
         args, rest = _parse(parser, argv)
         args.rest = rest
@@ -475,18 +535,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()
         return EXIT_FAILED
     except Exception as err:
+        as_json = _wants_json(argv, args)
         if isinstance(err, CliError | SessionStoreError):
-            _report(one_line(str(err)))
+            _report(one_line(str(err)), err, as_json)
         elif isinstance(err, ValueError):
-            _report(f"invalid input: {one_line(str(err))}")
+            _report(f"invalid input: {one_line(str(err))}", err, as_json)
         elif isinstance(err, OSError):
-            _report(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+            where = f": {err.filename}" if err.filename else ""
+            _report(f"{err.strerror or err}{where}", err, as_json)
         else:
             # A bug: still one line, with the way to see more.
             if os.environ.get("SESSIONSTORE_DEBUG"):
                 raise
             _report(
                 f"internal error: {type(err).__name__}: {one_line(str(err))} "
-                "(set SESSIONSTORE_DEBUG=1 for a traceback)"
+                "(set SESSIONSTORE_DEBUG=1 for a traceback)",
+                err,
+                as_json,
             )
         return _error_code(err)

@@ -39,10 +39,11 @@ from typing import Any
 
 from .._config import StoreConfig
 from .._identity import ProcessIdentity, hostname
-from .._models import Session, SessionStatus
+from .._models import Session
 from .._store import SessionStore
 from ..errors import SessionStoreError
 from ..process import ProcessLayer, ShutdownInProgressError, ShutdownPhase, ShutdownReport
+from ..process._os import exit_by_signal
 from ._common import CliError, Output, check_database, resolve_db
 from ._session import resolve_session
 
@@ -81,8 +82,9 @@ def _session(store: SessionStore, args: argparse.Namespace, argv: list[str]) -> 
             name, metadata={"run": {"argv": argv, "cwd": os.getcwd(), "host": hostname()}}
         )
     session = resolve_session(store, args.session)
-    if session.status is not SessionStatus.ACTIVE:
-        store.resume_session(session.id)  # InvalidTransitionError for a completed session
+    # The wrapper is the session's orchestrator from now on: `stop`, `reap` and `status` see it
+    # as the owner. InvalidTransitionError for a completed session.
+    store.resume_session_with_owner(session.id, claim=True)
     return store.get_session(session.id)
 
 
@@ -112,18 +114,6 @@ class _Forwarder:
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signum)
-
-
-def _exit_by(signum: int) -> None:
-    """End this process by ``signum`` (default action), so the parent sees the real cause."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those two cannot be caught anyway
-        signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
-    signal.raise_signal(signum)
-    os._exit(128 + signum)  # only reached when the signal did not end us (PID 1)
 
 
 def _say(args: argparse.Namespace, message: str, **doc: Any) -> None:
@@ -283,9 +273,9 @@ def _finish(args: argparse.Namespace, report: ShutdownReport, code: int | None) 
         session_status=None if report.session_status is None else report.session_status.value,
     )
     if report.signal_number:
-        _exit_by(report.signal_number)  # the first signal decides
+        exit_by_signal(report.signal_number)  # the first signal decides
     if code is None:
         return 1  # the command could not be verified ended (unkillable): a failure
     if code < 0:
-        _exit_by(-code)  # the command was killed by a signal: pass that on, as a shell would
+        exit_by_signal(-code)  # the command was killed by a signal: pass that on, as a shell would
     return code

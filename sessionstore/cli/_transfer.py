@@ -21,6 +21,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 
 from .. import _queries
+from .._export import (
+    ExportExtras,
+    KeyedCheckpoint,
+    PendingWrite,
+    Tombstone,
+    extras_ops,
+    read_extras,
+)
+from .._export import not_stored as keyed_not_stored
 from .._models import Checkpoint, ChildProcess, ChildState, Event, Session, SessionStatus
 from .._ops import (
     AddChild,
@@ -49,7 +58,7 @@ from ._session import resolve_session
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "ExportDocument", "cmd_export", "cmd_import"]
 
 EXPORT_FORMAT = "sessionstore.export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2 adds the session key, keyed checkpoints, writes, tombstones
 _PAGE = 10_000
 
 
@@ -59,12 +68,27 @@ class ExportDocument(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     format: Literal["sessionstore.export"]
-    version: Literal[1]
+    version: Literal[1, 2]
     exported_at: float
     session: Session
-    checkpoints: list[Checkpoint]
+    checkpoints: list[Checkpoint]  # named checkpoints (save_checkpoint)
     events: list[Event]
     children: list[ChildProcess]
+    # Version 2 (absent from a version 1 document, which imports as before):
+    app_key: str | None = None
+    keyed_checkpoints: list[KeyedCheckpoint] = []
+    writes: list[PendingWrite] = []
+    tombstones: list[Tombstone] = []
+
+    @property
+    def extras(self) -> ExportExtras:
+        """The version 2 part, as :mod:`sessionstore._export` reads and plans it."""
+        return ExportExtras(
+            app_key=self.app_key,
+            keyed_checkpoints=self.keyed_checkpoints,
+            writes=self.writes,
+            tombstones=self.tombstones,
+        )
 
 
 def export_document(store: SessionStore, session_id: str) -> ExportDocument:
@@ -82,14 +106,19 @@ def export_document(store: SessionStore, session_id: str) -> ExportDocument:
         if len(page) < _PAGE:
             break
         after = page[-1].id
+    extras, keyed_rows = read_extras(store, session_id)
     return ExportDocument(
         format=EXPORT_FORMAT,
         version=EXPORT_VERSION,
         exported_at=time.time(),
         session=session,
-        checkpoints=store.list_checkpoints(session_id),
+        checkpoints=[c for c in store.list_checkpoints(session_id) if c.id not in keyed_rows],
         events=events,
         children=store.children(session_id, include_exited=True),
+        app_key=extras.app_key,
+        keyed_checkpoints=extras.keyed_checkpoints,
+        writes=extras.writes,
+        tombstones=extras.tombstones,
     )
 
 
@@ -190,6 +219,9 @@ def _check_timestamps(path: str, doc: ExportDocument) -> None:
     rows += [(f"checkpoints[{i}]", c) for i, c in enumerate(doc.checkpoints)]
     rows += [(f"events[{i}]", e) for i, e in enumerate(doc.events)]
     rows += [(f"children[{i}]", c) for i, c in enumerate(doc.children)]
+    rows += [(f"keyed_checkpoints[{i}]", c) for i, c in enumerate(doc.keyed_checkpoints)]
+    rows += [(f"writes[{i}]", w) for i, w in enumerate(doc.writes)]
+    rows += [(f"tombstones[{i}]", t) for i, t in enumerate(doc.tombstones)]
     for where, row in rows:
         for key, value in row.model_dump().items():
             # `not 0 <= v <= max` also refuses nan and inf.
@@ -255,6 +287,7 @@ def plan_import(store: SessionStore, doc: ExportDocument) -> tuple[list[Op], dic
                 owner_start_ticks=s.owner.start_ticks if s.owner else None,
                 owner_boot_id=s.owner.boot_id if s.owner else None,
                 owner_host=s.owner_host,
+                key=doc.app_key,
             )
         )
         if s.status is not SessionStatus.ACTIVE:
@@ -311,9 +344,14 @@ def plan_import(store: SessionStore, doc: ExportDocument) -> tuple[list[Op], dic
                     state=c.state,
                 )
             )
+    have = read_extras(store, s.id)[0] if not created else ExportExtras()
+    extra_rows, deletions, extra_counts = extras_ops(s.id, doc.extras, have)
+    ops.extend(extra_rows)
+    ops.extend(deletions)  # last: a deletion removes only what was written before it
     summary = {
         "session_id": s.id,
         "created": created,
+        **extra_counts,
         "checkpoints": {"in_file": len(doc.checkpoints), "added": len(new_checkpoints)},
         "events": {"in_file": len(doc.events), "added": len(new_events)},
         "children": {"in_file": len(doc.children), "added": added, "updated": updated},
@@ -336,6 +374,7 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
             # An id the target already uses elsewhere (another session's checkpoint or event)
             # is ignored by the idempotent insert: count what landed, never what was planned.
             unstored = _not_stored(store, doc.session.id, ops, errors)
+            unstored += keyed_not_stored(store, doc.session.id, ops)
         else:
             unstored = []
     rejected = [(op, err) for op, err in zip(ops, errors, strict=True) if err is not None]
@@ -344,6 +383,7 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
     if unstored:
         summary["checkpoints"]["added"] -= sum(k == "checkpoint" for k, _ in unstored)
         summary["events"]["added"] -= sum(k == "event" for k, _ in unstored)
+        summary["keyed_checkpoints"]["added"] -= sum(k == "keyed checkpoint" for k, _ in unstored)
 
     def human(con: Console) -> None:
         if not ops:
@@ -353,25 +393,24 @@ def cmd_import(args: argparse.Namespace, out: Output) -> int:
             f"{'created' if summary['created'] else 'updated'} session {doc.session.id} "
             f"({doc.session.name}): +{summary['checkpoints']['added']} checkpoint(s), "
             f"+{summary['events']['added']} event(s), +{summary['children']['added']} "
-            f"child row(s)",
+            f"child row(s), +{summary['keyed_checkpoints']['added']} keyed checkpoint(s), "
+            f"+{summary['writes']['added']} write(s)",
             markup=False,
         )
 
     out.result(dump(summary), human)
     if unstored:
         kind, ident = unstored[0]
-        print(
-            f"sessionstore: import: {len(unstored)} row(s) not stored: their ids are already "
-            f"used by another session in this database (first: {kind} {ident})",
-            file=sys.stderr,
+        out.warn(
+            f"import: {len(unstored)} row(s) not stored: their ids are already "
+            f"used by another session in this database (first: {kind} {ident})"
         )
         return EXIT_FAILED
     if rejected:
         first_op, first_err = rejected[0]
-        print(
-            f"sessionstore: import: {len(rejected)} op(s) rejected, first {first_op.kind}: "
-            f"{one_line(str(first_err))}",
-            file=sys.stderr,
+        out.warn(
+            f"import: {len(rejected)} op(s) rejected, first {first_op.kind}: "
+            f"{one_line(str(first_err))}"
         )
         return EXIT_FAILED
     return EXIT_OK

@@ -14,14 +14,20 @@ that is finishing while the process shuts down loses none of its history; ``pop_
 journaled too and returns None (it cannot know the item yet); ``get_items`` raises
 ``StoreClosedError``.
 
+A corrupt record does not hide valid history: ``get_items`` skips an item whose stored JSON
+cannot be read (or is not an object), logs a warning naming it, records it in ``skipped``, and
+returns the other items, still the latest ``limit`` readable ones.
+
 Requires the ``openai-agents`` extra.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
+from .._models import Checkpoint
 from .._ops import new_id, session_id_for_key
 from .._store import SessionStore
 
@@ -30,8 +36,18 @@ if TYPE_CHECKING:
 
 __all__ = ["SessionStoreSession"]
 
+log = logging.getLogger("sessionstore")
+
 KEY_PREFIX = "openai-agents:"
+_MAX_CORRUPT_POPS = 1000  # one pop never spins for ever over a damaged history
 NAMESPACE = "items"
+
+
+def _not_an_item(cp: Checkpoint) -> str | None:
+    # The SDK's items are JSON objects; anything else in the history is a damaged record.
+    if isinstance(cp.data, dict):
+        return None
+    return f"not an item: a JSON {type(cp.data).__name__}"
 
 
 class SessionStoreSession:
@@ -54,6 +70,8 @@ class SessionStoreSession:
         self.session_settings = session_settings
         self.store = store
         self._key = f"{KEY_PREFIX}{session_id}"
+        # Items skipped by reads because their record is corrupt: (item id, reason).
+        self.skipped: list[tuple[str, str]] = []
         self._sid = session_id_for_key(self._key)
 
     def _limit(self, limit: int | None) -> int | None:
@@ -67,7 +85,12 @@ class SessionStoreSession:
         limit = self._limit(limit)
         if limit is not None and limit <= 0:
             return []
-        found = self.store.find_checkpoints(self._sid, namespace=NAMESPACE, limit=limit)
+        # A corrupt record (unreadable JSON, or JSON that is no item) is skipped and reported,
+        # never allowed to hide the valid history around it (the SDK's contract for backends).
+        found, corrupt = self.store.find_checkpoints_lenient(
+            self._sid, namespace=NAMESPACE, limit=limit, check=_not_an_item
+        )
+        self.skipped.extend(corrupt)
         return [cp.data for cp in reversed(found)]
 
     def _add(self, items: list[Any]) -> None:
@@ -79,8 +102,23 @@ class SessionStoreSession:
                 tx.put_checkpoint(self._sid, new_id(), item, namespace=NAMESPACE, name="item")
 
     def _pop(self) -> Any:
-        popped = self.store.pop_checkpoint(self._sid, namespace=NAMESPACE)
-        return None if popped is None else popped.data
+        # A corrupt newest record is removed (it cannot be returned) and reported, and the pop
+        # goes on to the newest readable item, rather than answer None ("no history") over it.
+        for _ in range(_MAX_CORRUPT_POPS):
+            try:
+                popped = self.store.pop_checkpoint(self._sid, namespace=NAMESPACE)
+            except ValueError as err:  # the row was deleted; its JSON could not be read
+                self.skipped.append(("?", f"popped unreadable: {type(err).__name__}: {err}"))
+                log.warning("conversation %s: popped an unreadable item", self.session_id)
+                continue
+            if popped is None:
+                return None
+            why = _not_an_item(popped)
+            if why is None:
+                return popped.data
+            self.skipped.append((popped.id, f"popped {why}"))
+            log.warning("conversation %s: popped a record that is %s", self.session_id, why)
+        return None
 
     async def get_items(self, limit: int | None = None) -> list[Any]:
         """The latest ``limit`` items (all if None), oldest first.

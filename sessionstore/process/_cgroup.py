@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .._identity import IdentityStatus, ProcessIdentity, boot_id
-from .._proc import LINUX
+from .._proc import LINUX, ProcessUnreadableError, read_cgroup
 
 __all__ = ["CgroupMoveError", "SessionCgroup", "cgroup_name", "cgroup_unavailable", "left_behind"]
 
@@ -229,14 +229,13 @@ class SessionCgroup:
         if mount is None:
             return False
         try:
-            lines = _read(f"/proc/{pid}/cgroup").splitlines()
-        except OSError:
+            where = read_cgroup(pid)
+        except ProcessUnreadableError:
             return False
-        for line in lines:
-            if line.startswith("0::"):
-                path = os.path.join(mount, line[3:].strip().lstrip("/"))
-                return path == self.path or path.startswith(self.path + os.sep)
-        return False
+        if where is None:
+            return False
+        path = os.path.join(mount, where.lstrip("/"))
+        return path == self.path or path.startswith(self.path + os.sep)
 
     def populated(self) -> bool:
         """True while any process is in the cgroup (or below it)."""

@@ -226,11 +226,6 @@ class ChildRegistry:
             if why is not None:
                 self._gaps.append(f"child {pin.pid} {why}")
 
-    @property
-    def accepting(self) -> bool:
-        """False once shutdown stopped accepting new children."""
-        return self._accepting
-
     def pins(self) -> list[Pin]:
         """Every pinned child, in registration order."""
         with self._cond:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from .._identity import ProcessIdentity
 from .._models import ChildProcess, SessionStatus
 from ..errors import SessionStoreError
+from ._adopted import Adoptions
 from ._callbacks import ExitCallbacks, ShutdownCallback
 from ._children import AnyPopen, ChildRegistry, row_state
 from ._ending import Action, Ending, State
@@ -49,7 +50,7 @@ from ._recorded import gather_roots
 from ._reports import CallbackError, ChildOutcome, ShutdownPhase, ShutdownReport
 from ._signals import CHECK_INTERVAL_S, SignalRelay
 from ._terminate import TerminationResult, terminate_trees, wait_exited
-from ._tree import Scope, descends_from_me, marker_value
+from ._tree import Scope, descends_from_me, marker_member, marker_value
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,6 +65,9 @@ _RECORD_WAIT_S = 2.0  # the exit watcher writes each end within milliseconds; th
 _SCAN_SLACK_S = 0.5  # enumerating and signalling the trees, outside the grace and verify waits
 _HARD_EXIT_S = 1.0  # the store steps of an exit at once (journal, pause), at most
 _EXIT_SLACK_S = _HARD_EXIT_S + 0.5  # from the watchdog's decision to the process being gone
+# How long before the watchdog (beyond a write deadline) a late sequence's status is secured:
+# the watchdog's tick, and an exit's slack for a loaded machine.
+_SECURE_LEAD_S = CHECK_INTERVAL_S + _EXIT_SLACK_S
 
 
 def _check_seconds(name: str, value: float, *, positive: bool = False) -> float:
@@ -164,6 +168,11 @@ class ProcessLayer:
         os.set_blocking(self._escalate_w, False)
         self._atexit_registered = False
         self._active_pins: list[Pin] = []
+        self._adoptions = Adoptions()
+        self._status_recorded = threading.Event()  # the final status was applied or journaled
+        self._securing = False
+        self._is_member = marker_member(Scope(session_id, owner=owner))
+        self._sweep_lock = threading.Lock()  # one sweep at a time; none while a shutdown runs
         self._loop: asyncio.AbstractEventLoop | None = None  # running in main at install()
 
     # ------------------------------------------------------------------ setup
@@ -474,20 +483,74 @@ class ProcessLayer:
             self._end_process()
 
     def _tick(self) -> None:
-        """The watchdog, run by the listener every second."""
-        signum = self._ending.overdue(self._budget_s())
+        """The watchdog, run by the listener every second; then the sweep of adopted zombies.
+
+        Before the watchdog cuts a late signal-caused sequence, a first threshold secures its
+        final status (see :meth:`_secure_final_state`).
+        """
+        budget = self._budget_s()
+        signum = self._ending.overdue(budget)
         if signum is not None:
             self._hard_exit(signum, "the shutdown outlasted its deadline")
+        # The status write gets a write deadline, the watchdog's tick and an exit's slack
+        # before the cut (half the budget at least: it is the sequence's job first).
+        secure_at = max(budget - self._store.config.write_deadline_s - _SECURE_LEAD_S, budget / 2)
+        if self._ending.overdue(secure_at) is not None:
+            self._secure_final_state()
+        self._reap_adopted()
+
+    def _secure_final_state(self) -> None:
+        """A late signal-caused sequence: write its final status now, on a thread of its own.
+
+        The watchdog's exit gives the store at most 1 s, and a store behind a stopped peer's
+        lock needs a whole write deadline to give up and journal: started that late, the
+        PAUSED write was lost and the session stayed ACTIVE with its owner gone. Started here,
+        ahead of the sequence's own final-state phase, it lands or is journaled before the cut.
+        The status alone is written out of order (the sequence is over its budget anyway; a
+        signal-caused ending is PAUSED whatever happens next); the children's rows and the
+        final checkpoint stay the sequence's. Rejected: writing PAUSED when the sequence starts
+        (it would say "paused" while children still run, and break the documented order).
+        """
+        with self._lock:
+            if self._securing or self._status_recorded.is_set():
+                return
+            self._securing = True
+        log.warning("the shutdown runs late: recording the session's final status now")
+        with contextlib.suppress(RuntimeError):  # no thread during atexit: the exit still tries
+            threading.Thread(
+                target=self._record_status,
+                args=([],),
+                name="sessionstore-final-status",
+                daemon=True,
+            ).start()
+
+    def _reap_adopted(self) -> int:
+        """Reap the zombies of orphans this subreaper adopted (never a child it forked).
+
+        Run every second by the listener while no shutdown is under way; cheap (the kernel's
+        child lists, not a pass over every process). See :mod:`._adopted` for how an adopted
+        orphan is told from the application's own children.
+
+        Returns:
+            How many zombies were reaped.
+        """
+        with self._sweep_lock:
+            if self._ending.state is not State.IDLE or not is_child_subreaper():
+                return 0
+            roots = [(p.pid, p.start_ticks) for p in self._children.pins()]
+            return self._adoptions.sweep(roots, self._is_member)
 
     def _hard_exit(self, signum: int | None, why: str) -> None:
         """SIGKILL what we pinned, journal what is pending, pause the session, end by the signal.
 
         The store steps run on a helper thread joined for at most ``_HARD_EXIT_S``: a store
-        stuck behind a stopped peer's lock must not hold the exit, so the session may stay
-        unpaused then. The store is closed with no wait (what is in flight is journaled), so
-        the pause write goes to the journal and the next ``open()`` applies it. Where no thread
-        can be started (Python 3.12 during atexit) the store steps are skipped rather than run
-        unbounded.
+        stuck behind a stopped peer's lock must not hold the exit. When the watchdog cuts a
+        late sequence, its final status was secured ahead of the cut (:meth:`_tick`), so only
+        what is pending is journaled here. Otherwise (a third SIGINT) the store is closed with
+        no wait (what is in flight is journaled), so the pause write goes to the journal and the
+        next ``open()`` applies it; a store stuck behind a stopped peer's lock may leave the
+        session unpaused then. Where no thread can be started (Python 3.12 during atexit) the
+        store steps are skipped rather than run unbounded.
         """
         first_time, decided, first = self._ending.begin_hard_exit(signum)
         if not first_time:
@@ -498,15 +561,18 @@ class ProcessLayer:
                 if not pin.send_group(signal.SIGKILL):
                     pin.send(signal.SIGKILL)
 
+        securing = self._securing  # the final status is already on its way (see _tick)
+
         def store_steps() -> None:
             with contextlib.suppress(Exception):
                 self._store.journal_pending()
-            if not decided and first is not None:
+            if not decided and not securing and first is not None:
                 with contextlib.suppress(Exception):
                     self._store.close(timeout=0)
                 with contextlib.suppress(Exception):
                     self._store.pause_session(self._session_id)
 
+        until = time.monotonic() + _HARD_EXIT_S
         try:
             helper = threading.Thread(target=store_steps, name="sessionstore-exit", daemon=True)
             helper.start()
@@ -514,6 +580,8 @@ class ProcessLayer:
             log.error("no thread can be started: the store is left as it is")
         else:
             helper.join(_HARD_EXIT_S)
+            if securing:
+                self._status_recorded.wait(max(0.0, until - time.monotonic()))
         if first is None:
             os._exit(1)
         exit_by_signal(first)
@@ -680,6 +748,8 @@ class ProcessLayer:
             roots, outcomes = self._children.pins(), []
         self._active_pins = roots
         try:
+            with self._sweep_lock:  # a sweep in progress finishes first: nothing reaps a walk
+                pass
             result = terminate_trees(
                 roots,
                 grace_s=self.grace_s,
@@ -689,6 +759,7 @@ class ProcessLayer:
                 cgroup=self._children.cgroup,
                 wake_fd=self._escalate_r,
                 escalated=self._escalated,
+                adoptions=self._adoptions,
             )
         except Exception as err:
             log.exception("ending the child trees failed; SIGKILLing what we pinned")
@@ -764,10 +835,12 @@ class ProcessLayer:
             pin.close()
         return outcomes
 
-    def _final_state(
-        self, outcomes: list[ChildOutcome], result: TerminationResult, errors: list[str]
-    ) -> SessionStatus | None:
-        """Session PAUSED (a signal: resumable) or STOPPED, then the final checkpoint."""
+    def _record_status(self, errors: list[str]) -> SessionStatus | None:
+        """Write the session's final status (PAUSED for a signal, else STOPPED), once it lands.
+
+        Called by the sequence, and ahead of it by :meth:`_secure_final_state` when the
+        sequence runs late; the second write of the same status changes nothing.
+        """
         target = SessionStatus.PAUSED if self._signum is not None else SessionStatus.STOPPED
         status: SessionStatus | None = None
         try:
@@ -788,6 +861,15 @@ class ProcessLayer:
                 status = current  # completed/crashed/stopped stay as they are
         except SessionStoreError as err:
             errors.append(f"setting the session {target.value}: {err!r}")
+        else:
+            self._status_recorded.set()  # applied, or in the journal for the next open
+        return status
+
+    def _final_state(
+        self, outcomes: list[ChildOutcome], result: TerminationResult, errors: list[str]
+    ) -> SessionStatus | None:
+        """Session PAUSED (a signal: resumable) or STOPPED, then the final checkpoint."""
+        status = self._record_status(errors)
         try:
             self._store.save_checkpoint(
                 self._session_id,

@@ -42,6 +42,8 @@ class Pin:
         source: how it came under our care.
         popen: the ``subprocess.Popen`` that owns its exit status, if we have one.
         term_sent / kill_sent: which of our signals it was sent (decides how it ended).
+        adopted: proven not forked by this process (see :mod:`._adopted`): a zombie child
+            of ours that is ours to reap.
         exit_code: ``Popen.returncode`` form, when known.
         ended: it exited (or is a zombie).
     """
@@ -76,7 +78,8 @@ class Pin:
         self._closed = False
         self.term_sent = False
         self.kill_sent = False
-        self.stop_sent = False
+        # Proven not forked by this process (see ._adopted): its zombie is ours to reap.
+        self.adopted = False
         self.exit_code: int | None = None
         self.ended = False
         self.reaped = False
@@ -239,8 +242,6 @@ class Pin:
             self.term_sent = True
         elif sig == signal.SIGKILL:
             self.kill_sent = True
-        elif sig == signal.SIGSTOP:
-            self.stop_sent = True
 
     def outcome(self) -> Outcome:
         """How this process ended, judged from what we sent it and its exit status."""

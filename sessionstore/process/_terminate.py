@@ -11,15 +11,15 @@ a process is gone when its pidfd is readable or ``/proc`` shows it a zombie; zom
 
 from __future__ import annotations
 
-import selectors
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .._proc import ProcessUnreadableError
+from .._proc import ProcessUnreadableError, wait_pidfds
 from ..errors import UnsafeSignalError
+from ._adopted import Adoptions
 from ._cgroup import SessionCgroup
 from ._pin import Pin
 from ._reports import Verification
@@ -27,9 +27,7 @@ from ._tree import Scope, TreeFinder
 
 __all__ = ["TerminationResult", "Verification", "terminate_trees", "wait_exited"]
 
-_POLL_S = 0.02  # only for pins without a pidfd
 _TERM_ROUNDS = 20  # grace rounds that SIGTERM newly found members; a hopper meets SIGKILL
-_MAX_SELECT_S = 3600.0  # clamp: huge select timeouts misbehave (python/cpython#154836)
 
 
 @dataclass
@@ -70,39 +68,21 @@ def wait_exited(
         True when all had exited.
     """
     remaining = [p for p in pins if not p.has_exited()]
-    if not remaining:
-        return True
-    with selectors.DefaultSelector() as sel:
-        polled: list[Pin] = []
-        for pin in remaining:
-            fd = pin.fileno()
-            if fd is None:
-                polled.append(pin)
-            else:
-                sel.register(fd, selectors.EVENT_READ, pin)
-        if wake_fd is not None:
-            sel.register(wake_fd, selectors.EVENT_READ, None)
-        waiting = len(remaining)
-        while waiting:
-            if should_stop():
-                return False
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                return False
-            if polled:
-                timeout = min(timeout, _POLL_S)
-            for key, _ in sel.select(min(timeout, _MAX_SELECT_S)):
-                if key.data is None:
-                    if should_stop():
-                        return False
-                    sel.unregister(key.fd)  # woken for something else: don't spin on it
-                    continue
-                sel.unregister(key.fd)
-                waiting -= 1
-            still = [p for p in polled if not p.has_exited()]
-            waiting -= len(polled) - len(still)
-            polled = still
-    return True
+    fds = {fd: pin for pin in remaining if (fd := pin.fileno()) is not None}
+    polled = [pin for pin in remaining if pin.fileno() is None]
+
+    def polled_exited() -> bool:
+        polled[:] = [p for p in polled if not p.has_exited()]
+        return not polled
+
+    left = wait_pidfds(
+        fds,
+        deadline,
+        wake_fd=wake_fd,
+        should_stop=should_stop,
+        poll=polled_exited if polled else None,
+    )
+    return not left and not polled
 
 
 def _signal_trees(roots: list[Pin], pins: Iterable[Pin], sig: int) -> None:
@@ -187,7 +167,13 @@ def _freeze(finder: TreeFinder, order: list[Pin], deadline: float) -> None:
 
 
 def _chase(finder: TreeFinder, order: list[Pin], deadline: float, sig: int | None) -> None:
-    """Incremental scans (stopping each find, then sending ``sig``) until one finds nothing."""
+    """Walk the child lists, then incremental scans (stopping each find, then ``sig``).
+
+    The walk (:meth:`TreeFinder.chase`) catches every descendant of this process (the
+    subreaper) and of the pinned members; the incremental scans then catch members found only
+    by their tree marker or group, until one finds nothing.
+    """
+    order.extend(finder.chase(deadline, sig=sig))
     while time.monotonic() < deadline:
         new = finder.find(full=False, stop=True).new
         order.extend(new)
@@ -209,6 +195,7 @@ def terminate_trees(
     extra_cgroups: Sequence[SessionCgroup] = (),
     wake_fd: int | None = None,
     escalated: Callable[[], bool] = lambda: False,
+    adoptions: Adoptions | None = None,
 ) -> TerminationResult:
     """End the roots and every process in their trees.
 
@@ -228,6 +215,8 @@ def terminate_trees(
         wake_fd: wakes the grace wait (a second Ctrl-C); ``escalated()`` then says whether to
             skip the rest of the grace period.
         escalated: True when the grace period is to be cut short.
+        adoptions: what the caller knows of the children it adopted (the layer's long-running
+            record); a fresh one when None.
 
     Returns:
         The result; no exception for processes that would not die (they are listed as
@@ -237,7 +226,7 @@ def terminate_trees(
     t0 = time.monotonic()
     known: dict[int, Pin] = {p.pid: p for p in roots}
     order: list[Pin] = list(roots)
-    finder = TreeFinder(known, scope)
+    finder = TreeFinder(known, scope, adoptions)
     cgroups = [*([cgroup] if cgroup is not None else []), *extra_cgroups]
     result = TerminationResult(pins=order, enumeration=_tier(scope, cgroups))
     for cg in cgroups:
@@ -289,7 +278,9 @@ def terminate_trees(
     result.unkillable = [p for p in order if not p.has_exited()]
     for pin in order:
         if pin.source == "descendant" and pin.has_exited():
-            pin.collect(reap_adopted=True)  # an adopted orphan: nobody else will reap it
+            # An adopted orphan is reaped (nobody else will); a child this process forked
+            # itself is left to the code that waits for it (see ._adopted).
+            pin.collect(reap_adopted=pin.adopted)
     if result.unkillable or settled == "left":
         result.verification = "orphans_left"
         result.verification_reason = why or f"{len(result.unkillable)} processes survived SIGKILL"
@@ -329,6 +320,7 @@ def _pin_cgroup(
         if not cgroup.contains(pid):  # the pid was recycled before the pidfd was open
             pin.close()
             continue
+        pin.adopted = True  # only spawn starts processes in the session cgroup: not forked here
         known[pid] = pin
         order.append(pin)
 

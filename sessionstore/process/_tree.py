@@ -27,11 +27,11 @@ scans, which read only processes not seen before, so a process that forks and ex
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .._identity import IdentityStatus, ProcessIdentity, boot_id
@@ -40,11 +40,14 @@ from .._proc import (
     ProcessUnreadableError,
     StatInfo,
     environ_value,
+    list_pids,
     read_argv,
+    read_children,
     read_stat,
     scan,
 )
 from ..errors import UnsafeSignalError
+from ._adopted import Adoptions, forked_elsewhere
 from ._pin import Pin
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "TreeFinder",
     "descends_from_me",
     "marker_entry",
+    "marker_member",
     "marker_value",
 ]
 
@@ -61,6 +65,10 @@ _MARKER = MARKER_NAME.encode()
 _PROBE_SPAN = 64  # pids read above the newest member in an incremental scan
 _PROBE_ROUNDS = 1000  # bound on one chase up the pid numbers
 _DEAD = (IdentityStatus.GONE, IdentityStatus.REUSED, IdentityStatus.ZOMBIE)
+# A SIGSTOP that has not landed within this long is stuck behind a system call (D state, or a
+# process not ours to stop); the walk goes on without it, and the full scans still verify.
+_STOP_WAIT_S = 0.25
+_STOPPED = ("T", "t", "Z", "X")  # stopped (by a signal, or traced), or can never run again
 
 
 def marker_value(session_id: str, owner: ProcessIdentity) -> str:
@@ -133,9 +141,12 @@ class TreeFinder:
     Not thread-safe: one shutdown (or one reap) uses one finder.
     """
 
-    def __init__(self, known: dict[int, Pin], scope: Scope) -> None:
+    def __init__(
+        self, known: dict[int, Pin], scope: Scope, adoptions: Adoptions | None = None
+    ) -> None:
         self.known = known
         self.scope = scope
+        self.adoptions = Adoptions() if adoptions is None else adoptions
         self._marks = _Marks(scope)
         self._me = os.getpid()
         self._my_pgrp = os.getpgrp()
@@ -145,6 +156,8 @@ class TreeFinder:
         # recycled pid missed here is caught by the full scans that verification uses.
         self._outside: set[int] = set()
         self._verdicts: dict[tuple[int, int], str] = {}
+        self._walked: set[tuple[int, int]] = set()  # (pid, start ticks) seen by chase()
+        self._my_zombies: set[int] = set()  # our zombie children seen by chase(), by pid
         self.environ_unreadable = 0  # in the last clean full scan (set by the caller)
 
     def _marker(self, info: StatInfo) -> str | None:
@@ -196,8 +209,12 @@ class TreeFinder:
                 self._outside.add(info.pid)
         zombies = frozenset((pid, procs[pid].start_ticks) for pid in members if procs[pid].finished)
         for pid in members:
-            if procs[pid].finished and procs[pid].ppid == self._me:
-                self._reap(pid)
+            info = procs[pid]
+            if info.finished and info.ppid == self._me:
+                self._reap(info)
+            elif info.ppid != self._me:
+                # Below another member now: if it is ever our child, we adopted it.
+                self.adoptions.note(pid, info.start_ticks)
         # Newest first: in a fork chain the newest is the one still running.
         fresh = sorted(
             (pid for pid in members.difference(self.known) if not procs[pid].finished),
@@ -211,6 +228,173 @@ class TreeFinder:
             unreadable=len(table.unreadable),
             environ_unreadable=environ_unreadable,
         )
+
+    def chase(self, deadline: float, *, sig: int | None = None) -> list[Pin]:
+        """Walk down the kernel's child lists, stopping every new member, until nothing is new.
+
+        From this process (with ``scope.own_descendants``) and from every live pinned member,
+        ``/proc/<pid>/task/*/children`` is read; each new member is pinned and sent SIGSTOP
+        (then ``sig``, if given), and the walk repeats once every member found is seen stopped.
+        A walk that finds nothing new (no new process, live or dead) after every member was
+        seen stopped proves, for the subreaper's own tree, that no member is left running:
+
+        * a process that is not pinned has a topmost unpinned ancestor whose parent is this
+          process or a pinned member; it stays on that parent's list until its parent reaps
+          it: we reap nothing during a walk, and a stopped member reaps nothing;
+        * a stopped member cannot fork, so its list cannot grow behind the walk; ours grows
+          only at the end, which a walk in progress still reaches;
+        * a process that dies during the walk stays on its parent's list as a zombie, and its
+          children are re-parented to us *before* it turns zombie: seeing the zombie counts as
+          new, and the next walk reads our list again.
+
+        One thing can still shorten our list during a walk: the exit watcher reaping a root
+        (through its Popen). The kernel may then skip an entry of that one read, which is why
+        the SIGKILL wave is followed by full scans until two in a row find nothing
+        (``_settle_after_kill``): the walk makes catching certain, the scans verify.
+
+        Rejected: listing ``/proc`` (about 1 ms here, while a Python process forks and exits
+        in about as long: the old incremental scans lost a "PID hopper" in 0-3 rounds of 20).
+
+        Returns:
+            The new pins, in the order found (empty when the kernel offers no child lists).
+        """
+        found: list[Pin] = []
+        live = [p for p in self.known.values() if not p.has_exited()]
+        self._await_stopped(live, min(deadline, time.monotonic() + _STOP_WAIT_S))
+        while time.monotonic() < deadline:
+            new, seen_new = self._walk_children()
+            for pin in new:
+                if sig is not None:
+                    pin.send(sig)
+            found.extend(new)
+            if not seen_new:
+                return found
+            self._await_stopped(new, min(deadline, time.monotonic() + _STOP_WAIT_S))
+        return found
+
+    def _walk_children(self) -> tuple[list[Pin], bool]:
+        """One walk down the child lists; the new pins, and whether anything new was seen."""
+        new: list[Pin] = []
+        seen_new = False
+        parents = [self._me] if self.scope.own_descendants else []
+        parents.extend(pid for pid, pin in self.known.items() if not pin.has_exited())
+        done: set[int] = set()
+        while parents:
+            parent = parents.pop()
+            if parent in done:
+                continue
+            done.add(parent)
+            try:
+                children = read_children(parent)
+            except ProcessUnreadableError:
+                continue
+            if children is None:
+                continue
+            pin_of_parent = self.known.get(parent)
+            if pin_of_parent is not None and pin_of_parent.has_exited():
+                continue  # it exited while we read: its list may name a stranger's children
+            if parent == self._me:
+                # Our zombie children stay the same processes until reaped (which takes them
+                # off the list), so they are not read again: a PID hopper can leave thousands
+                # of them below us, and reading each on every walk let the live one hop on.
+                self._my_zombies.intersection_update(children)
+            for pid in children:
+                if parent == self._me and pid in self._my_zombies:
+                    continue
+                try:
+                    info = read_stat(pid)
+                except ProcessUnreadableError:
+                    continue
+                if info is None:
+                    continue
+                if parent == self._me and info.finished:
+                    self._my_zombies.add(pid)
+                key = (pid, info.start_ticks)
+                pinned = self.known.get(pid)
+                if pinned is not None and pinned.start_ticks == info.start_ticks:
+                    if not pinned.has_exited():
+                        parents.append(pid)
+                    continue
+                if key in self._walked:
+                    continue
+                self._walked.add(key)
+                if (
+                    parent == self._me
+                    and info.pgid == self._my_pgrp
+                    and (info.finished or self._marker(info) != "member")
+                ):
+                    # The application's own child (see _members): its comings and goings
+                    # are not the trees', and an app that keeps starting subprocesses must
+                    # not keep the walk going until the deadline.
+                    continue
+                seen_new = True
+                if info.finished:
+                    continue  # a zombie: its children, if any, are on our list now
+                if parent == self._me and not self._adopted_child(info):
+                    continue  # the application's own child (see _members)
+                pin = self._pin_one(info, stop=True)
+                if pin is not None:
+                    new.append(pin)
+                    parents.append(pid)
+        return new, seen_new
+
+    def _adopted_child(self, info: StatInfo) -> bool:
+        """Whether a live child of this process is a member (the rule of :meth:`_members`)."""
+        if info.pgid == self._my_pgrp:
+            return self._marker(info) == "member"
+        return self._marker(info) != "other_layer"
+
+    def _pin_one(self, info: StatInfo, *, stop: bool) -> Pin | None:
+        """Pin one found member (verified after the pidfd is open); SIGSTOP it if asked."""
+        try:
+            pin = Pin.pin(
+                info.pid, source="descendant", expected_start_ticks=info.start_ticks, argv=[]
+            )
+        except (ProcessLookupError, UnsafeSignalError, ProcessUnreadableError):
+            return None  # gone (or recycled) between the read and the pidfd: not ours any more
+        if stop:
+            pin.send(signal.SIGSTOP)
+        pin.argv = read_argv(info.pid) or []  # for humans; after the stop, so it cannot hop
+        self._judge_adopted(pin, info)
+        self.known[info.pid] = pin
+        return pin
+
+    def _judge_adopted(self, pin: Pin, info: StatInfo) -> None:
+        """Mark a new pin adopted when there is evidence we did not fork it (``._adopted``)."""
+        if (
+            info.ppid != self._me
+            or forked_elsewhere(info, self._my_sid)
+            or self._marker(info) == "member"
+            or self.adoptions.is_adopted(info)
+        ):
+            pin.adopted = True
+            self.adoptions.note(info.pid, info.start_ticks)
+
+    def _await_stopped(self, pins: list[Pin], deadline: float) -> None:
+        """Wait (bounded) until each pin is stopped or dead: a SIGSTOP lands asynchronously.
+
+        There is no event for "a process I do not parent has stopped" (``waitid(WSTOPPED)``
+        serves parents only), so this re-reads ``/proc`` with a short, growing pause; a stop
+        lands within microseconds unless the process is in the middle of a system call.
+        """
+        pause = 0.00005
+        waiting = list(pins)
+        while waiting:
+            still = []
+            for pin in waiting:
+                try:
+                    info = read_stat(pin.pid)
+                except ProcessUnreadableError:
+                    continue
+                if info is None or info.start_ticks != pin.start_ticks or info.state in _STOPPED:
+                    continue
+                still.append(pin)
+            waiting = still
+            now = time.monotonic()
+            if not waiting or now >= deadline:
+                return
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 0.005)
 
     def _members(self, procs: Mapping[int, StatInfo]) -> tuple[set[int], int]:
         """The members among ``procs`` (pids), and how many environments could not be read."""
@@ -274,31 +458,26 @@ class TreeFinder:
             added = True
         return added
 
-    def _reap(self, pid: int) -> None:
-        """Reap our zombie child ``pid`` unless it is a root: its status is its owner's.
+    def _reap(self, info: StatInfo) -> None:
+        """Reap our zombie child ``info`` when we adopted it; never one this process forked.
 
         A root (spawned, tracked, recorded) is collected by the exit watcher, through its Popen
-        or with ``WNOWAIT``, so whoever holds a Popen for it still reads the true status.
+        or with ``WNOWAIT``, so whoever holds a Popen for it still reads the true status; any
+        other child is reaped only on evidence that we did not fork it (:mod:`._adopted`).
         """
-        pin = self.known.get(pid)
-        if pin is not None:
+        pin = self.known.get(info.pid)
+        if pin is not None and pin.start_ticks == info.start_ticks:
             if pin.source == "descendant":
-                pin.collect(reap_adopted=True)
+                pin.collect(reap_adopted=pin.adopted)
             return
-        # Our own unreaped child: its pid cannot be recycled before this wait, so the plain
-        # pid is safe here (a pidfd would be needed for anyone else's).
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+        self.adoptions.reap(info)
 
     def _scan_new(self) -> ProcessTable:
         """Only processes not judged before, plus the pinned ones (their children's parents)."""
         procs: dict[int, StatInfo] = {}
         unreadable: set[int] = set()
         outside = self._outside
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            pid = int(name)
+        for pid in list_pids():
             if pid in outside:
                 continue
             try:
@@ -327,8 +506,23 @@ class TreeFinder:
             if stop:
                 pin.send(signal.SIGSTOP)
             pin.argv = read_argv(pid) or []  # for humans; after the stop, so it cannot hop
+            self._judge_adopted(pin, info)
             self.known[pid] = pin
             yield pin
+
+
+def marker_member(scope: Scope) -> Callable[[StatInfo], bool]:
+    """A test for "this live process carries the scope's tree marker" (verdicts cached)."""
+    marks = _Marks(scope)
+
+    def member(info: StatInfo) -> bool:
+        try:
+            value = environ_value(info.pid, _MARKER)
+        except ProcessUnreadableError:
+            return False
+        return value is not None and marks.classify(value) == "member"
+
+    return member
 
 
 def _same(info: StatInfo, pin: Pin) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import signal
 import time
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ import psutil
 from .. import _queries
 from .._identity import IdentityStatus, ProcessIdentity, boot_id, read_process_info
 from .._models import ChildState
+from .._proc import wait_pidfds
 from .._store import ReadLease, SessionStore
 
 __all__ = [
@@ -282,14 +282,7 @@ def _wait_gone(procs: list[Tracked], timeout: float) -> list[Tracked]:
                 fds[fd] = t
             else:
                 os.close(fd)
-        deadline = time.monotonic() + timeout
-        pending = set(fds)
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ready, _, _ = select.select(list(pending), [], [], left)
-            pending -= set(ready)
+        pending = wait_pidfds(fds, time.monotonic() + timeout)
         return [fds[fd] for fd in pending if fds[fd].alive()]
     finally:
         for fd in fds:

@@ -73,7 +73,7 @@ def test_stop_ends_the_whole_tree_and_reports_it(tmp_path: Path) -> None:
     print(f"stop -> last process gone: {last - t0:.3f} s (tree of {len(procs)})")
     assert code == 0, err
     assert doc["signalled"] == ["SIGTERM"] and doc["owner_ended"] is True
-    assert doc["owner_pid"] == tree.wrapper.pid
+    assert doc["owner"]["pid"] == tree.wrapper.pid
     assert doc["shutdown"]["verified_no_orphans"] is True
     assert doc["status"] == "stopped" and doc["children_alive"] == []
     assert wrapper_code == -signal.SIGTERM
@@ -93,8 +93,9 @@ def test_pause_then_run_session_resumes_and_stop_finds_the_new_owner(tmp_path: P
     code, doc, err = _cli(db, "stop", "job")
     second.finish()
     assert code == 0, err
-    assert doc["owner_pid"] == second.wrapper.pid  # not the first, dead, owner
-    assert [c["identity"] for c in doc["owner_candidates"]] == ["alive", "gone"]
+    assert doc["owner"]["pid"] == second.wrapper.pid  # not the first, dead, owner
+    # The resume recorded the wrapper as the owner: the first, dead, one is no longer a candidate.
+    assert [c["identity"] for c in doc["owner_candidates"]] == ["alive"]
     assert second.left() == []
     assert _status(db, "job") is SessionStatus.STOPPED
 

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,12 @@ from sessionstore import SessionStore, StoreConfig
 from sessionstore.cli import main
 
 CLI = [sys.executable, "-m", "sessionstore"]
+
+
+def _rfc(keys: set[str]) -> set[str]:
+    """``keys`` plus the RFC 3339 text printed beside each epoch time (``*_at``)."""
+    return keys | {f"{k}_rfc3339" for k in keys if k.endswith("_at")}
+
 
 # The JSON keys the README documents for each command: a contract, only ever extended.
 STATUS_KEYS = {
@@ -42,37 +49,41 @@ STATUS_KEYS = {
     "stale",
     "last_checkpoint",
 }
-SESSION_KEYS = {
-    "id",
-    "name",
-    "objective",
-    "status",
-    "metadata",
-    "key",
-    "owner",
-    "owner_host",
-    "created_at",
-    "updated_at",
-    "paused_at",
-    "resumed_at",
-    "stopped_at",
-    "heartbeat_at",
-}
-CHILD_KEYS = {
-    "session_id",
-    "pid",
-    "start_ticks",
-    "boot_id",
-    "pgid",
-    "argv",
-    "registered_at",
-    "exited_at",
-    "exit_code",
-    "state",
-    "identity_status",
-    "alive",
-}
-EVENT_KEYS = {"id", "op_id", "session_id", "level", "message", "data", "created_at"}
+SESSION_KEYS = _rfc(
+    {
+        "id",
+        "name",
+        "objective",
+        "status",
+        "metadata",
+        "key",
+        "owner",
+        "owner_host",
+        "created_at",
+        "updated_at",
+        "paused_at",
+        "resumed_at",
+        "stopped_at",
+        "heartbeat_at",
+    }
+)
+CHILD_KEYS = _rfc(
+    {
+        "session_id",
+        "pid",
+        "start_ticks",
+        "boot_id",
+        "pgid",
+        "argv",
+        "registered_at",
+        "exited_at",
+        "exit_code",
+        "state",
+        "identity",
+        "alive",
+    }
+)
+EVENT_KEYS = _rfc({"id", "op_id", "session_id", "level", "message", "data", "created_at"})
 DOCTOR_KEYS = {
     "db",
     "healthy",
@@ -150,7 +161,11 @@ def assert_one_line_failure(r: Result, code: int) -> None:
     lines = r.err.splitlines()
     assert len(lines) == 1, f"{r.args}: stderr is not one line: {r.err!r}"
     assert "Traceback" not in r.err
-    assert lines[0].startswith("sessionstore"), lines[0]
+    if "--json" in r.args:
+        err = json.loads(lines[0])  # under --json the one line is a JSON error object
+        assert (err["event"], err["exit_code"]) == ("error", code), err
+    else:
+        assert lines[0].startswith("sessionstore"), lines[0]
 
 
 @dataclass
@@ -220,11 +235,19 @@ def test_every_json_output_parses_and_keeps_its_keys(db: Fixture) -> None:
         "crashed": 0,
     }
     assert [x["id"] for x in s["stale"]] == [db.alpha]
-    assert set(s["stale"][0]) == {"id", "name", "heartbeat_at", "age_s", "owner_pid", "owner_host"}
+    assert set(s["stale"][0]) == _rfc(
+        {"id", "name", "heartbeat_at", "age_s", "owner", "owner_host"}
+    )
+    assert set(s["stale"][0]["owner"]) == {"pid", "start_ticks", "boot_id"}  # as in `sessions`
     assert s["last_checkpoint"]["session_id"] == db.beta
-    assert set(s["last_checkpoint"]) == {"id", "session_id", "name", "created_at"}
+    assert set(s["last_checkpoint"]) == _rfc({"id", "session_id", "name", "created_at"})
 
     ss = sessions.json()["sessions"]
+    for x in ss:  # the RFC 3339 text is the epoch number's instant, in UTC
+        stamp = datetime.fromisoformat(x["created_at_rfc3339"].replace("Z", "+00:00"))
+        assert stamp.tzinfo is not None and stamp.utcoffset() == timedelta(0)
+        assert abs(stamp.timestamp() - x["created_at"]) < 1e-5
+        assert x["heartbeat_at"] is not None or x["heartbeat_at_rfc3339"] is None
     assert [x["name"] for x in ss] == ["alpha", "beta", "gamma"]
     assert all(set(x) == SESSION_KEYS for x in ss)
     assert [x["name"] for x in paused.json()["sessions"]] == ["beta"]
@@ -244,7 +267,7 @@ def test_every_json_output_parses_and_keeps_its_keys(db: Fixture) -> None:
     ch = children.json()["children"]
     assert len(ch) == 1
     assert ch[0]["alive"] is False
-    assert ch[0]["identity_status"] == "gone"
+    assert ch[0]["identity"] == "gone"
 
     doc = doctor.json()
     assert set(doc) == DOCTOR_KEYS
@@ -661,3 +684,73 @@ def test_sessions_filters_by_name_since_and_limit(db: Fixture) -> None:
     assert future.json()["sessions"] == []
     assert [s["id"] for s in newest.json()["sessions"]] == [db.beta, db.gamma]
     assert_one_line_failure(bad, 2)
+
+
+def test_errors_under_json_are_one_json_object_with_the_exit_code(
+    db: Fixture, tmp_path: Path
+) -> None:
+    """Every failure kind under --json: stdout empty, stderr one JSON error object, no text."""
+    d = str(db.path)
+    cases = [
+        (["--db", d, "show", "no-such-session", "--json"], 5, "not_found"),
+        (["--db", d, "show", "--json"], 2, "usage"),
+        (["--json", "--db", d, "events", db.alpha, "--timeout", "1e308"], 2, "usage"),
+        (["--db", str(tmp_path / "missing.db"), "status", "--json"], 3, "no_database"),
+        (["--db", d, "import", str(tmp_path / "nothing.json"), "--json"], 2, "usage"),
+        (["--db", d, "--json", "resume", db.gamma], 1, "failed"),
+    ]
+    results = run_many([c for c, _, _ in cases])
+    for (cmd, code, kind), r in zip(cases, results, strict=True):
+        assert r.rc == code, (cmd, r.rc, r.err)
+        assert r.out == "", (cmd, r.out)
+        lines = r.err.splitlines()
+        assert len(lines) == 1, (cmd, r.err)
+        err = json.loads(lines[0])
+        assert err["event"] == "error" and err["exit_code"] == code, (cmd, err)
+        assert err["error"] == kind and err["message"] and err["type"], (cmd, err)
+
+
+def test_events_since_until_and_level(db: Fixture) -> None:
+    """``--since/--until`` select by the event's time, ``--level`` keeps it and more severe."""
+    d = str(db.path)
+    later = "2999-01-01T00:00:00Z"
+    since_now, until_past, until_later, warnings, last_warning = run_many(
+        [
+            ["--db", d, "events", db.alpha, "--since", "1h", "--json"],
+            ["--db", d, "events", db.alpha, "--until", "2000-01-01T00:00Z", "--json"],
+            ["--db", d, "events", db.alpha, "--until", later, "--limit", "3", "--json"],
+            ["--db", d, "events", db.alpha, "--level", "warning", "--json"],
+            ["--db", d, "events", db.alpha, "--level", "warning", "-n", "1", "--json"],
+        ]
+    )
+    assert len(since_now.json()["events"]) == 25
+    assert until_past.json()["events"] == []
+    assert [e["message"] for e in until_later.json()["events"]] == [f"event {i}" for i in range(3)]
+    assert [e["message"] for e in warnings.json()["events"]] == [
+        f"event {i}" for i in range(0, 25, 5)
+    ]
+    assert [e["message"] for e in last_warning.json()["events"]] == ["event 20"]
+
+
+def test_resume_clears_a_dead_owner_so_reap_does_not_flag_the_session(db: Fixture) -> None:
+    """A session left by a dead orchestrator, resumed from the CLI: no owner, not an orphan."""
+    d = str(db.path)
+    owner = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from sessionstore import SessionStore as S; "
+            "s = S.open(sys.argv[1]); i = s.create_session('left').id; s.pause_session(i); "
+            "print(i); s.close()",
+            d,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    left = owner.stdout.strip()
+    resumed = run("--db", d, "resume", left, "--json").json()
+    assert resumed["session"]["status"] == "active"
+    assert resumed["session"]["owner"] is None
+    dry = run("--db", d, "reap", "--dry-run", "--json").json()
+    assert left not in [s["session_id"] for s in dry["report"]["sessions"]]

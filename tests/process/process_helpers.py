@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sessionstore._proc import wait_pidfds
+
 SCRIPTS = Path(__file__).parent / "scripts"
 ORCHESTRATOR = str(SCRIPTS / "orchestrator.py")
 
@@ -41,20 +43,7 @@ def read_line(fd: int, timeout: float) -> str:
 
 def wait_pidfds_readable(fds: Iterable[int], timeout: float) -> bool:
     """Wait until every pidfd is readable (its process exited); False on timeout."""
-    pending = list(fds)
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        for fd in pending:
-            sel.register(fd, selectors.EVENT_READ)
-        left = len(pending)
-        while left:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            for key, _ in sel.select(remaining):
-                sel.unregister(key.fd)
-                left -= 1
-    return True
+    return not wait_pidfds(fds, time.monotonic() + timeout)
 
 
 def is_running(pidfd: int) -> bool:
@@ -90,7 +79,9 @@ class Orchestrator:
         self.deadline_s: float = info["deadline"]
         self.pidfds: dict[int, int] = {}
         for pid in self.all_pids:
-            self.pidfds[pid] = os.pidfd_open(pid)
+            # An orchestrator that returns at once shuts down at once: a child may be gone.
+            with contextlib.suppress(ProcessLookupError):
+                self.pidfds[pid] = os.pidfd_open(pid)
 
     @property
     def all_pids(self) -> list[int]:

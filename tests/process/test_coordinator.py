@@ -354,3 +354,49 @@ def test_installed_layer_shuts_other_layers_down(store: SessionStore, session_id
         assert other_report.session_status is SessionStatus.STOPPED
     finally:
         main.uninstall()
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.timeout(60)
+def test_a_late_signal_shutdown_secures_paused_before_the_watchdog(db_path: str) -> None:
+    """A signal-caused sequence past its status threshold: PAUSED lands behind a stopped peer."""
+    from process_helpers import SCRIPTS, read_line
+
+    store = SessionStore.open(db_path, config=StoreConfig(write_deadline_s=0.5))
+    holder = None
+    try:
+        sid = store.create_session("late").id
+        layer = ProcessLayer(
+            store, sid, exit_on_signal=False, close_store=False, cgroup=False, subreaper=False
+        )
+        clock = _Clock()
+        layer._ending._clock = clock
+        holder = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "lock_holder.py"), db_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert holder.stdout is not None
+        assert read_line(holder.stdout.fileno(), 20).strip() == "locked"
+        holder.send_signal(signal.SIGSTOP)  # every write is BUSY until its deadline
+        layer._ending.hear(signal.SIGTERM)  # requested; the sequence is stuck before its end
+        budget = layer._budget_s()
+        clock.now += budget - 0.1  # past the status threshold, short of the watchdog
+        layer._tick()
+        assert layer._status_recorded.wait(10)  # applied, or journaled for the next open
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.communicate(timeout=10)
+        store.close(timeout=0)
+    with SessionStore.open(db_path) as reopened:
+        assert reopened.get_session(sid).status is SessionStatus.PAUSED

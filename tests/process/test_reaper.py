@@ -10,11 +10,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from escapee_helpers import Escapees, bystander_problems, subreaper_scope
-from process_helpers import Orchestrator, is_running
+from process_helpers import Orchestrator, is_running, read_line
 
 from sessionstore import ChildState, SessionStatus, SessionStore
 from sessionstore.process import ReapReport, reap_orphans
@@ -232,3 +233,79 @@ def test_reap_empties_the_cgroup_a_dead_owner_left(
             os.close(fd)
     finally:
         esc.close()
+
+
+def _doctor(db: str) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "sessionstore", "--db", db, "--json", "doctor"],
+        capture_output=True,
+        timeout=60,
+    )
+    return out.returncode, json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_doctor_counts_what_reap_ends(db_path: str, tmp_path: Path, subreaper: None) -> None:
+    """Owner SIGKILLed, children exited, daemons alive: doctor counts exactly what reap ends."""
+    esc = Escapees(db_path, ["setsid", "nohup", "daemon", "doublefork"], tmp=tmp_path)
+    try:
+        with_marker = [p for p in esc.pids if _has_marker(p)]
+        esc.proc.kill()
+        assert esc.proc.wait(10) == -signal.SIGKILL
+        code, before = _doctor(db_path)
+        report = _reap_elsewhere(db_path)
+        (session,) = report.sessions
+        after_code, after = _doctor(db_path)
+        assert before["orphans"] == len(with_marker) == session.descendants_ended == 3
+        assert code == 1 and not before["healthy"]
+        assert after["orphans"] == 0 and after_code == 0
+    finally:
+        esc.close()
+
+
+@pytest.mark.slow
+def test_reap_ends_what_a_third_sigint_left(db_path: str, subreaper: None) -> None:
+    """Third SIGINT mid-callback (children untouched): exit -2, PAUSED; reap ends the escapee."""
+    r, w = os.pipe()
+    orch = None
+    try:
+        orch = Orchestrator(
+            db_path,
+            "--escapee",
+            "--blocking-callback",
+            "--blocking-phase=before_children",
+            "--callback-timeout=60",
+            f"--notify-fd={w}",
+            pass_fds=[w],
+        )
+        os.close(w)
+        w = -1
+        (escapee,) = orch.pids["escapee"]
+        assert _has_marker(escapee)
+        orch.send(signal.SIGINT)
+        assert read_line(r, 10).strip() == "in-callback"
+        orch.send(signal.SIGINT)
+        _wait_stderr(orch, "again", 10)  # the second was seen before the third is sent
+        orch.send(signal.SIGINT)
+        assert orch.wait(10) == -signal.SIGINT
+        assert is_running(orch.pidfds[escapee])  # the hard exit left it: reap's to end
+        with SessionStore.open(db_path) as store:
+            assert store.get_session(orch.session_id).status is SessionStatus.PAUSED
+        report = _reap_elsewhere(db_path)
+        (session,) = report.sessions
+        assert session.descendants_ended == 1
+        assert session.verification == "unverified"  # reap never claims verified
+        assert not is_running(orch.pidfds[escapee])
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)
+        if orch is not None:
+            orch.close()
+
+
+def _wait_stderr(orch: Orchestrator, needle: str, timeout: float) -> None:
+    assert orch.proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while needle not in read_line(orch.proc.stderr.fileno(), deadline - time.monotonic()):
+        pass

@@ -50,6 +50,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--callbacks", help="file each phase's callback appends its name to")
     p.add_argument("--raising-callback", action="store_true")
     p.add_argument("--blocking-callback", action="store_true", help="after_children blocks")
+    p.add_argument(
+        "--blocking-phase",
+        choices=[ph.value for ph in ShutdownPhase],
+        default=ShutdownPhase.AFTER_CHILDREN.value,
+        help="the phase whose callback --blocking-callback blocks",
+    )
     p.add_argument("--mismatch-pid", type=int, default=0, help="record this pid, wrong identity")
     p.add_argument(
         "--block",
@@ -154,7 +160,7 @@ def register_callbacks(
             os.write(args.notify_fd, b"in-callback\n")
             threading.Event().wait(60)
 
-        layer.on_shutdown(block, ShutdownPhase.AFTER_CHILDREN)
+        layer.on_shutdown(block, ShutdownPhase(args.blocking_phase))
 
 
 def block_main(args: argparse.Namespace, layer: ProcessLayer) -> None:
