@@ -16,6 +16,7 @@ from _support import all_event_ids
 import sessionstore
 from sessionstore import SessionStore, StoreBusyError, StoreCorruptError, StoreOpenError
 from sessionstore._connection import RetryPolicy, in_transaction, is_transient_busy
+from sessionstore.testing import FakeClock
 
 
 def _digest(path: Path) -> str:
@@ -57,21 +58,6 @@ def test_every_connection_has_the_pragmas(store: SessionStore) -> None:
         assert lease.execute("PRAGMA synchronous") == [(1,)]
         assert lease.execute("PRAGMA foreign_keys") == [(1,)]
         assert lease.execute("PRAGMA journal_size_limit") == [(4 * 1024 * 1024,)]
-
-
-class FakeClock:
-    """A monotonic clock that moves only when sleep() is called."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def _busy(code: int = apsw.SQLITE_BUSY) -> apsw.BusyError:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 import psutil
@@ -33,13 +34,31 @@ from sessionstore.stress._verify import (
     verify_database,
 )
 
+_TEST_MARK = "SESSIONSTORE_STRESS_TEST_MARK"
+
+
+@pytest.fixture(autouse=True)
+def _marked_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process a test's runs start inherits a mark of this test alone."""
+    monkeypatch.setenv(_TEST_MARK, uuid.uuid4().hex)
+
 
 def _run_processes_left() -> list[int]:
-    """Living processes that carry any stress run's marker (there must be none after a run)."""
+    """Living processes of this test's stress runs (there must be none after a run).
+
+    Only this test's: another suite running stress on the same machine is none of its business
+    (counting every process with a run marker failed when two suites ran side by side).
+    """
+    mark = os.environ[_TEST_MARK]
     left = []
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error, OSError):
-            if RUN_ENV in proc.environ() and proc.status() != psutil.STATUS_ZOMBIE:
+            env = proc.environ()
+            if (
+                RUN_ENV in env
+                and env.get(_TEST_MARK) == mark
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
                 left.append(proc.pid)
     return left
 
