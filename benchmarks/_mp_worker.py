@@ -11,13 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from typing import Any
-
-EVENT_SQL = (
-    "INSERT INTO events (op_id, session_id, level, message, data, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(op_id) DO NOTHING RETURNING id"
-)
 
 
 def _barrier() -> None:
@@ -29,6 +23,7 @@ def _barrier() -> None:
 def _timed(op: Any, seconds: float, errors: tuple[type[BaseException], ...]) -> dict[str, Any]:
     lat: list[float] = []
     n_err = 0
+    c0 = time.process_time()  # every thread of this process: the store's own threads too
     t0 = time.perf_counter()
     end = t0 + seconds
     i = 0
@@ -42,7 +37,9 @@ def _timed(op: Any, seconds: float, errors: tuple[type[BaseException], ...]) -> 
         except errors:
             n_err += 1
         lat.append(time.perf_counter() - start)
-    return {"ops": len(lat), "errors": n_err, "lat": lat, "elapsed": time.perf_counter() - t0}
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    return {"ops": len(lat), "errors": n_err, "lat": lat, "elapsed": elapsed, "cpu": cpu}
 
 
 def sessionstore(spec: dict[str, Any]) -> dict[str, Any]:
@@ -63,42 +60,18 @@ def sessionstore(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def raw(spec: dict[str, Any]) -> dict[str, Any]:
+    import _raw
     import apsw
 
-    conn = apsw.Connection(spec["db"])
-    if spec.get("config", {}).get("busy_handler") == "fair":
-        from sessionstore._connection import fair_busy_handler
-
-        # The store's lock policy (a private helper: follow its signature if it changes).
-        conn.set_busy_handler(fair_busy_handler(lambda: 5000))
-    else:
-        conn.set_busy_timeout(5000)
-    conn.pragma("synchronous", "NORMAL")
-    conn.pragma("foreign_keys", "ON")
+    config = spec.get("config", {})
+    conn = _raw.connect(
+        spec["db"],
+        busy=config.get("busy_handler", "sqlite"),
+        synchronous=config.get("synchronous", "NORMAL"),
+    )
     sid = spec["sid"]
     _barrier()
-
-    def op(i: int) -> None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                EVENT_SQL,
-                (
-                    uuid.uuid4().hex,
-                    sid,
-                    "info",
-                    "step finished",
-                    json.dumps({"step": i}),
-                    time.time(),
-                ),
-            ).fetchall()
-            conn.execute("COMMIT")
-        except apsw.BusyError:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    out = _timed(op, spec["seconds"], (apsw.BusyError,))
+    out = _timed(lambda i: _raw.log_event(conn, sid, i), spec["seconds"], (apsw.BusyError,))
     conn.close()
     return out
 

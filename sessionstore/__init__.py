@@ -26,6 +26,8 @@ while holding the gate's, and never holds the gate's while SQLite runs; the proc
 child registry calls the store under its own lock, never the reverse.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._config import StoreConfig
 from ._exports import publish as _publish
 from ._identity import ProcessIdentity
@@ -63,18 +65,58 @@ from .errors import (
     UnsafeForkError,
     UnsafeSignalError,
 )
-from .process import (
-    ChildOutcome,
-    LayerAlreadyInstalledError,
-    ProcessLayer,
-    ReapReport,
-    ShutdownInProgressError,
-    ShutdownPhase,
-    ShutdownReport,
-    reap_orphans,
-)
+
+if TYPE_CHECKING:
+    from .process import (
+        ChildOutcome,
+        LayerAlreadyInstalledError,
+        ProcessLayer,
+        ReapReport,
+        ShutdownInProgressError,
+        ShutdownPhase,
+        ShutdownReport,
+        reap_orphans,
+    )
 
 __version__ = "0.1.0"
+
+# The process layer (signal handling, child tracking: ctypes, asyncio's kin) is imported on first
+# use of one of its names, not by ``import sessionstore``: a shell hook or a tool that only reads
+# the store should not pay for it. Rejected: importing it eagerly (about a third of the import
+# time) or asking callers to import ``sessionstore.process`` themselves (it breaks the public
+# names promised here).
+_LAZY = frozenset(
+    {
+        "ChildOutcome",
+        "LayerAlreadyInstalledError",
+        "ProcessLayer",
+        "ReapReport",
+        "ShutdownInProgressError",
+        "ShutdownPhase",
+        "ShutdownReport",
+        "reap_orphans",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a process-layer name on first use (``sessionstore.ProcessLayer`` and the rest).
+
+    Raises:
+        AttributeError: no such public name.
+    """
+    if name in _LAZY:
+        from . import process
+
+        value = getattr(process, name)
+        globals()[name] = value  # later look-ups are plain module attributes
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)
+
 
 __all__ = [
     "Checkpoint",

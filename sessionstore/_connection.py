@@ -18,15 +18,17 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import apsw
-import tenacity
 
 from ._config import StoreConfig
 from ._files import shm_path, wal_path
 from ._forkgate import FORK_GATE
 from .errors import StoreBusyError, StoreCorruptError, StoreIOError, StoreOpenError
+
+if TYPE_CHECKING:
+    import tenacity
 
 __all__ = [
     "Clock",
@@ -103,8 +105,35 @@ class RetryPolicy:
         try:
             return fn()
         except apsw.BusyError as err:
-            if self._clock() >= end or (abort is not None and abort()):
-                raise StoreBusyError(path, operation, self._clock() - start) from err
+            return self.after_busy(
+                fn, err, path=path, operation=operation, start=start, end=end, abort=abort
+            )
+
+    def after_busy(
+        self,
+        fn: Callable[[], T],
+        err: apsw.BusyError,
+        *,
+        path: str,
+        operation: str,
+        start: float,
+        end: float,
+        abort: Callable[[], bool] | None = None,
+    ) -> T:
+        """Redo ``fn`` after its first attempt (begun at ``start``) raised ``err``, until ``end``.
+
+        For a caller that ran the first attempt itself, outside :meth:`call` (the writer's
+        path for one op, where each wrapper layer is a measurable share of the op's cost).
+
+        Raises:
+            StoreBusyError: still BUSY at ``end``, or aborted (chains the last BUSY).
+            Exception: anything else ``fn`` raises, unchanged.
+        """
+        if self._clock() >= end or (abort is not None and abort()):
+            raise StoreBusyError(path, operation, self._clock() - start) from err
+        # Imported on the first BUSY only: the uncontended path, and ``import sessionstore``,
+        # never pay for it.
+        import tenacity
 
         def out_of_time(_state: tenacity.RetryCallState) -> bool:
             if abort is not None and abort():

@@ -19,7 +19,6 @@ import socket
 import sys
 from functools import lru_cache
 
-import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._proc import ProcessUnreadableError, read_stat, settled_argv
@@ -58,6 +57,8 @@ def boot_id() -> str:
                 return f.read().strip()
         except OSError:
             pass
+    import psutil  # only off Linux; imported here so ``import sessionstore`` stays light
+
     return f"boot-{int(psutil.boot_time())}"
 
 

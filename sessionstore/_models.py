@@ -61,7 +61,7 @@ class StoreState(str, enum.Enum):
 class Frozen(BaseModel):
     """The base of every value model of the package: frozen, so safe to share across threads."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True)  # built at import: see _ops._OpBase for why
 
 
 class Session(Frozen):

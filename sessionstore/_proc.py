@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import psutil
-
 __all__ = [
     "LINUX",
     "ProcessTable",
@@ -147,6 +145,8 @@ def read_stat(pid: int) -> StatInfo | None:
 
 
 def _psutil_stat(pid: int) -> StatInfo | None:
+    import psutil  # off Linux only: imported on first use so the library imports light
+
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
@@ -172,6 +172,8 @@ def read_argv(pid: int) -> list[str] | None:
     the close-on-exec pipe closes, which is *before* the kernel fills them in).
     """
     if not LINUX:
+        import psutil
+
         try:
             return list(psutil.Process(pid).cmdline())
         except psutil.Error:
@@ -267,6 +269,8 @@ def environ_value(pid: int, name: bytes) -> bytes | None:
         ProcessUnreadableError: the environment could not be read (another user's process).
     """
     if not LINUX:
+        import psutil
+
         try:
             value = psutil.Process(pid).environ().get(name.decode())
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -287,6 +291,8 @@ def environ_value(pid: int, name: bytes) -> bytes | None:
 def list_pids() -> list[int]:
     """Every visible pid now (one listing of ``/proc``; psutil's elsewhere)."""
     if not LINUX:
+        import psutil  # off Linux only: imported on first use so the library imports light
+
         return list(psutil.pids())
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 

@@ -122,13 +122,12 @@ class WriteRouter:
             self.journal([op], f"database found corrupt: {self._corrupt}")
             return DEFERRED
         admission = self._gate.admit_write(op, op.kind)
-        if admission == "queued":
-            return DEFERRED
-        if admission in ("closed", "overflow"):
+        if type(admission) is not Lease:  # the store is closing or closed (tested first: rare)
+            if admission == "queued":
+                return DEFERRED
             reason = "store closed" if admission == "closed" else "pending queue full"
             self.journal([op], reason)
             return DEFERRED
-        assert isinstance(admission, Lease)
         try:
             result = self._writer.apply(op)
         except OP_ERRORS:

@@ -352,7 +352,7 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods, Mainten
         Raises:
             SessionNotFoundError: no such session (checked while the store is open).
         """
-        self._write(Heartbeat(session_id=session_id))
+        self._router.write(Heartbeat.make(session_id))
 
     # ----------------------------------------------------------------------------- events
 
@@ -369,8 +369,8 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods, Mainten
             ValueError: bad level, message too long, data not JSON-serialisable.
             SessionNotFoundError: no such session (checked while the store is open).
         """
-        op = LogEvent(session_id=session_id, message=message, level=level, data=data)
-        result = self._write(op)
+        op = LogEvent.make(session_id, message, level, data)
+        result = self._router.write(op)
         # The model is built after COMMIT: nothing but SQL runs while the write lock is held.
         return event_from_op(op, result if isinstance(result, int) else None)
 

@@ -256,7 +256,7 @@ class Transaction:
 
     def heartbeat(self, session_id: str) -> None:
         """As :meth:`SessionStore.heartbeat`."""
-        self._add(Heartbeat(session_id=session_id))
+        self._add(Heartbeat.make(session_id))
 
     def save_checkpoint(self, session_id: str, name: str, data: Any) -> Checkpoint:
         """As :meth:`SessionStore.save_checkpoint`."""
@@ -268,7 +268,7 @@ class Transaction:
         self, session_id: str, message: str, level: EventLevel = "info", data: Any = None
     ) -> Event:
         """As :meth:`SessionStore.log_event`; the Event's ``id`` is None."""
-        op = LogEvent(session_id=session_id, message=message, level=level, data=data)
+        op = LogEvent.make(session_id, message, level, data)
         self._add(op)
         return event_from_op(op, None)
 

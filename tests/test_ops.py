@@ -13,6 +13,7 @@ import pytest
 from _support import ClosingInBackground
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from sessionstore import SessionStore
 from sessionstore._ops import (
@@ -29,6 +30,7 @@ from sessionstore._ops import (
     RemoveChild,
     SaveCheckpoint,
     SetStatus,
+    encode_json,
     new_id,
     op_adapter,
     op_from_line,
@@ -492,3 +494,89 @@ def test_payload_accepted_exactly_when_the_rules_allow(value: Any) -> None:
     assert op.data == json.loads(op.payload_json or "null")
     again = op_from_line(op.line)
     assert again == op and again.line == op.line
+
+
+# ------------------------------------------------------------------ fast constructors
+
+
+_any_text = st.text(max_size=70) | st.sampled_from(["", "\udc80", "a\ud800b", "x" * 65])
+_levels = st.sampled_from(["debug", "info", "warning", "error", "critical", "loud", ""])
+_payloads = (
+    edge_values
+    | st.builds(_nested, st.just(MAX_JSON_DEPTH + 1))
+    | st.sampled_from([float("nan"), {1: "a", "1": "b"}, {"k": INT64_MAX + 1}, {"k": object()}])
+    | st.dictionaries(st.text(max_size=4), json_scalars | int64_edges, max_size=5)
+)
+
+
+def _why(err: ValidationError) -> list[tuple[Any, ...]]:
+    return [(e["loc"], e["msg"], e["type"]) for e in err.errors()]
+
+
+def _same_op(fast: Callable[[], Any], slow: Callable[[str, float], Any]) -> None:
+    fast_err: ValidationError | None = None
+    try:
+        made = fast()
+    except ValidationError as err:
+        fast_err = err
+    if fast_err is not None:
+        with pytest.raises(ValidationError) as slow_err:
+            slow(new_id(), 0.0)
+        assert _why(fast_err) == _why(slow_err.value)
+        return
+    validated = slow(made.op_id, made.ts)
+    assert made == validated
+    assert made.line == validated.line
+    assert made.payload_json == validated.payload_json
+    assert made.model_dump() == validated.model_dump()
+    assert made.model_fields_set == validated.model_fields_set - {"op_id", "ts"}
+    assert op_from_line(made.line) == made
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(sid=_any_text, message=_any_text, level=_levels, data=_payloads)
+def test_log_event_make_is_the_validated_op(sid: str, message: str, level: str, data: Any) -> None:
+    """LogEvent.make builds the validated op byte for byte, or raises its very error."""
+    _same_op(
+        lambda: LogEvent.make(sid, message, level, data),
+        lambda op_id, ts: LogEvent(
+            op_id=op_id, ts=ts, session_id=sid, message=message, level=level, data=data
+        ),
+    )
+
+
+@settings(max_examples=200)
+@given(sid=_any_text)
+def test_heartbeat_make_is_the_validated_op(sid: str) -> None:
+    """Heartbeat.make builds the validated op byte for byte, or raises its very error."""
+    _same_op(
+        lambda: Heartbeat.make(sid),
+        lambda op_id, ts: Heartbeat(op_id=op_id, ts=ts, session_id=sid),
+    )
+
+
+def test_fast_ops_copy_pickle_and_stay_frozen() -> None:
+    """An op built fast copies, pickles and refuses changes like a validated one."""
+    import copy
+    import pickle
+
+    op = LogEvent.make("s", "m", "info", {"step": [1, 2]})
+    assert pickle.loads(pickle.dumps(op)) == op  # noqa: S301 (our own bytes)
+    assert copy.deepcopy(op) == op
+    assert op.model_copy(update={"message": "n"}).message == "n"
+    with pytest.raises(ValueError, match="frozen"):
+        op.message = "changed"  # type: ignore[misc]
+
+
+@settings(max_examples=300)
+@given(data=_payloads)
+def test_encode_json_copy_is_the_json_round_trip(data: Any) -> None:
+    """encode_json's value is what its text decodes to, detached from the caller's object."""
+    try:
+        text, canonical = encode_json(data)
+    except ValueError:
+        return
+    assert canonical == json.loads(text)
+    if isinstance(data, dict) and data:
+        data[next(iter(data))] = "changed by the caller"
+        assert canonical == json.loads(text)

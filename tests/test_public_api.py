@@ -102,6 +102,39 @@ def test_public_classes_are_documented() -> None:
             assert inspect.getdoc(obj), name
 
 
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return set(out.split())
+
+
+HEAVY = ("rich", "psutil", "tenacity", "sessionstore.process", "sessionstore.cli")
+
+
+def test_import_does_not_load_heavy_modules() -> None:
+    """``import sessionstore`` leaves rich, psutil, tenacity, the process layer and CLI unloaded."""
+    loaded = _modules_after("import sessionstore")
+    assert "sessionstore._store" in loaded  # the probe sees the package's own modules
+    heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY or m.startswith(HEAVY))
+    assert heavy == []
+    assert not any(m.startswith("sessionstore.stress") for m in loaded)
+
+
+def test_lazy_names_resolve_in_a_fresh_interpreter() -> None:
+    """Each lazily imported public name resolves to the process layer's own object."""
+    names = ["ChildOutcome", "LayerAlreadyInstalledError", "ProcessLayer", "ReapReport"]
+    names += ["ShutdownInProgressError", "ShutdownPhase", "ShutdownReport", "reap_orphans"]
+    check = "; ".join(f"assert sessionstore.{n} is sessionstore.process.{n}, {n!r}" for n in names)
+    loaded = _modules_after(f"import sessionstore, sessionstore.process; {check}")
+    assert "sessionstore.process" in loaded
+    assert set(names) <= set(dir(sessionstore))
+
+
 # Every public namespace, and the names one re-exports from another on purpose: the DESIGN
 # contract promises the process layer's names from ``sessionstore`` too.
 NAMESPACES = (
