@@ -1,4 +1,4 @@
-"""``sessionstore run``: real trees (shell, make -j, node, a prefork server) end with no orphan.
+"""``sessionstore run``: real trees (shell, make -j, node, servers, agents) end with no orphan.
 
 Each test runs the real CLI in a subprocess, counts the tree in the whole process table before
 (by an environment marker every descendant inherits), ends it the way it ends in production
@@ -177,6 +177,52 @@ def test_prefork_server_with_a_stuck_worker_is_killed_after_the_grace(tmp_path: 
     db = _db(tmp_path)
     tree = start(db, [sys.executable, str(script)], ready=3, run_args=["--grace", "1"])
     assert len(tree.before) == 4
+    tree.wrapper.send_signal(signal.SIGTERM)
+    code, err = tree.finish()
+    assert code == -signal.SIGTERM, err
+    assert tree.left() == []
+
+
+# An ASGI app for uvicorn: each worker process says it is ready when it imports the app.
+ASGI_APP = """\
+import os
+os.write(1, b"ready\\n")
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def test_uvicorn_with_worker_processes_ends_on_sigterm(tmp_path: Path) -> None:
+    """A real web server from the package index (uvicorn, 2 worker processes): SIGTERM ends all."""
+    (tmp_path / "asgi_app.py").write_text(ASGI_APP)
+    db = _db(tmp_path)
+    server = [sys.executable, "-m", "uvicorn", "asgi_app:app", "--workers", "2"]
+    server += ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"]
+    tree = start(db, server, ready=2, cwd=str(tmp_path), run_args=["--grace", "5"])
+    assert len(tree.before) >= 3  # the supervisor and its two workers, at least
+    tree.wrapper.send_signal(signal.SIGTERM)
+    code, err = tree.finish()
+    assert code == -signal.SIGTERM, err
+    assert tree.left() == []
+    _, status, _, running = _session(db)
+    assert (status, running) == (SessionStatus.PAUSED, 0)
+
+
+def test_a_self_daemonising_agent_ends_with_the_tree(tmp_path: Path) -> None:
+    """ssh-agent (Debian's openssh-client) forks into its own session and its parent exits.
+
+    The daemon is re-parented to the wrapper (a subreaper) and carries the tree's marker; a
+    SIGTERM to the wrapper must end it with the rest.
+    """
+    db = _db(tmp_path)
+    script = 'eval "$(ssh-agent -s)" >/dev/null; echo ready; exec sleep 1000'
+    tree = start(db, ["sh", "-c", script], ready=1, run_args=["--grace", "2"])
+    agents = [p for p in tree.before if p.name() == "ssh-agent"]
+    assert len(agents) == 1 and agents[0].ppid() == tree.wrapper.pid  # adopted: parent exited
+    assert os.getsid(agents[0].pid) == agents[0].pid  # and it leads its own session
     tree.wrapper.send_signal(signal.SIGTERM)
     code, err = tree.finish()
     assert code == -signal.SIGTERM, err
