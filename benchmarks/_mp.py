@@ -23,14 +23,20 @@ WORKER = str(Path(__file__).with_name("_mp_worker.py"))
 
 def start_workers(kind: str, specs: list[dict[str, Any]], timeout: float = 120) -> list[Any]:
     """Start one worker per spec and wait until every one printed ``ready``."""
+    commands = [[sys.executable, WORKER, kind, json.dumps(spec)] for spec in specs]
+    return start_commands(kind, commands, timeout)
+
+
+def start_commands(kind: str, commands: list[list[str]], timeout: float = 120) -> list[Any]:
+    """Start one worker per command line and wait until every one printed ``ready``.
+
+    Raises:
+        RuntimeError: a worker printed something else first, or not all were ready in
+            ``timeout`` s; every worker is then killed and reaped.
+    """
     procs = [
-        subprocess.Popen(
-            [sys.executable, WORKER, kind, json.dumps(spec)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for spec in specs
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for command in commands
     ]
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
@@ -102,6 +108,16 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "fairness": round(
             min(r["ops"] for r in results) / max(1, statistics.mean(r["ops"] for r in results)), 3
         ),
+    }
+
+
+def contention(counts: list[int], lat: list[float]) -> dict[str, Any]:
+    """Latency (ms) of every op of every process, and fairness: slowest process / fastest."""
+    return {
+        "p50_ms": round(percentile(lat, 50) * 1000, 2),
+        "p99_ms": round(percentile(lat, 99) * 1000, 2),
+        "worst_ms": round(max(lat, default=0.0) * 1000, 1),
+        "fairness": round(min(counts) / max(counts), 2) if counts and max(counts) else 0.0,
     }
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _mp import kill_all, machine, percentile
+from _mp import contention, kill_all, machine
 
 KINDS = ("official-sqlite", "sessionstore")
 
@@ -112,10 +112,7 @@ def run(kind: str, procs: int, seconds: float, folder: str) -> dict[str, Any]:
         "seconds": seconds,
         "puts": sum(puts),
         "errors": sum(r["errors"] for r in results),
-        "p50_ms": round(percentile(lat, 50) * 1000, 2),
-        "p99_ms": round(percentile(lat, 99) * 1000, 2),
-        "worst_ms": round(max(lat) * 1000, 1),
-        "fairness": round(min(puts) / max(puts), 2) if max(puts) else 0.0,
+        **contention(puts, lat),
     }
 
 
