@@ -24,6 +24,7 @@ from process_helpers import read_line
 from sessionstore import SessionStatus, SessionStore
 from sessionstore.process import ProcessLayer
 from sessionstore.process._cgroup import cgroup_unavailable
+from sessionstore.testing import wait_pids_exited
 
 pytestmark = pytest.mark.slow  # real process trees
 
@@ -233,6 +234,10 @@ def _end_escaped_hopper(read_fd: int) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         reap_adopted()
+    # EOF comes when the last self closed its descriptors, which a killed process does early in
+    # its exit, before it is a zombie: wait for the exits themselves, or the test's leak check
+    # can still see the last self "running".
+    wait_pids_exited(_adopted(), timeout=5)
     reap_adopted()
 
 
