@@ -191,6 +191,10 @@ class GroupWriter(Writer):
             BaseException: an interrupt in this thread; the op left the queue if it was
                 still in it.
         """
+        if self._last_batch <= 1 and not self._queue and not self._lead.locked():
+            alone, result = self._apply_alone(op, deadline)
+            if alone:
+                return result
         start = self._clock()
         own_end = start + self._deadline_s
         entry = _Entry(op, start, own_end if deadline is None else min(own_end, deadline))
@@ -204,6 +208,49 @@ class GroupWriter(Writer):
         if entry.error is not None:
             raise entry.error
         return entry.result
+
+    def _apply_alone(self, op: Op, deadline: float | None) -> tuple[bool, Any]:
+        """No one leads and no one waits: the op's own transaction, as the unbatched writer's.
+
+        The lead is held meanwhile, so writes that arrive queue for the next transaction.
+        Skipping the queue spared a lone writer thread 8 us of CPU per op (6 %) at FULL. Only
+        taken while the last transaction had one op: once several threads write, a thread
+        that just led would otherwise commit its next op alone before the threads it woke
+        could queue theirs (measured: 1.4 ops per transaction at 4 threads instead of 3.5).
+
+        Returns:
+            (True, what apply returned), or (False, None) when another thread took the lead
+            or queued first (the op was not applied; it goes through the queue).
+
+        Raises:
+            What :meth:`Writer.apply` raises.
+        """
+        try:
+            if threading.current_thread() is threading.main_thread():
+                with self._lead:  # C code: an interrupt cannot leave the lead taken
+                    if self._queue:
+                        return False, None
+                    self._epoch += 1
+                    result = Writer.apply(self, op, deadline=deadline)
+                    self.group_commits += 1
+                    self.group_ops += 1
+                    self._last_batch = 1
+            elif self._lead.acquire(blocking=False):
+                try:
+                    if self._queue:
+                        return False, None
+                    self._epoch += 1
+                    result = Writer.apply(self, op, deadline=deadline)
+                    self.group_commits += 1
+                    self.group_ops += 1
+                    self._last_batch = 1
+                finally:
+                    self._lead.release()
+            else:
+                return False, None
+        finally:
+            self._wake_next()  # whoever queued meanwhile leads the next transaction
+        return True, result
 
     # ------------------------------------------------------------------ waiting
 

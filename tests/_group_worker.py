@@ -64,14 +64,14 @@ def full_disk(db: str) -> None:
         except Exception as err:
             outcomes[i] = type(err).__name__
 
-    writer._lock.acquire()  # the first thread leads and waits for it; the others queue
+    writer._lead.acquire()  # as if a commit were in flight: all six queue
     threads = [threading.Thread(target=write, args=(i,)) for i in range(len(ops))]
     for thread in threads:
         thread.start()
     _spin_until(lambda: len(writer._queue) == len(ops))
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    writer._lock.release()
+    writer._lead.release()  # one of them takes the lead within POLL_S and all six with it
     for thread in threads:
         thread.join(60)
     control = LogEvent(session_id=sid, message="alone after")
