@@ -419,6 +419,8 @@ class GroupWriter(Writer):
             )
         self.group_commits += 1
         self.group_ops += len(batch)
+        # Counted as Writer.apply counts: under the writer's lock, read by the router.
+        self.applied += sum(1 for ok, _ in outcomes if ok)
         return outcomes
 
 
