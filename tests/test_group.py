@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import select
@@ -432,3 +433,85 @@ def _fork_and_write(store: SessionStore, sid: str) -> int | None:
         os.close(pidfd)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+# ---------------------------------------------------------------------------------- interrupts
+
+
+def _interrupt_at(code: Any, marker: str) -> Callable[..., Any]:
+    """A trace function raising KeyboardInterrupt once, at the line of ``code`` with ``marker``.
+
+    What a signal handler does at that bytecode, placed exactly: the exception comes out of the
+    traced frame at that line, as a handler's would.
+    """
+    lines, first = inspect.getsourcelines(code)
+    target = first + next(i for i, line in enumerate(lines) if marker in line)
+    fired = [False]
+
+    def local(frame: Any, event: str, _arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == target and not fired[0]:
+            fired[0] = True
+            raise KeyboardInterrupt
+        return local
+
+    def tracer(frame: Any, event: str, _arg: Any) -> Any:
+        return local if event == "call" and frame.f_code is code.__code__ else None
+
+    return tracer
+
+
+def test_interrupt_between_commit_and_hand_out_strands_no_follower(db_path: str) -> None:
+    """KeyboardInterrupt after the commit, before the outcomes go out: followers are journaled."""
+    config = StoreConfig(synchronous="FULL", group_commit=True, write_deadline_s=30)
+    with SessionStore.open(db_path, config=config) as store:
+        sid = store.create_session("s").id
+        writer = _group_writer(store)
+        writer._last_batch = 2  # as under load: the main thread's write goes through the queue
+        release = threading.Event()
+        holding = threading.Event()
+
+        def hold_writer() -> None:
+            with writer._lock:
+                holding.set()
+                release.wait(60)
+
+        def release_when_all_queued() -> None:
+            _spin_until(lambda: writer._lead.locked() and len(writer._queue) == 4)
+            release.set()
+
+        calls = Calls()
+        holder = threading.Thread(target=hold_writer)
+        holder.start()
+        assert holding.wait(30)
+        helper = threading.Thread(target=release_when_all_queued)
+        helper.start()
+
+        def follow(i: int) -> Any:
+            _spin_until(writer._lead.locked)  # the main thread leads
+            return store.log_event(sid, f"follower {i}")
+
+        for i in range(3):
+            calls.start(f"f{i}", lambda i=i: follow(i))
+        sys.settrace(_interrupt_at(GroupWriter._commit_round, "taken.finish(ok, value)"))
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                store.log_event(sid, "main")
+        finally:
+            sys.settrace(None)
+        calls.join()
+        # Within a poll or so of the interrupt, not at their 30 s deadlines: no follower waits
+        # for an outcome that will never come.
+        assert max(calls.elapsed.values()) < 5.0, calls.elapsed
+        helper.join(30)
+        holder.join(30)
+        assert not writer._lead.locked() and not writer._lock.locked() and not writer._queue
+        returned = [calls.outcomes[f"f{i}"] for i in range(3)]
+        assert all(not isinstance(r, BaseException) for r in returned), returned
+        # The interrupt came before any outcome went out (the main thread's own op is the
+        # first of the batch): every follower's op was journaled, though its commit happened
+        # (the replay at the next open finds it applied).
+        assert store.stats().journaled == 3
+        assert store.log_event(sid, "after").id is not None
+    with SessionStore.open(db_path) as reopened:
+        present = set(all_event_ids(reopened, sid))
+    assert {r.op_id for r in returned} <= present
