@@ -99,11 +99,19 @@ def test_group_commit_with_normal_is_refused_at_validation(build: Callable[[], A
         build()
 
 
-def test_unvalidated_config_is_refused_by_the_writer(db_path: str) -> None:
-    """A config that skipped validation (model_construct) is refused at open, before any file."""
-    config = StoreConfig.model_construct(group_commit=True, synchronous="NORMAL")
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: StoreConfig.model_construct(group_commit=True, synchronous="NORMAL"),
+        lambda: StoreConfig().model_copy(update={"group_commit": True}),
+    ],
+)
+def test_unvalidated_config_is_refused_by_the_writer(
+    db_path: str, build: Callable[[], StoreConfig]
+) -> None:
+    """A config that skipped validation is refused at open with the same words, before any file."""
     with pytest.raises(ValueError, match="group_commit=True needs synchronous='FULL'"):
-        SessionStore.open(db_path, config=config)
+        SessionStore.open(db_path, config=build())
     assert not os.path.exists(db_path + "-wal")
 
 
