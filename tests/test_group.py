@@ -207,6 +207,28 @@ def test_many_threads_lose_nothing_and_count_like_unbatched(db_path: str) -> Non
         assert not writer._queue and not writer._lead.locked()
 
 
+def test_commit_hook_checkpoints_shared_commits(db_path: str) -> None:
+    """The commit hook runs after shared commits too: the WAL past its limit gets a RESTART."""
+    config = StoreConfig(synchronous="FULL", group_commit=True, checkpoint_wal_bytes=256 * 1024)
+    with SessionStore.open(db_path, config=config) as store:
+        sids = [store.create_session(f"t{i}").id for i in range(4)]
+        writer = _group_writer(store)
+
+        def write(sid: str) -> None:
+            for i in range(50):
+                store.log_event(sid, f"m{i}", data={"pad": "x" * 3000})
+
+        threads = [threading.Thread(target=write, args=(sid,)) for sid in sids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        last = writer.last_checkpoint
+        assert writer.checkpoints >= 2
+        assert last is not None and last.mode == "RESTART" and last.ok
+        assert store.stats().applied == 4 + 4 * 50
+
+
 # ---------------------------------------------------------------------------------- deadlines
 
 
