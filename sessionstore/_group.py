@@ -189,7 +189,8 @@ class GroupWriter(Writer):
                 outcome unknown).
             apsw.Error: its transaction failed as a whole; nothing of it was applied.
             BaseException: an interrupt in this thread; the op left the queue if it was
-                still in it.
+                still in it (already taken into another thread's transaction, it may commit,
+                as an unbatched op interrupted in its commit hook has).
         """
         if self._last_batch <= 1 and not self._queue and not self._lead.locked():
             alone, result = self._apply_alone(op, deadline)
