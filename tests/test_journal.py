@@ -479,9 +479,11 @@ def test_appends_of_one_process_take_turns_in_arrival_order(db_path: str) -> Non
     """An append waits behind the appends already queued, never behind a flood of later ones.
 
     Three threads append nonstop; another appends 200 times with a close's 0.1 s bound. First
-    come, first served, at most the three flooders' appends (and three whose count was not
-    yet taken) land while it waits. Without turns the flooders re-took the lock between its
-    polls: it waited behind dozens, and under load gave up with its ops unrecorded.
+    come, first served, it waits behind the three flooders' turns at most, plus what they do
+    before it joins the queue: between its count and its request the interpreter may run the
+    others for a switch interval or two (a dozen appends under load). Without turns the
+    flooders re-took the lock between its polls: it waited behind 150-200 appends, and gave
+    up with its op unrecorded in one run of three even on an idle machine.
     """
     journal = Journal(db_path, max_bytes=1 << 30)
     stop = threading.Event()
@@ -513,7 +515,7 @@ def test_appends_of_one_process_take_turns_in_arrival_order(db_path: str) -> Non
         for thread in threads:
             thread.join(30)
     assert failures == []
-    assert max(behind) <= 2 * len(counts), behind
+    assert max(behind) <= 10 * len(counts), behind
     lines = Path(journal.path).read_bytes().splitlines()
     assert sum(b'"close ' in line for line in lines) == 200
 
