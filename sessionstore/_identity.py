@@ -21,6 +21,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import _exports
 from ._proc import ProcessUnreadableError, read_stat, settled_argv
 from .errors import ProcessNotFoundError, UnsafeSignalError
 
@@ -197,3 +198,6 @@ def check_signal_target(pid: int, *, pgid: int | None = None) -> None:
         raise UnsafeSignalError(pid, "that is this process")
     if pgid is not None and (pgid <= 1 or pgid == os.getpgrp()):
         raise UnsafeSignalError(pid, f"process group {pgid} is this process's own group")
+
+
+_exports.publish_written_here(__name__)  # last: see _exports

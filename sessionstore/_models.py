@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import _exports
 from ._identity import ProcessIdentity
 
 __all__ = [
@@ -231,3 +232,6 @@ class CloseReport(Frozen):
     # written (disk full, file too large, journal at its bound): each op's JSON line, also
     # logged at error level, so an operator can recover it. Empty unless the disk failed.
     unrecorded: list[str] = Field(default_factory=list)
+
+
+_exports.publish_written_here(__name__)  # last: see _exports
