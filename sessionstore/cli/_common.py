@@ -17,12 +17,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from rich.console import Console
 
 from .._config import StoreConfig
 from .._migrate import FileKind, identify
@@ -34,6 +33,9 @@ from ..errors import (
     StoreCorruptError,
     StoreOpenError,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "DEFAULT_DB",
@@ -289,19 +291,33 @@ def fmt_bytes(n: int) -> str:
 
 @dataclass
 class Output:
-    """Where a command's result goes: one JSON document on stdout, or rich text for humans."""
+    """Where a command's result goes: one JSON document on stdout, or rich text for humans.
+
+    rich is imported when a command first asks for :attr:`console`, not before: ``--json``
+    output, the hooks and the errors never render with it, and importing it cost a hook 20 ms
+    (a quarter of its start-up). Rejected: a Console made up front (what that cost paid for).
+    """
 
     json_mode: bool
-    console: Console
+    _console: Console | None = field(default=None, repr=False)
 
     @classmethod
     def for_args(cls, args: argparse.Namespace) -> Output:
         """The output for parsed arguments (``--json`` selects JSON)."""
-        console = Console(highlight=False)
-        if not console.is_terminal:
-            # Logs and pipes: wide enough that ids and paths do not wrap mid-word.
-            console = Console(highlight=False, width=int(os.environ.get("COLUMNS", "160")))
-        return cls(json_mode=bool(getattr(args, "json", False)), console=console)
+        return cls(json_mode=bool(getattr(args, "json", False)))
+
+    @property
+    def console(self) -> Console:
+        """The rich console for human output, made on first use (rich imported then)."""
+        if self._console is None:
+            from rich.console import Console
+
+            console = Console(highlight=False)
+            if not console.is_terminal:
+                # Logs and pipes: wide enough that ids and paths do not wrap mid-word.
+                console = Console(highlight=False, width=int(os.environ.get("COLUMNS", "160")))
+            self._console = console
+        return self._console
 
     def result(self, data: dict[str, Any], human: Callable[[Console], None]) -> None:
         """Print ``data`` as JSON, or call ``human`` to render it for a person."""
