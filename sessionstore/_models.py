@@ -106,6 +106,10 @@ class Checkpoint(Frozen):
 class CheckpointWrite(Frozen):
     """One write attached to a checkpoint (a framework's pending write), keyed by task and idx."""
 
+    # Built on first use: only the LangGraph integration makes one, never a hook or the
+    # open -> write -> close path (the one model of this module off that path; measured).
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
     session_id: str
     namespace: str
     checkpoint_id: str
