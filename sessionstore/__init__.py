@@ -33,19 +33,17 @@ from ._exports import PUBLIC as _PUBLIC
 
 if TYPE_CHECKING:
     from ._config import StoreConfig
+    from ._enums import ChildState, SessionStatus, StoreState
     from ._identity import ProcessIdentity
     from ._models import (
         Checkpoint,
         CheckpointResult,
         ChildProcess,
-        ChildState,
         CloseReport,
         Event,
         OpFailure,
         ReplayReport,
         Session,
-        SessionStatus,
-        StoreState,
         StoreStats,
     )
     from ._store import ReadLease, SessionStore

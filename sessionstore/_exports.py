@@ -56,16 +56,14 @@ _MODELS = (
     "Checkpoint",
     "CheckpointResult",
     "ChildProcess",
-    "ChildState",
     "CloseReport",
     "Event",
     "OpFailure",
     "ReplayReport",
     "Session",
-    "SessionStatus",
-    "StoreState",
     "StoreStats",
 )
+_ENUMS = ("ChildState", "SessionStatus", "StoreState")
 # The process layer publishes its own names (home ``sessionstore.process``); ``sessionstore``
 # re-exports them.
 _PROCESS = (
@@ -85,6 +83,7 @@ PUBLIC: dict[str, str] = {
     "ReadLease": "sessionstore._store",
     "SessionStore": "sessionstore._store",
     **dict.fromkeys(_MODELS, "sessionstore._models"),
+    **dict.fromkeys(_ENUMS, "sessionstore._enums"),
     **dict.fromkeys(_ERRORS, "sessionstore.errors"),
     **dict.fromkeys(_PROCESS, "sessionstore.process"),
 }

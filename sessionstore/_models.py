@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import _exports
+from ._enums import ChildState, EventLevel, SessionStatus, StoreState
 from ._identity import ProcessIdentity
 
 __all__ = [
@@ -27,36 +27,6 @@ __all__ = [
     "StoreState",
     "StoreStats",
 ]
-
-EventLevel = Literal["debug", "info", "warning", "error", "critical"]
-
-
-class SessionStatus(str, enum.Enum):
-    """Lifecycle of a session."""
-
-    ACTIVE = "active"
-    PAUSED = "paused"
-    STOPPED = "stopped"
-    COMPLETED = "completed"
-    CRASHED = "crashed"
-
-
-class ChildState(str, enum.Enum):
-    """How a recorded child process stands, or how it ended."""
-
-    RUNNING = "running"
-    EXITED = "exited"  # ended on its own, or on our SIGTERM (exit code recorded)
-    KILLED = "killed"  # needed SIGKILL
-    UNKILLABLE = "unkillable"  # still there after SIGKILL and the verify deadline
-    GONE = "gone"  # vanished, or its PID was reused by a stranger: never signalled
-
-
-class StoreState(str, enum.Enum):
-    """Where a store is in its life; it only moves forward."""
-
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 class Frozen(BaseModel):

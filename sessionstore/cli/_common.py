@@ -21,11 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
-from .._config import StoreConfig
-from .._migrate import FileKind, identify
-from .._store import SessionStore
 from ..errors import (
     ForeignDatabaseError,
     SchemaVersionError,
@@ -34,8 +29,15 @@ from ..errors import (
     StoreOpenError,
 )
 
+# The store (pydantic, apsw) is imported by the functions that use it, not here: the parser
+# (``_main``) imports this module, and ``--help``, ``--version`` or a usage error should not
+# pay 100-150 ms for a store they never open. A command's own module imports the store at its
+# top, so the cost is paid before any command starts its clock (``_hooks``' ``--timeout``).
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from .._config import StoreConfig
+    from .._store import SessionStore
 
 __all__ = [
     "DEFAULT_DB",
@@ -123,6 +125,8 @@ def check_database(path: str, timeout_s: float) -> None:
     if os.path.getsize(path) == 0:
         # SQLite would happily treat an empty file as a new database and write our schema in.
         raise CliError(f"{path} is empty, not a sessionstore database ({hint})", EXIT_NO_DB)
+    from .._migrate import FileKind, identify
+
     try:
         kind = identify(path, busy_timeout_ms=int(timeout_s * 1000))
     except StoreBusyError as err:
@@ -151,6 +155,8 @@ def store_config(timeout_s: float) -> StoreConfig:
     Args:
         timeout_s: how long to wait for other processes' locks (busy timeout and retry deadline).
     """
+    from .._config import StoreConfig
+
     return StoreConfig(
         busy_timeout_ms=int(timeout_s * 1000),
         write_deadline_s=max(timeout_s, 0.001),
@@ -182,6 +188,8 @@ def open_store(
         CliError: see :func:`check_database`.
         SessionStoreError: from :meth:`SessionStore.open`.
     """
+    from .._store import SessionStore
+
     check_database(path, timeout_s)
     store = SessionStore.open(path, config=config or store_config(timeout_s), read_only=read_only)
     try:
@@ -209,6 +217,8 @@ def quiet_store_warnings(verbose: bool) -> Iterator[None]:
 
 def dump(value: Any) -> Any:
     """A JSON-ready form of a pydantic model (or a list/dict of them)."""
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, list | tuple):

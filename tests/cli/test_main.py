@@ -789,3 +789,19 @@ def test_json_and_hook_commands_do_not_load_rich(db: Fixture, tmp_path: Path) ->
     for name in ("status-json", "log", "heartbeat"):
         assert loaded[name] & {"rich", "psutil"} == set(), name
         assert {"apsw", "pydantic"} <= loaded[name], name  # the probe saw the store at work
+
+
+def test_help_and_version_do_not_load_the_store(tmp_path: Path) -> None:
+    """``--help`` and ``--version`` build the parser without pydantic, apsw or rich."""
+    for args in (["--help"], ["--version"], ["log", "--help"]):
+        out = tmp_path / "loaded.json"
+        subprocess.run(
+            [sys.executable, "-c", _LOADED, str(out), *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env=_env(),
+        )
+        loaded = {m.split(".")[0] for m in json.loads(out.read_text())}
+        assert "sessionstore" in loaded
+        assert loaded & {"pydantic", "apsw", "rich", "psutil", "tenacity"} == set(), args
