@@ -339,7 +339,7 @@ class _OpBase(BaseModel):
     op_id: str = Field(default_factory=_new_op_id, min_length=1, max_length=64)
     ts: float = Field(default_factory=time.time, allow_inf_nan=False)
 
-    _line: bytes = PrivateAttr(default=b"")
+    _line: bytes | None = PrivateAttr(default=b"")
     _payload_json: str | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
@@ -378,7 +378,15 @@ class _OpBase(BaseModel):
     @property
     def line(self) -> bytes:
         """The op as one journal line (JSON, newline-terminated): its canonical bytes."""
-        return self._line
+        line = self._line
+        if line is None:  # a fast constructor left it for first use (Heartbeat.make)
+            line = self._late_line()
+            self._line = line
+        return line
+
+    def _late_line(self) -> bytes:
+        """The line of an op built without one; only kinds whose fast constructor skips it."""
+        raise TypeError(f"{self.kind} op has no line")  # pragma: no cover - never left out
 
     @property
     def payload_json(self) -> str | None:
@@ -427,21 +435,29 @@ class Heartbeat(_OpBase):
         Raises:
             ValueError: what ``Heartbeat(session_id=...)`` raises (a ``ValidationError``).
         """
-        if type(session_id) is str and 0 < len(session_id) <= _SESSION_ID_CHARS:
-            op_id, ts = _new_op_id(), time.time()
-            text = (
-                f'{{"op_id":"{op_id}","ts":{ts!r},"kind":"heartbeat",'
-                f'"session_id":{_json_str(session_id)}}}\n'
-            )
-            try:
-                line = text.encode()
-            except UnicodeEncodeError:
-                pass  # the validated constructor says why
-            else:
-                values = {"op_id": op_id, "ts": ts, "kind": "heartbeat", "session_id": session_id}
-                private = {"_line": line, "_payload_json": None}
-                return assemble(cls, values, {"session_id"}, private)
+        if (
+            type(session_id) is str
+            and 0 < len(session_id) <= _SESSION_ID_CHARS
+            and session_id.isascii()  # so it encodes, and the line can wait (see line)
+        ):
+            values = {
+                "op_id": _new_op_id(),
+                "ts": time.time(),
+                "kind": "heartbeat",
+                "session_id": session_id,
+            }
+            private = {"_line": None, "_payload_json": None}
+            return assemble(cls, values, {"session_id"}, private)
         return cls(session_id=session_id)
+
+    def _late_line(self) -> bytes:
+        # Most heartbeats are applied at once and never journaled, so make() leaves the line
+        # out (a fifth of its cost); these are the bytes the validated constructor encodes
+        # (the property test holds the two paths equal).
+        return (
+            f'{{"op_id":"{self.op_id}","ts":{self.ts!r},"kind":"heartbeat",'
+            f'"session_id":{_json_str(self.session_id)}}}\n'
+        ).encode()
 
 
 class SaveCheckpoint(_OpBase):

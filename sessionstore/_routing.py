@@ -152,9 +152,7 @@ class WriteRouter:
             return DEFERRED
         finally:
             self._gate.release(admission)
-        with self._lock:
-            self._applied += 1
-        return result
+        return result  # counted by the writer, under the lock it held (see counters())
 
     # ------------------------------------------------------------------ journal, keep aside
 
@@ -291,7 +289,7 @@ class WriteRouter:
         """Every counter and the failure ring, read together."""
         with self._lock:
             return Counters(
-                self._applied,
+                self._applied + self._writer.applied,
                 self._from_queue,
                 self._replayed,
                 self._journaled,

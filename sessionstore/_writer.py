@@ -93,6 +93,7 @@ class Writer:
         self._abort_waits = False  # set by a close that abandoned leases: busy waits give up
         self.checkpoints = 0
         self.passive_checkpoints = 0
+        self.applied = 0  # ops applied by apply(), counted under the writer's lock
         self.last_checkpoint: CheckpointResult | None = None
         self._policy = policy
         self._clock = clock
@@ -279,15 +280,18 @@ class Writer:
         """One op's transaction, the writer's lock held: first attempt bare, retries on BUSY."""
         conn = self.connection_locked()
         if self._sqlite_handler:  # its timeout is cut to what is left before each attempt
-            return self._transact(conn, functools.partial(_one_transaction, conn, op), op.kind, end)
+            one = functools.partial(_one_transaction, conn, op)
+            result = self._transact(conn, one, op.kind, end)
+            self.applied += 1
+            return result
         self._deadline = end
         self._busy_timeout_ms = self._default_busy_ms  # whatever an interrupted call left
         try:
+            with FORK_GATE.section():
+                result = _one_transaction(conn, op)
+        except apsw.BusyError as err:
             try:
-                with FORK_GATE.section():
-                    return _one_transaction(conn, op)
-            except apsw.BusyError as err:
-                return self._policy.after_busy(
+                result = self._policy.after_busy(
                     functools.partial(self._attempt, conn, op),
                     err,
                     path=self.path,
@@ -296,9 +300,21 @@ class Writer:
                     end=end,
                     abort=self._aborted,
                 )
-        finally:
+            finally:
+                self._deadline = None
+                self._end_leftover_transaction(conn)
+        except BaseException:
+            # Whatever raised (an op error, SQLite, a signal handler's exception anywhere in
+            # the call), no transaction outlives it.
             self._deadline = None
             self._end_leftover_transaction(conn)
+            raise
+        else:
+            # Returned normally: ``with conn:`` committed, so there is nothing to end. (Checking
+            # anyway cost a fork-gate section and a call into SQLite on every write.)
+            self._deadline = None
+        self.applied += 1  # under the writer's lock, which counts for the router (no lock)
+        return result
 
     @staticmethod
     def _attempt(conn: apsw.Connection, op: Op) -> Any:

@@ -164,11 +164,12 @@ class InvalidTransitionError(SessionStoreError):
 
 
 class JournalBusyError(StoreBusyError):
-    """Another process held the journal's lock past the wait; the op was not recorded.
+    """Another writer held the journal's lock past the wait; the op was not recorded.
 
-    The journal's lock is held only for one read or one write and fsync, so this means the
-    holder is stopped (SIGSTOP) or hung. The write that raised it was neither applied nor
-    journaled; nothing else is affected.
+    The journal's lock is held only for one read or one write and fsync, and the threads of
+    one process take their turns in arrival order, so this means the holder is stopped
+    (SIGSTOP) or hung, or many appenders queued ahead. The write that raised it was neither
+    applied nor journaled; nothing else is affected.
     """
 
     def __init__(self, path: str, waited_s: float) -> None:
@@ -177,7 +178,7 @@ class JournalBusyError(StoreBusyError):
         self.waited_s = waited_s
         SessionStoreError.__init__(
             self,
-            f"{path!r}: the journal's lock stayed held by another process for {waited_s:.2f} s",
+            f"{path!r}: the journal's lock stayed held by another writer for {waited_s:.2f} s",
         )
 
 

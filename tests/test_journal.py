@@ -25,7 +25,7 @@ from sessionstore import (
     SessionStoreError,
     StoreConfig,
 )
-from sessionstore._journal import Journal, apply_isolated
+from sessionstore._journal import Journal, _Turns, apply_isolated
 from sessionstore._ops import LogEvent, RemoveChild, new_id, op_adapter
 from sessionstore._store import live_stores
 from sessionstore.errors import StoreOpenError
@@ -473,3 +473,70 @@ def test_stopped_journal_lock_holder_bounds_the_wait_and_defers_replay(db_path: 
     assert 0.3 <= waited < 3.0  # the bound, plus scheduling on a loaded machine
     with SessionStore.open(db_path) as store:  # the lock is free again: the journal replays
         assert store.open_replay.applied == 1
+
+
+def test_appends_of_one_process_take_turns_in_arrival_order(db_path: str) -> None:
+    """An append waits behind the appends already queued, never behind a flood of later ones.
+
+    Three threads append nonstop; another appends 200 times with a close's 0.1 s bound. First
+    come, first served, at most the three flooders' appends (and three whose count was not
+    yet taken) land while it waits. Without turns the flooders re-took the lock between its
+    polls: it waited behind dozens, and under load gave up with its ops unrecorded.
+    """
+    journal = Journal(db_path, max_bytes=1 << 30)
+    stop = threading.Event()
+    counts = [0, 0, 0]
+    started = threading.Barrier(len(counts) + 1)
+
+    def flood(k: int) -> None:
+        started.wait(30)
+        while not stop.is_set():
+            journal.append([LogEvent(session_id="s", message="flood")])
+            counts[k] += 1
+
+    threads = [threading.Thread(target=flood, args=(k,)) for k in range(len(counts))]
+    for thread in threads:
+        thread.start()
+    failures: list[str] = []
+    behind: list[int] = []
+    try:
+        started.wait(30)
+        for i in range(200):
+            before = sum(counts)
+            try:
+                journal.append([LogEvent(session_id="s", message=f"close {i}")], lock_wait_s=0.1)
+            except JournalBusyError as err:
+                failures.append(str(err))
+            behind.append(sum(counts) - before)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert failures == []
+    assert max(behind) <= 2 * len(counts), behind
+    lines = Path(journal.path).read_bytes().splitlines()
+    assert sum(b'"close ' in line for line in lines) == 200
+
+
+def test_a_turn_waiter_interrupted_by_a_signal_leaves_the_queue() -> None:
+    """A waiter whose wait a signal handler's exception ends never receives the turn later."""
+    turns = _Turns()
+    assert turns.acquire(0)  # held, as by another thread's append
+
+    class AlarmError(Exception):
+        pass
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise AlarmError
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(AlarmError):
+            turns.acquire(30)  # queued behind the holder when the signal lands
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    turns.release()  # must not hand the turn to the waiter that is gone
+    assert turns.acquire(0)
+    turns.release()
