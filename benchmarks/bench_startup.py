@@ -20,7 +20,8 @@ of disappearing from it.
 
 ``--tree NAME=PATH`` (repeatable) measures the package found at ``PATH`` (``PYTHONPATH``), e.g.
 an unpacked copy of another revision, interleaved with the others round by round: before and
-after in one run. Without it, the installed package. ``python -X importtime -c "import
+after in one run; each later tree's figures add the median (and range) of its per-round CPU
+ratio to the first tree's. Without it, the installed package. ``python -X importtime -c "import
 sessionstore"`` says where an import's time goes.
 """
 
@@ -108,16 +109,25 @@ def measure(
             w, c = run(key[0], cmds[key[1]])
             wall[key].append(w * 1000)
             cpu[key].append(c * 1000)
-    return {
-        key: {
+    first = next(iter(trees))
+    figures: dict[tuple[str, str], dict[str, float]] = {}
+    for key in keys:
+        figures[key] = {
             "median_ms": round(statistics.median(wall[key]), 1),
             "min_ms": round(min(wall[key]), 1),
             "max_ms": round(max(wall[key]), 1),
             "cpu_median_ms": round(statistics.median(cpu[key]), 1),
             "cpu_min_ms": round(min(cpu[key]), 1),
         }
-        for key in keys
-    }
+        if key[0] != first:
+            # Against the first tree, round by round (both ran within the same round).
+            ratios = [a / b for a, b in zip(cpu[key], cpu[(first, key[1])], strict=True)]
+            figures[key].update(
+                cpu_ratio_median=round(statistics.median(ratios), 3),
+                cpu_ratio_min=round(min(ratios), 3),
+                cpu_ratio_max=round(max(ratios), 3),
+            )
+    return figures
 
 
 def make_db(folder: str) -> str:
