@@ -12,9 +12,9 @@ rest come with the first name used: ``sessionstore/__init__.py``), so each modul
 public names publishes them itself, at the end of its own import
 (:func:`publish_written_here`): a public class names ``sessionstore`` however its module got
 imported, through ``sessionstore.X`` or by another module of the package. Rejected: publishing
-from ``sessionstore/__init__.py`` when a name is first looked up there, which left
-``sessionstore._models.Session`` on sessions a program made through a module that imported the
-private one directly (the CLI does).
+from ``sessionstore/__init__.py`` when a name is first looked up there, which would leave
+``sessionstore._models.Session`` on sessions made by code that imported the private module
+directly and never asked ``sessionstore`` for the name (the CLI does that).
 
 Rejected alternative: defining every public class in its public module, which would put the
 whole library in three ``__init__`` files.
