@@ -39,6 +39,7 @@ from ._connection import (
 from ._files import wal_size
 from ._forkgate import FORK_GATE
 from ._fscheck import warn_if_risky
+from ._group import make_writer
 from ._journal import Journal
 from ._leases import Gate, Lease
 from ._migrate import FileKind, identify
@@ -58,7 +59,6 @@ from ._store_children import EventChildMethods
 from ._store_maintenance import MaintenanceMethods
 from ._store_sessions import SessionMethods
 from ._transaction import make_create
-from ._writer import Writer
 from .errors import StoreClosedError, StoreCorruptError
 
 __all__ = ["ReadLease", "SessionStore", "live_stores"]
@@ -160,7 +160,7 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods, Mainten
         self._journal = Journal(path, max_bytes=config.max_journal_bytes)
         self._pid = os.getpid()
         self._init_locks()
-        self._writer = Writer(path, config, self._policy, clock)
+        self._writer = make_writer(path, config, self._policy, clock)
         self._readers = ReaderPool(
             lambda: open_connection(self.path, self.config, self._policy, query_only=True),
             config.read_connections,
