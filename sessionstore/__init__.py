@@ -26,47 +26,46 @@ while holding the gate's, and never holds the gate's while SQLite runs; the proc
 child registry calls the store under its own lock, never the reverse.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._config import StoreConfig
-from ._exports import publish as _publish
-from ._identity import ProcessIdentity
-from ._models import (
-    Checkpoint,
-    CheckpointResult,
-    ChildProcess,
-    ChildState,
-    CloseReport,
-    Event,
-    OpFailure,
-    ReplayReport,
-    Session,
-    SessionStatus,
-    StoreState,
-    StoreStats,
-)
-from ._store import ReadLease, SessionStore
-from .errors import (
-    ChildTerminationError,
-    ForeignDatabaseError,
-    InvalidTransitionError,
-    JournalBusyError,
-    JournalFullError,
-    ProcessNotFoundError,
-    SchemaVersionError,
-    SessionNotFoundError,
-    SessionStoreError,
-    StoreBusyError,
-    StoreClosedError,
-    StoreCorruptError,
-    StoreIOError,
-    StoreOpenError,
-    StoreReadOnlyError,
-    UnsafeForkError,
-    UnsafeSignalError,
-)
+from ._exports import PUBLIC as _PUBLIC
 
 if TYPE_CHECKING:
+    from ._config import StoreConfig
+    from ._enums import ChildState, SessionStatus, StoreState
+    from ._identity import ProcessIdentity
+    from ._models import (
+        Checkpoint,
+        CheckpointResult,
+        ChildProcess,
+        CloseReport,
+        Event,
+        OpFailure,
+        ReplayReport,
+        Session,
+        StoreStats,
+    )
+    from ._store import ReadLease, SessionStore
+    from .errors import (
+        ChildTerminationError,
+        ForeignDatabaseError,
+        InvalidTransitionError,
+        JournalBusyError,
+        JournalFullError,
+        ProcessNotFoundError,
+        SchemaVersionError,
+        SessionNotFoundError,
+        SessionStoreError,
+        StoreBusyError,
+        StoreClosedError,
+        StoreCorruptError,
+        StoreIOError,
+        StoreOpenError,
+        StoreReadOnlyError,
+        UnsafeForkError,
+        UnsafeSignalError,
+    )
     from .process import (
         ChildOutcome,
         LayerAlreadyInstalledError,
@@ -80,42 +79,36 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-# The process layer (signal handling, child tracking: ctypes, asyncio's kin) is imported on first
-# use of one of its names, not by ``import sessionstore``: a shell hook or a tool that only reads
-# the store should not pay for it. Rejected: importing it eagerly (about a third of the import
-# time) or asking callers to import ``sessionstore.process`` themselves (it breaks the public
-# names promised here).
-_LAZY = frozenset(
-    {
-        "ChildOutcome",
-        "LayerAlreadyInstalledError",
-        "ProcessLayer",
-        "ReapReport",
-        "ShutdownInProgressError",
-        "ShutdownPhase",
-        "ShutdownReport",
-        "reap_orphans",
-    }
-)
+# Every public name is imported on its first use (PEP 562), not by ``import sessionstore``:
+# pydantic, apsw and the store's modules cost a shell hook, ``--help`` or a program that only
+# catches our errors 100-200 ms it may never use. The first name used pays for its module
+# (``sessionstore.SessionStore``: the store and pydantic; ``sessionstore.StoreBusyError``:
+# only the errors). Each module publishes its own names as ``sessionstore.<name>`` when it is
+# imported (``_exports.publish_written_here``), so pickles, tracebacks and reprs name this
+# namespace whichever way a module was reached. Rejected: eager imports (pydantic alone cost
+# more than the 100 ms budget), and a lighter subset of eager names (which one a program
+# needs first is the program's business; any eager model drags all of pydantic in).
 
 
 def __getattr__(name: str) -> Any:
-    """Import a process-layer name on first use (``sessionstore.ProcessLayer`` and the rest).
+    """Import the module that writes the public ``name`` on its first use, and return it.
+
+    Afterwards ``name`` is a plain attribute of this module.
 
     Raises:
         AttributeError: no such public name.
+        ImportError: its module failed to import (a missing dependency).
     """
-    if name in _LAZY:
-        from . import process
-
-        value = getattr(process, name)
-        globals()[name] = value  # later look-ups are plain module attributes
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = _PUBLIC.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY)
+    return sorted(set(globals()) | set(_PUBLIC))
 
 
 __all__ = [
@@ -162,18 +155,3 @@ __all__ = [
     "__version__",
     "reap_orphans",
 ]
-
-# Each name says where users import it from (tracebacks, pickle, docs); the process layer's
-# names keep ``sessionstore.process``, set there.
-_publish(
-    __name__,
-    [
-        obj
-        for name, obj in list(globals().items())
-        if name in __all__
-        and str(getattr(obj, "__module__", "")).startswith(
-            ("sessionstore._", "sessionstore.errors")
-        )
-    ],
-)
-del _publish

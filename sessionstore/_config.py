@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from . import _exports
+
 __all__ = ["StoreConfig"]
 
 MiB = 1024 * 1024
@@ -139,3 +141,6 @@ class StoreConfig(BaseModel):
                     "SessionStore.open(...), or run `python -m sessionstore reap`"
                 )
         return data
+
+
+_exports.publish_written_here(__name__)  # last: see _exports

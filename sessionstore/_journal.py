@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import apsw
 
+from . import _forkgate  # noqa: F401 - its fork hooks register first (_lifecycle.at_fork)
 from . import _lifecycle as lifecycle
 from ._files import journal_path, rejected_path
 from ._models import ReplayReport

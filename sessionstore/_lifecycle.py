@@ -72,6 +72,8 @@ class Hook(NamedTuple):
 
 HOOKS: list[Hook] = []
 
+_GATE = "sessionstore._forkgate"  # registers the first fork hooks of the process
+
 
 def at_fork(
     owner: str,
@@ -81,7 +83,18 @@ def at_fork(
     after_in_parent: Callable[[], object] | None = None,
     after_in_child: Callable[[], object] | None = None,
 ) -> None:
-    """Register fork hooks (``os.register_at_fork``) and list them in :data:`HOOKS`."""
+    """Register fork hooks (``os.register_at_fork``) and list them in :data:`HOOKS`.
+
+    Raises:
+        RuntimeError: the fork gate's hooks are not registered yet (``owner`` must import
+            ``_forkgate`` before it registers: the gate's ``before`` must run last). Nothing
+            is registered then.
+    """
+    # ``import sessionstore`` imports nothing (its names load on first use), so a program may
+    # import any module first; each module with a fork hook imports the gate itself, and this
+    # check makes a module that forgets it fail at its first import, in every test.
+    if owner != _GATE and not any(hook.owner == _GATE for hook in HOOKS):
+        raise RuntimeError(f"{owner} registers a fork hook before the fork gate ({_GATE})")
     kwargs: dict[str, Callable[[], object]] = {}
     if before is not None:
         kwargs["before"] = before

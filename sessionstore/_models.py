@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import _exports
+from ._enums import ChildState, EventLevel, SessionStatus, StoreState
 from ._identity import ProcessIdentity
 
 __all__ = [
@@ -26,36 +27,6 @@ __all__ = [
     "StoreState",
     "StoreStats",
 ]
-
-EventLevel = Literal["debug", "info", "warning", "error", "critical"]
-
-
-class SessionStatus(str, enum.Enum):
-    """Lifecycle of a session."""
-
-    ACTIVE = "active"
-    PAUSED = "paused"
-    STOPPED = "stopped"
-    COMPLETED = "completed"
-    CRASHED = "crashed"
-
-
-class ChildState(str, enum.Enum):
-    """How a recorded child process stands, or how it ended."""
-
-    RUNNING = "running"
-    EXITED = "exited"  # ended on its own, or on our SIGTERM (exit code recorded)
-    KILLED = "killed"  # needed SIGKILL
-    UNKILLABLE = "unkillable"  # still there after SIGKILL and the verify deadline
-    GONE = "gone"  # vanished, or its PID was reused by a stranger: never signalled
-
-
-class StoreState(str, enum.Enum):
-    """Where a store is in its life; it only moves forward."""
-
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 class Frozen(BaseModel):
@@ -104,6 +75,10 @@ class Checkpoint(Frozen):
 
 class CheckpointWrite(Frozen):
     """One write attached to a checkpoint (a framework's pending write), keyed by task and idx."""
+
+    # Built on first use: only the LangGraph integration makes one, never a hook or the
+    # open -> write -> close path (the one model of this module off that path; measured).
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     session_id: str
     namespace: str
@@ -231,3 +206,6 @@ class CloseReport(Frozen):
     # written (disk full, file too large, journal at its bound): each op's JSON line, also
     # logged at error level, so an operator can recover it. Empty unless the disk failed.
     unrecorded: list[str] = Field(default_factory=list)
+
+
+_exports.publish_written_here(__name__)  # last: see _exports

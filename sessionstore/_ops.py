@@ -51,6 +51,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 import apsw
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
+from . import _forkgate  # noqa: F401 - its fork hooks register first (_lifecycle.at_fork)
 from . import _lifecycle as lifecycle
 from ._identity import ProcessIdentity, hostname
 from ._models import (

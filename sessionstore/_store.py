@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import apsw
 
+from . import _exports
 from . import _lifecycle as lifecycle
 from . import _queries as q
 from ._close import CloseSequence, close_connections
@@ -504,3 +505,5 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods, Mainten
 
 
 lifecycle.install_store_hooks()  # after the hooks of the modules imported above
+
+_exports.publish_written_here(__name__)  # last: see _exports

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from . import _exports
+
 __all__ = [
     "ChildTerminationError",
     "ForeignDatabaseError",
@@ -257,3 +259,6 @@ def _restore(cls: type[SessionStoreError], args: tuple[Any, ...], state: dict[st
     err.args = args
     err.__dict__.update(state)
     return err
+
+
+_exports.publish_written_here(__name__)  # last: see _exports

@@ -94,3 +94,12 @@ def test_add_child_of_a_bad_or_missing_pid(store: SessionStore) -> None:
         store.add_child(session.id, proc.pid)
     assert isinstance(info.value, ProcessLookupError)
     assert (info.value.errno, info.value.pid) == (errno.ESRCH, proc.pid)
+
+
+def test_hostname_is_what_gethostname_says() -> None:
+    """hostname() (read from uname) is socket.gethostname(): owner_host rows stay comparable."""
+    import socket
+
+    from sessionstore._identity import hostname
+
+    assert hostname() == socket.gethostname()

@@ -62,14 +62,31 @@ def test_hooks_are_registered_once_whatever_is_imported_first() -> None:
     """Importing a low module first (the journal) still registers every hook once, in order."""
     code = (
         "import sessionstore._journal\n"
-        "import sessionstore\n"
         "from sessionstore._lifecycle import HOOKS\n"
+        "print(','.join(h.owner.rsplit('.', 1)[1] for h in HOOKS))\n"
+        "import sessionstore\n"
+        "sessionstore.SessionStore  # the first use of the store imports it\n"
         "print(','.join(h.owner.rsplit('.', 1)[1] for h in HOOKS))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.strip()
-    assert out == "_forkgate,_ops,_journal,_lifecycle,_lifecycle"
+    ).stdout.split()
+    assert out == ["_forkgate,_ops,_journal", "_forkgate,_ops,_journal,_lifecycle,_lifecycle"]
+
+
+def test_a_fork_hook_before_the_gate_is_refused() -> None:
+    """A module registering a fork hook before the fork gate's fails at import, registering none."""
+    code = (
+        "from sessionstore import _lifecycle\n"
+        "try:\n"
+        "    _lifecycle.at_fork('probe', 'nothing', before=lambda: None)\n"
+        "except RuntimeError as err:\n"
+        "    print(len(_lifecycle.HOOKS), 'fork gate' in str(err))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert out == ["0", "True"]
 
 
 def test_a_store_is_live_from_open_until_close(db_path: str) -> None:

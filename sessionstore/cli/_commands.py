@@ -11,12 +11,7 @@ import collections
 import json
 import time
 from collections.abc import Callable
-from typing import Any
-
-from rich import box
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from .. import _queries
 from .._files import file_sizes as side_file_sizes
@@ -35,6 +30,10 @@ from ._common import (
 )
 from ._session import resolve_session
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
 __all__ = [
     "cmd_children",
     "cmd_events",
@@ -47,6 +46,21 @@ __all__ = [
 ]
 
 _FOLLOW_PAGE = 1000
+
+
+# rich is imported by the human renderings only (``Output.console``): ``--json`` never loads it.
+def _escape(text: str) -> str:
+    """``text`` with rich markup escaped."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def _table() -> Table:
+    from rich import box
+    from rich.table import Table
+
+    return Table(box=box.SIMPLE, show_edge=False)
 
 
 def file_sizes(store: SessionStore) -> dict[str, int]:
@@ -115,7 +129,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     def human(con: Console) -> None:
         c = data["sessions"]
         con.print(
-            f"[bold]database[/]  {escape(data['db'])}  ({fmt_bytes(data['db_bytes'])}; "
+            f"[bold]database[/]  {_escape(data['db'])}  ({fmt_bytes(data['db_bytes'])}; "
             f"WAL {fmt_bytes(data['wal_bytes'])}; journal {fmt_bytes(data['journal_bytes'])})"
         )
         con.print(
@@ -129,13 +143,13 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
                 f"[yellow]stale[/]     {len(data['stale'])} active session(s) silent for "
                 f"more than {fmt_age(args.stale_after)}:"
             )
-            t = Table(box=box.SIMPLE, show_edge=False)
+            t = _table()
             for col in ("id", "name", "last heartbeat", "silent for", "owner"):
                 t.add_column(col, no_wrap=col == "id")
             for s in data["stale"]:
                 t.add_row(
                     s["id"],
-                    escape(s["name"]),
+                    _escape(s["name"]),
                     fmt_time(s["heartbeat_at"]),
                     fmt_age(s["age_s"]),
                     f"{(s['owner'] or {}).get('pid', '-')}@{s['owner_host']}",
@@ -147,7 +161,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         if cp is None:
             con.print("[bold]last checkpoint[/]  none")
         else:
-            name = escape(repr(cp["name"]))
+            name = _escape(repr(cp["name"]))
             con.print(
                 f"[bold]last checkpoint[/]  {name} of session {cp['session_id']} at "
                 f"{fmt_time(cp['created_at'])} ({fmt_age(now - cp['created_at'])} ago)"
@@ -158,13 +172,13 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 
 
 def _sessions_table(sessions: list[Session], now: float) -> Table:
-    t = Table(box=box.SIMPLE, show_edge=False)
+    t = _table()
     for col in ("id", "name", "status", "created", "last heartbeat", "owner"):
         t.add_column(col, no_wrap=col == "id")
     for s in sessions:
         hb = f"{fmt_age(now - s.heartbeat_at)} ago" if s.heartbeat_at else "-"
         owner = f"{s.owner.pid}@{s.owner_host}" if s.owner else "-"
-        t.add_row(s.id, escape(s.name), s.status.value, fmt_time(s.created_at), hb, owner)
+        t.add_row(s.id, _escape(s.name), s.status.value, fmt_time(s.created_at), hb, owner)
     return t
 
 
@@ -204,7 +218,7 @@ def _child_doc(child: ChildProcess) -> dict[str, Any]:
 
 
 def _children_table(children: list[dict[str, Any]], *, with_session: bool) -> Table:
-    t = Table(box=box.SIMPLE, show_edge=False)
+    t = _table()
     cols = ["session"] if with_session else []
     cols += ["pid", "pgid", "state", "exit", "now", "registered", "argv"]
     for col in cols:
@@ -218,7 +232,7 @@ def _children_table(children: list[dict[str, Any]], *, with_session: bool) -> Ta
             str(c["exit_code"]) if c["exit_code"] is not None else "-",
             c["identity"],
             fmt_time(c["registered_at"]),
-            escape(" ".join(c["argv"])),
+            _escape(" ".join(c["argv"])),
         ]
         t.add_row(*row)
     return t
@@ -251,17 +265,19 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
 
     def human(con: Console) -> None:
         now = time.time()
-        con.print(f"[bold]{escape(session.name)}[/]  {session.id}  [bold]{session.status.value}[/]")
+        con.print(
+            f"[bold]{_escape(session.name)}[/]  {session.id}  [bold]{session.status.value}[/]"
+        )
         if session.objective:
-            con.print(f"objective   {escape(session.objective)}")
+            con.print(f"objective   {_escape(session.objective)}")
         owner = f"pid {session.owner.pid} on {session.owner_host}" if session.owner else "-"
         con.print(f"owner       {owner}")
         con.print(f"created     {fmt_time(session.created_at)}")
         hb = session.heartbeat_at
         con.print(f"heartbeat   {fmt_time(hb)}" + (f" ({fmt_age(now - hb)} ago)" if hb else ""))
         if session.metadata:
-            con.print(f"metadata    {escape(json.dumps(session.metadata))}")
-        con.print(f"checkpoint  {escape(_checkpoint_line(last))}")
+            con.print(f"metadata    {_escape(json.dumps(session.metadata))}")
+        con.print(f"checkpoint  {_escape(_checkpoint_line(last))}")
         con.print(f"[bold]children[/] ({len(children)})")
         if children:
             con.print(_children_table(children, with_session=False))

@@ -17,16 +17,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-from rich.console import Console
-
-from .._config import StoreConfig
-from .._migrate import FileKind, identify
-from .._store import SessionStore
 from ..errors import (
     ForeignDatabaseError,
     SchemaVersionError,
@@ -34,6 +28,16 @@ from ..errors import (
     StoreCorruptError,
     StoreOpenError,
 )
+
+# The store (pydantic, apsw) is imported by the functions that use it, not here: the parser
+# (``_main``) imports this module, and ``--help``, ``--version`` or a usage error should not
+# pay 100-150 ms for a store they never open. A command's own module imports the store at its
+# top, so the cost is paid before any command starts its clock (``_hooks``' ``--timeout``).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .._config import StoreConfig
+    from .._store import SessionStore
 
 __all__ = [
     "DEFAULT_DB",
@@ -121,6 +125,8 @@ def check_database(path: str, timeout_s: float) -> None:
     if os.path.getsize(path) == 0:
         # SQLite would happily treat an empty file as a new database and write our schema in.
         raise CliError(f"{path} is empty, not a sessionstore database ({hint})", EXIT_NO_DB)
+    from .._migrate import FileKind, identify
+
     try:
         kind = identify(path, busy_timeout_ms=int(timeout_s * 1000))
     except StoreBusyError as err:
@@ -149,6 +155,8 @@ def store_config(timeout_s: float) -> StoreConfig:
     Args:
         timeout_s: how long to wait for other processes' locks (busy timeout and retry deadline).
     """
+    from .._config import StoreConfig
+
     return StoreConfig(
         busy_timeout_ms=int(timeout_s * 1000),
         write_deadline_s=max(timeout_s, 0.001),
@@ -180,6 +188,8 @@ def open_store(
         CliError: see :func:`check_database`.
         SessionStoreError: from :meth:`SessionStore.open`.
     """
+    from .._store import SessionStore
+
     check_database(path, timeout_s)
     store = SessionStore.open(path, config=config or store_config(timeout_s), read_only=read_only)
     try:
@@ -207,6 +217,8 @@ def quiet_store_warnings(verbose: bool) -> Iterator[None]:
 
 def dump(value: Any) -> Any:
     """A JSON-ready form of a pydantic model (or a list/dict of them)."""
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, list | tuple):
@@ -289,19 +301,33 @@ def fmt_bytes(n: int) -> str:
 
 @dataclass
 class Output:
-    """Where a command's result goes: one JSON document on stdout, or rich text for humans."""
+    """Where a command's result goes: one JSON document on stdout, or rich text for humans.
+
+    rich is imported when a command first asks for :attr:`console`, not before: ``--json``
+    output, the hooks and the errors never render with it, and importing it cost a hook 20 ms
+    (a quarter of its start-up). Rejected: a Console made up front (what that cost paid for).
+    """
 
     json_mode: bool
-    console: Console
+    _console: Console | None = field(default=None, repr=False)
 
     @classmethod
     def for_args(cls, args: argparse.Namespace) -> Output:
         """The output for parsed arguments (``--json`` selects JSON)."""
-        console = Console(highlight=False)
-        if not console.is_terminal:
-            # Logs and pipes: wide enough that ids and paths do not wrap mid-word.
-            console = Console(highlight=False, width=int(os.environ.get("COLUMNS", "160")))
-        return cls(json_mode=bool(getattr(args, "json", False)), console=console)
+        return cls(json_mode=bool(getattr(args, "json", False)))
+
+    @property
+    def console(self) -> Console:
+        """The rich console for human output, made on first use (rich imported then)."""
+        if self._console is None:
+            from rich.console import Console
+
+            console = Console(highlight=False)
+            if not console.is_terminal:
+                # Logs and pipes: wide enough that ids and paths do not wrap mid-word.
+                console = Console(highlight=False, width=int(os.environ.get("COLUMNS", "160")))
+            self._console = console
+        return self._console
 
     def result(self, data: dict[str, Any], human: Callable[[Console], None]) -> None:
         """Print ``data`` as JSON, or call ``human`` to render it for a person."""

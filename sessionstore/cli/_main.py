@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import NoReturn, get_args
 
 from .. import __version__
-from .._models import EventLevel, SessionStatus
+from .._enums import EventLevel, SessionStatus
 from ..errors import (
     InvalidTransitionError,
     SchemaVersionError,

@@ -754,3 +754,54 @@ def test_resume_clears_a_dead_owner_so_reap_does_not_flag_the_session(db: Fixtur
     assert resumed["session"]["owner"] is None
     dry = run("--db", d, "reap", "--dry-run", "--json").json()
     assert left not in [s["session_id"] for s in dry["report"]["sessions"]]
+
+
+# ``python -m sessionstore ARGS``, then the names of the modules loaded, written at exit.
+_LOADED = """
+import atexit, json, runpy, sys
+out, sys.argv = sys.argv[1], ["sessionstore", *sys.argv[2:]]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+runpy.run_module("sessionstore", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_json_and_hook_commands_do_not_load_rich(db: Fixture, tmp_path: Path) -> None:
+    """``status --json`` and the hooks (log, heartbeat) run without importing rich or psutil."""
+    path = str(db.path)
+    commands = {
+        "status-json": ["--db", path, "status", "--json"],
+        "log": ["--db", path, "log", db.alpha, "started", "--data", '{"n": 1}'],
+        "heartbeat": ["--db", path, "heartbeat", db.alpha, "--json"],
+        "status": ["--db", path, "status"],  # the probe's control: a table does load rich
+    }
+    loaded = {}
+    for name, args in commands.items():
+        out = tmp_path / f"{name}.json"
+        subprocess.run(
+            [sys.executable, "-c", _LOADED, str(out), *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env=_env(),
+        )
+        loaded[name] = {m.split(".")[0] for m in json.loads(out.read_text())}
+    assert "rich" in loaded["status"]
+    for name in ("status-json", "log", "heartbeat"):
+        assert loaded[name] & {"rich", "psutil"} == set(), name
+        assert {"apsw", "pydantic"} <= loaded[name], name  # the probe saw the store at work
+
+
+def test_help_and_version_do_not_load_the_store(tmp_path: Path) -> None:
+    """``--help`` and ``--version`` build the parser without pydantic, apsw or rich."""
+    for args in (["--help"], ["--version"], ["log", "--help"]):
+        out = tmp_path / "loaded.json"
+        subprocess.run(
+            [sys.executable, "-c", _LOADED, str(out), *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env=_env(),
+        )
+        loaded = {m.split(".")[0] for m in json.loads(out.read_text())}
+        assert "sessionstore" in loaded
+        assert loaded & {"pydantic", "apsw", "rich", "psutil", "tenacity"} == set(), args
