@@ -231,28 +231,25 @@ class GroupWriter(Writer):
         try:
             if threading.current_thread() is threading.main_thread():
                 with self._lead:  # C code: an interrupt cannot leave the lead taken
-                    if self._queue:
-                        return False, None
-                    self._epoch += 1
-                    result = Writer.apply(self, op, deadline=deadline)
-                    self.group_commits += 1
-                    self.group_ops += 1
-                    self._last_batch = 1
-            elif self._lead.acquire(blocking=False):
-                try:
-                    if self._queue:
-                        return False, None
-                    self._epoch += 1
-                    result = Writer.apply(self, op, deadline=deadline)
-                    self.group_commits += 1
-                    self.group_ops += 1
-                    self._last_batch = 1
-                finally:
-                    self._lead.release()
-            else:
+                    return self._led_alone(op, deadline)
+            if not self._lead.acquire(blocking=False):
                 return False, None
+            try:
+                return self._led_alone(op, deadline)
+            finally:
+                self._lead.release()
         finally:
             self._wake_next()  # whoever queued meanwhile leads the next transaction
+
+    def _led_alone(self, op: Op, deadline: float | None) -> tuple[bool, Any]:
+        """:meth:`_apply_alone`'s transaction, the lead held by this thread."""
+        if self._queue:
+            return False, None
+        self._epoch += 1
+        result = Writer.apply(self, op, deadline=deadline)
+        self.group_commits += 1
+        self.group_ops += 1
+        self._last_batch = 1
         return True, result
 
     # ------------------------------------------------------------------ waiting
