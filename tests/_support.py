@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -13,6 +14,22 @@ from types import TracebackType
 from _procs import start
 
 from sessionstore import CloseReport, SessionStore, StoreState
+
+
+def wait_forked_child(pid: int, timeout_ms: int = 30_000) -> int | None:
+    """A forked child's exit code, or None when it has not exited in time (it is then killed)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(timeout_ms):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def all_event_ids(store: SessionStore, session_id: str) -> list[str]:

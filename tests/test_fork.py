@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import os
-import select
-import signal
 import threading
 
 import pytest
+from _support import wait_forked_child
 
 from sessionstore import SessionStore, UnsafeForkError
 from sessionstore._forkgate import FORK_GATE
 
 _CHILD_TIMEOUT_MS = 10_000
-
-
-def _wait_child(pid: int) -> int | None:
-    """The child's exit code, or None when it has not exited within the timeout (then killed)."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        if not poller.poll(_CHILD_TIMEOUT_MS):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return None
-    finally:
-        os.close(pidfd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 def _child(store: SessionStore, db: str, sid: str) -> None:
@@ -72,7 +55,7 @@ def test_fork_under_writing_and_reading_threads_never_hangs(db_path: str) -> Non
             pid = os.fork()
             if pid == 0:
                 _child(store, db_path, sid)
-            outcomes.append(_wait_child(pid))
+            outcomes.append(wait_forked_child(pid, _CHILD_TIMEOUT_MS))
     finally:
         stop.set()
         for thread in threads:
@@ -121,6 +104,6 @@ def test_fork_past_the_wait_gives_the_child_a_clear_error_not_a_hang(db_path: st
         FORK_GATE.wait_s = saved
         leave.set()
         holder.join(30)
-    assert _wait_child(pid) == 0
+    assert wait_forked_child(pid, _CHILD_TIMEOUT_MS) == 0
     assert store.get_session(sid).id == sid
     store.close()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import HeldInThread, StoppedLockHolder, all_event_ids
+from _support import HeldInThread, StoppedLockHolder, all_event_ids, wait_forked_child
 
 from sessionstore import (
     InvalidTransitionError,
@@ -451,18 +449,7 @@ def _fork_and_write(store: SessionStore, sid: str) -> int | None:
         except BaseException:  # the child reports any failure through its exit code
             code = 5
         os._exit(code)
-    pidfd = os.pidfd_open(pid)
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        if not poller.poll(30_000):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return None
-    finally:
-        os.close(pidfd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return wait_forked_child(pid)
 
 
 # ---------------------------------------------------------------------------------- interrupts

@@ -765,6 +765,18 @@ runpy.run_module("sessionstore", run_name="__main__", alter_sys=True)
 """
 
 
+def _top_modules_loaded(out: Path, args: list[str]) -> set[str]:
+    """The top-level packages ``python -m sessionstore ARGS`` had imported when it exited."""
+    subprocess.run(
+        [sys.executable, "-c", _LOADED, str(out), *args],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        env=_env(),
+    )
+    return {m.split(".")[0] for m in json.loads(out.read_text())}
+
+
 def test_json_and_hook_commands_do_not_load_rich(db: Fixture, tmp_path: Path) -> None:
     """``status --json`` and the hooks (log, heartbeat) run without importing rich or psutil."""
     path = str(db.path)
@@ -776,15 +788,7 @@ def test_json_and_hook_commands_do_not_load_rich(db: Fixture, tmp_path: Path) ->
     }
     loaded = {}
     for name, args in commands.items():
-        out = tmp_path / f"{name}.json"
-        subprocess.run(
-            [sys.executable, "-c", _LOADED, str(out), *args],
-            check=True,
-            capture_output=True,
-            timeout=60,
-            env=_env(),
-        )
-        loaded[name] = {m.split(".")[0] for m in json.loads(out.read_text())}
+        loaded[name] = _top_modules_loaded(tmp_path / f"{name}.json", args)
     assert "rich" in loaded["status"]
     for name in ("status-json", "log", "heartbeat"):
         assert loaded[name] & {"rich", "psutil"} == set(), name
@@ -794,14 +798,6 @@ def test_json_and_hook_commands_do_not_load_rich(db: Fixture, tmp_path: Path) ->
 def test_help_and_version_do_not_load_the_store(tmp_path: Path) -> None:
     """``--help`` and ``--version`` build the parser without pydantic, apsw or rich."""
     for args in (["--help"], ["--version"], ["log", "--help"]):
-        out = tmp_path / "loaded.json"
-        subprocess.run(
-            [sys.executable, "-c", _LOADED, str(out), *args],
-            check=True,
-            capture_output=True,
-            timeout=60,
-            env=_env(),
-        )
-        loaded = {m.split(".")[0] for m in json.loads(out.read_text())}
+        loaded = _top_modules_loaded(tmp_path / "loaded.json", args)
         assert "sessionstore" in loaded
         assert loaded & {"pydantic", "apsw", "rich", "psutil", "tenacity"} == set(), args
