@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from sessionstore._ops import (
     RemoveChild,
     SaveCheckpoint,
     SetStatus,
+    dump_json,
     encode_json,
     new_id,
     op_adapter,
@@ -582,3 +584,89 @@ def test_encode_json_copy_is_the_json_round_trip(data: Any) -> None:
     if isinstance(data, dict) and data:
         data[next(iter(data))] = "changed by the caller"
         assert canonical == json.loads(text)
+
+
+_stdlib_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+
+
+@settings(max_examples=300)
+@given(value=json_values | _payloads)
+def test_dump_json_writes_what_the_stdlib_encoder_writes(value: Any) -> None:
+    """The prebuilt C encoder writes the stdlib's text, or raises the stdlib's error type."""
+    try:
+        expected = _stdlib_encode(value)
+    except (TypeError, ValueError) as err:
+        with pytest.raises(type(err)):
+            dump_json(value)
+        return
+    assert dump_json(value) == expected
+
+
+def test_dump_json_refuses_a_cycle_with_a_value_error() -> None:
+    """A structure holding itself is a ValueError, as with the stdlib's circular check."""
+    loop: list[Any] = [1]
+    loop.append({"again": loop})
+    with pytest.raises(ValueError, match="Circular"):
+        dump_json(loop)
+
+
+def test_dump_json_is_safe_to_share_between_threads() -> None:
+    """Threads encoding the same object at once each get its text (no shared cycle markers)."""
+    import threading
+
+    shared = {"k": [list(range(50)) for _ in range(50)]}
+    expected = _stdlib_encode(shared)
+    start = threading.Barrier(4)
+    bad: list[str] = []
+
+    def encode_many() -> None:
+        start.wait()
+        for _ in range(300):
+            if dump_json(shared) != expected:
+                bad.append("wrong text")
+
+    threads = [threading.Thread(target=encode_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+
+
+@pytest.mark.parametrize("spare", [-3000, -1500, -1000, -700, -450, -200, -50, 0, 50, 2000])
+@pytest.mark.parametrize("message", ["\x01" * MAX_MESSAGE_CHARS, "m"])
+def test_log_event_make_at_the_size_bound(message: str, spare: int) -> None:
+    """An event whose line ends near MAX_OP_BYTES: made fast, it is the validated op or error.
+
+    The fast constructor leaves an ASCII event's line to first use only when it surely fits; a
+    message of control characters (6 bytes each in JSON) and payloads sized to end the line
+    from 3000 bytes under the bound to 2000 over probe that estimate from both sides.
+    """
+    ts = time.time()
+    probe = LogEvent(session_id="s", message=message, data="", op_id="0" * 32, ts=ts)
+    data = "x" * (MAX_OP_BYTES - len(probe.line) + spare)  # the line is MAX_OP_BYTES + spare
+
+    def validated(op_id: str, at: float) -> LogEvent:
+        return LogEvent(op_id=op_id, ts=at, session_id="s", message=message, data=data)
+
+    if spare > 20:  # over the bound by more than two time stamps' lengths can differ
+        with pytest.raises(ValidationError, match="bytes, over"):
+            LogEvent.make("s", message, "info", data)
+        with pytest.raises(ValidationError, match="bytes, over"):
+            validated("0" * 32, ts)
+    elif spare < -20:
+        made = LogEvent.make("s", message, "info", data)
+        again = validated(made.op_id, made.ts)
+        assert made.line == again.line
+        assert made == again
+        assert len(made.line) <= MAX_OP_BYTES
+    else:  # at the bound (its time stamp's length decides): refused, or the validated op
+        outcome: LogEvent | ValidationError
+        try:
+            outcome = LogEvent.make("s", message, "info", data)
+        except ValidationError as err:
+            outcome = err
+        if isinstance(outcome, ValidationError):
+            assert "bytes, over" in str(outcome)
+        else:
+            assert outcome.line == validated(outcome.op_id, outcome.ts).line
