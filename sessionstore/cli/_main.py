@@ -13,7 +13,7 @@ code  meaning
 3     no usable database (missing, not a database, newer schema, cannot open)
 4     the database stayed locked by other processes past ``--timeout``
 5     unknown session id
-130   interrupted (SIGINT); 143 terminated (SIGTERM)
+-     ended by SIGINT (Ctrl+C) or SIGTERM: a shell sees 130 or 143, ``Popen`` -2 or -15
 ====  ==========================================================================
 
 Only ``demo``, ``run`` and ``new`` create a database; every other command checks first that the
@@ -36,6 +36,7 @@ from typing import NoReturn, get_args
 
 from .. import __version__
 from .._enums import EventLevel, SessionStatus
+from .._interrupt import install_quiet_interrupt
 from ..errors import (
     InvalidTransitionError,
     SchemaVersionError,
@@ -515,6 +516,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code (see the module docstring). The ``demo`` does not return when a signal
         ended it: the process dies by that signal, so a shell sees 130 or 143.
+
+    Raises:
+        KeyboardInterrupt: Ctrl+C, from wherever it landed, after the command's own clean-up
+            (its stores closed on the way out). Never caught here: the entry points
+            (:func:`entry`, ``python -m sessionstore``) leave it to CPython, which ends the
+            process by SIGINT after ``atexit`` and with no traceback
+            (:mod:`sessionstore._interrupt`). An in-process caller gets it as any call would.
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -529,8 +537,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.verbose, bool(getattr(args, "json", False)))
         handler: Handler = args.handler
         return handler(args, Output.for_args(args))
-    except KeyboardInterrupt:
-        return 128 + 2
     except BrokenPipeError:
         _quiet_stdout()
         return EXIT_FAILED
@@ -554,3 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 as_json,
             )
         return _error_code(err)
+
+
+def entry() -> int:
+    """The ``sessionstore`` console script: :func:`main`, ended by SIGINT on Ctrl+C.
+
+    Raises:
+        KeyboardInterrupt: see :func:`main`; uncaught, it ends the process by SIGINT.
+    """
+    install_quiet_interrupt()
+    return main()
