@@ -1,4 +1,4 @@
-"""Ctrl+C ends the command line by SIGINT, silently, from its first line of Python on.
+"""Ctrl+C ends the command line by SIGINT, silently, from the first line of ``__main__`` on.
 
 A program interrupted by Ctrl+C should end *by SIGINT* rather than with an exit status of its
 own choosing: a calling shell sees 130 either way, but only a death by the signal tells a shell
@@ -10,6 +10,8 @@ command line lets ``KeyboardInterrupt`` propagate instead of catching it: the sa
 whether Ctrl+C lands in an import, the argument parser or a command.
 
 Standard library only: ``python -m sessionstore`` installs it before importing anything else.
+(A Ctrl+C that lands earlier, while the package itself is imported, still ends the process by
+SIGINT, with CPython's traceback.)
 """
 
 from __future__ import annotations

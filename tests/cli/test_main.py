@@ -517,11 +517,19 @@ class LineReader:
         return line.decode()
 
 
-def test_events_follow_prints_new_events(db: Fixture) -> None:
-    """Events --follow prints the backlog, then events written later, as JSON lines."""
+# The console script the README's install puts beside the interpreter (``sessionstore.cli:entry``).
+CONSOLE_SCRIPT = [os.path.join(os.path.dirname(sys.executable), "sessionstore")]
+
+
+@pytest.mark.parametrize("command", [CLI, CONSOLE_SCRIPT], ids=["python-m", "console-script"])
+def test_events_follow_prints_new_events(db: Fixture, command: list[str]) -> None:
+    """Events --follow prints the backlog, then events written later, as JSON lines.
+
+    Ctrl+C ends it by SIGINT with no traceback, through either entry point.
+    """
     proc = subprocess.Popen(
         [
-            *CLI,
+            *command,
             *("--db", str(db.path), "events", db.alpha, "--after", "24", "--follow", "--json"),
             *("--interval", "0.05", "--follow-timeout", "20"),
         ],
