@@ -58,6 +58,13 @@ def test_hooks_are_listed_in_the_order_a_fork_needs() -> None:
     assert len(HOOKS) == len(set(HOOKS)), HOOKS  # registered once each
 
 
+def _words_printed_by(code: str) -> list[str]:
+    """What a fresh interpreter running ``code`` prints, split into words."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+
+
 def test_hooks_are_registered_once_whatever_is_imported_first() -> None:
     """Importing a low module first (the journal) still registers every hook once, in order."""
     code = (
@@ -68,9 +75,7 @@ def test_hooks_are_registered_once_whatever_is_imported_first() -> None:
         "sessionstore.SessionStore  # the first use of the store imports it\n"
         "print(','.join(h.owner.rsplit('.', 1)[1] for h in HOOKS))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.split()
+    out = _words_printed_by(code)
     assert out == ["_forkgate,_ops,_journal", "_forkgate,_ops,_journal,_lifecycle,_lifecycle"]
 
 
@@ -83,9 +88,7 @@ def test_a_fork_hook_before_the_gate_is_refused() -> None:
         "except RuntimeError as err:\n"
         "    print(len(_lifecycle.HOOKS), 'fork gate' in str(err))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.split()
+    out = _words_printed_by(code)
     assert out == ["0", "True"]
 
 
