@@ -266,7 +266,11 @@ class ProcessLayer:
     def uninstall(self) -> None:
         """Restore the previous signal handlers and drop the atexit hook. Idempotent.
 
-        Children keep running and stay tracked; :meth:`shutdown` still works.
+        Children keep running and stay tracked; :meth:`shutdown` still works. The callback
+        worker started by :meth:`install` (for a shutdown at exit) is stopped: a layer installed
+        and uninstalled many times leaves no thread behind, and a later :meth:`shutdown` starts
+        a worker when it needs one (except during interpreter exit on Python 3.12+, where no
+        thread can start: its callbacks are then reported as not run).
 
         Raises:
             RuntimeError: not called from the main thread; nothing was changed.
@@ -276,6 +280,7 @@ class ProcessLayer:
             if self._atexit_registered:
                 atexit.unregister(self._at_exit)
                 self._atexit_registered = False
+        self._callbacks.close()
 
     def _become_subreaper(self) -> None:
         with self._lock:

@@ -400,3 +400,36 @@ def test_a_late_signal_shutdown_secures_paused_before_the_watchdog(db_path: str)
         store.close(timeout=0)
     with SessionStore.open(db_path) as reopened:
         assert reopened.get_session(sid).status is SessionStatus.PAUSED
+
+
+def test_uninstall_without_shutdown_leaves_no_callback_thread(
+    store: SessionStore, session_id: str
+) -> None:
+    """install() starts the callback worker ahead of time; uninstall() stops it, every cycle.
+
+    Each install/uninstall pair used to leave one idle worker thread for good (only a shutdown
+    stopped it). A shutdown after uninstall still runs its callbacks, on a worker of its own.
+    """
+    layer = ProcessLayer(store, session_id, exit_on_signal=False, subreaper=False)
+    ran: list[str] = []
+    layer.on_shutdown(lambda: ran.append("ran"), "before_close")
+    before = set(threading.enumerate())
+    for _ in range(3):
+        layer.install()
+        started = [
+            t
+            for t in threading.enumerate()
+            if t not in before and t.name == "sessionstore-callback"
+        ]
+        assert len(started) == 1
+        layer.uninstall()
+        started[0].join(10)
+        assert not started[0].is_alive()
+    report = layer.shutdown(reason="after uninstall")
+    assert ran == ["ran"] and report.callback_errors == []
+    left = [
+        t for t in threading.enumerate() if t not in before and t.name == "sessionstore-callback"
+    ]
+    for t in left:
+        t.join(10)
+    assert not any(t.is_alive() for t in left)
