@@ -414,22 +414,24 @@ def test_uninstall_without_shutdown_leaves_no_callback_thread(
     ran: list[str] = []
     layer.on_shutdown(lambda: ran.append("ran"), "before_close")
     before = set(threading.enumerate())
-    for _ in range(3):
-        layer.install()
-        started = [
+
+    def new_workers() -> list[threading.Thread]:
+        return [
             t
             for t in threading.enumerate()
             if t not in before and t.name == "sessionstore-callback"
         ]
+
+    for _ in range(3):
+        layer.install()
+        started = new_workers()
         assert len(started) == 1
         layer.uninstall()
         started[0].join(10)
         assert not started[0].is_alive()
     report = layer.shutdown(reason="after uninstall")
     assert ran == ["ran"] and report.callback_errors == []
-    left = [
-        t for t in threading.enumerate() if t not in before and t.name == "sessionstore-callback"
-    ]
+    left = new_workers()
     for t in left:
         t.join(10)
     assert not any(t.is_alive() for t in left)
