@@ -10,7 +10,8 @@ in this process: the whole ``log_event`` / ``heartbeat`` call; raw apsw doing th
 (``_raw.py``); raw apsw with a do-nothing Python WAL hook (what the store's commit hook costs
 before it does anything); building the op; building the returned ``Event``; the gate's admit
 and release; and the writer's transaction for a ready op (lock, retry policy, ``BEGIN`` ...
-``COMMIT``, the commit hook). It reaches into private modules: a measuring tool, not an API.
+``COMMIT``, the commit hook), and for a heartbeat the same transaction with no op built (what
+an open store runs). It reaches into private modules: a measuring tool, not an API.
 """
 
 from __future__ import annotations
@@ -118,6 +119,14 @@ def breakdown(folder: str, n: int, repeat: int) -> dict[str, dict[str, float]]:
         if make_heartbeat is not None:
             out["heartbeat"]["op, fast constructor"] = best_us(
                 lambda i: make_heartbeat(sid), n, repeat
+            )
+        call = getattr(getattr(apply, "__self__", None), "call", None)
+        apply_heartbeat = getattr(ops_module, "apply_heartbeat", None)
+        if call is not None and apply_heartbeat is not None:
+            # What store.heartbeat runs while the store is open: the writer's transaction with
+            # no op built (WriteRouter.write_call).
+            out["heartbeat"]["writer call, no op"] = best_us(
+                lambda i: call("heartbeat", apply_heartbeat, (sid, time.time())), n, repeat
             )
     finally:
         raw.close()

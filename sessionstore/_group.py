@@ -53,13 +53,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import apsw
 
 from ._config import StoreConfig, group_commit_problem
 from ._connection import RetryPolicy, in_transaction
-from ._ops import Op, apply
+from ._ops import Op, apply, handler
 from ._writer import BATCH, Writer, _one_transaction
 from .errors import StoreBusyError
 
@@ -146,6 +146,10 @@ class GroupWriter(Writer):
     ``group_commits`` and ``group_ops`` count the transactions it committed and the ops in
     them (their ratio is the mean group size).
     """
+
+    # Writes come as ops, which it can queue and put in savepoints: Writer.call would take one
+    # past the queue, in a transaction of its own.
+    takes_calls: ClassVar[bool] = False
 
     def __init__(
         self, path: str, config: StoreConfig, policy: RetryPolicy, clock: Callable[[], float]
@@ -408,7 +412,9 @@ class GroupWriter(Writer):
         if len(batch) == 1:  # no savepoint: exactly the unbatched transaction
             op = batch[0].op
             try:
-                value = self._transact(conn, lambda: _one_transaction(conn, op), op.kind, end)
+                value = self._transact(
+                    conn, lambda: _one_transaction(conn, handler(op), op), op.kind, end
+                )
             except Exception as err:
                 return [(False, err)]
             outcomes: list[tuple[bool, Any]] = [(True, value)]

@@ -97,18 +97,9 @@ class Gate(Generic[T]):
             pending queue); ``"overflow"`` (CLOSING but the queue is full: journal it);
             ``"closed"`` (CLOSED: journal it).
         """
-        if self._state is StoreState.OPEN:
-            # The fast path, without the lock: register the lease, then look at the state
-            # again. Each step is one atomic operation under the GIL, so if the second look
-            # still sees OPEN, the lease was registered before close() moved the state on,
-            # and its wait_drained() (which looks at the leases after that move) waits for it.
-            # Rejected: taking the lock on every write (a third of the gate's cost, and a
-            # point where every writing thread of the process meets).
-            lease = Lease(borrower)
-            self._leases[lease.id] = lease
-            if self._state is StoreState.OPEN:
-                return lease
-            self.release(lease)  # close began in between: decide under the lock below
+        lease = self.admit_now(borrower)
+        if lease is not None:
+            return lease
         with self._lock:  # not OPEN, and never again (the state only moves forward)
             if self._state is StoreState.CLOSING:
                 if len(self._pending) >= self._max_pending:
@@ -116,6 +107,26 @@ class Gate(Generic[T]):
                 self._pending.append(op)
                 return "queued"
             return "closed"
+
+    def admit_now(self, borrower: str) -> Lease | None:
+        """A lease to write now if the store is OPEN (release it after), else None.
+
+        :meth:`admit_write` without the queue: for a caller that builds its op only when the
+        write cannot be applied now, and then calls :meth:`admit_write` with it.
+        """
+        if self._state is StoreState.OPEN:
+            # Without the lock: register the lease, then look at the state again. Each step
+            # is one atomic operation under the GIL, so if the second look still sees OPEN,
+            # the lease was registered before close() moved the state on, and its
+            # wait_drained() (which looks at the leases after that move) waits for it.
+            # Rejected: taking the lock on every write (a third of the gate's cost, and a
+            # point where every writing thread of the process meets).
+            lease = Lease(borrower)
+            self._leases[lease.id] = lease
+            if self._state is StoreState.OPEN:
+                return lease
+            self.release(lease)  # close began in between
+        return None
 
     def release(self, lease: Lease) -> None:
         """Return a lease; wakes ``wait_drained``. Releasing an abandoned lease is harmless."""

@@ -16,6 +16,9 @@ is kept, for every write of a store:
 - **unrecorded**: even the journal could not take it (disk full, journal at its bound): each
   op's JSON is logged at error level and ``stats().failures`` lists it.
 
+A write that needs no op to be applied (a heartbeat) comes as a call (``write_call``): it is
+applied the same way while the store is OPEN, and its op is built only to go anywhere else.
+
 The decision by state is atomic with ``close()`` moving the state on (``Gate.admit_write``,
 one lock); the decision by error is made here. :class:`WriteRouter` also keeps the counters
 ``stats()`` and ``CloseReport`` report and the ring of the last failures.
@@ -29,8 +32,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import apsw
 
@@ -45,6 +48,7 @@ __all__ = ["DEFERRED", "GONE_ERRORS", "Counters", "WriteRouter"]
 
 log = logging.getLogger("sessionstore")
 
+A = TypeVar("A")
 DEFERRED = object()  # marker: the op was queued or journaled, not applied now
 
 # Errors that mean the database cannot take a write now for a storage reason: journaled.
@@ -132,27 +136,77 @@ class WriteRouter:
             result = self._writer.apply(op)
         except OP_ERRORS:
             raise
-        except StoreBusyError as err:
-            self.journal([op], str(err))
-            return DEFERRED
-        except (apsw.CorruptError, apsw.NotADBError) as err:
-            self._corrupt = f"{type(err).__name__}: {err}"
-            log.error("%s is corrupt; further writes go to the journal: %s", self._path, err)
-            self.journal([op], self._corrupt)
-            return DEFERRED
-        except _STORAGE_ERRORS as err:
-            # The database cannot take the write for a storage reason (disk full, I/O error,
-            # the file or its directory not writable): journaled exactly as BUSY is.
-            self.journal([op], f"{type(err).__name__}: {err}")
-            return DEFERRED
-        except GONE_ERRORS as err:
-            if not admission.abandoned and self._gate.state is StoreState.OPEN:
-                raise
-            self.journal([op], f"store closed under the write ({type(err).__name__})")
-            return DEFERRED
+        except Exception as err:
+            return self._not_applied(op, err, admission)
         finally:
             self._gate.release(admission)
         return result  # counted by the writer, under the lock it held (see counters())
+
+    def write_call(
+        self,
+        kind: str,
+        fn: Callable[[apsw.Connection, A], Any],
+        arg: A,
+        make_op: Callable[[A], Op],
+    ) -> Any:
+        """``fn(connection, arg)`` now if the store is open, else ``write(make_op(arg))``.
+
+        For a write that needs no op to be applied (a heartbeat: no op id is stored, and a
+        replay is harmless): its op (an id, a model: most of a heartbeat's own cost) is built
+        only when the write must be kept (queued, journaled) or cannot be taken as a call (a
+        read-only or corrupt store, a group-commit writer). Either way it goes exactly where
+        :meth:`write` sends ``make_op(arg)``, with the same errors; ``make_op`` must make the
+        op that ``fn`` applies.
+
+        Returns:
+            What ``fn`` returned, or :data:`DEFERRED` (queued or journaled).
+
+        Raises:
+            What :meth:`write` raises.
+        """
+        if self._read_only:
+            raise StoreReadOnlyError(self._path, kind)
+        lease = None
+        if self._corrupt is None and self._writer.takes_calls:
+            lease = self._gate.admit_now(kind)
+        if lease is None:
+            return self.write(make_op(arg))
+        try:
+            return self._writer.call(kind, fn, arg)
+        except OP_ERRORS:
+            raise
+        except Exception as err:
+            return self._not_applied(make_op(arg), err, lease)
+        finally:
+            self._gate.release(lease)
+
+    def _not_applied(self, op: Op, err: Exception, lease: Lease) -> Any:
+        """After the writer raised ``err`` for ``op`` (admitted under ``lease``): journal it.
+
+        Returns:
+            :data:`DEFERRED`: the database cannot take the write now (busy past the deadline,
+            corrupt, a storage error, the connection closed under an abandoned lease).
+
+        Raises:
+            Exception: ``err`` itself, when it is the caller's to see.
+        """
+        if isinstance(err, StoreBusyError):
+            self.journal([op], str(err))
+        elif isinstance(err, (apsw.CorruptError, apsw.NotADBError)):
+            self._corrupt = f"{type(err).__name__}: {err}"
+            log.error("%s is corrupt; further writes go to the journal: %s", self._path, err)
+            self.journal([op], self._corrupt)
+        elif isinstance(err, _STORAGE_ERRORS):
+            # The database cannot take the write for a storage reason (disk full, I/O error,
+            # the file or its directory not writable): journaled exactly as BUSY is.
+            self.journal([op], f"{type(err).__name__}: {err}")
+        elif isinstance(err, GONE_ERRORS) and (
+            lease.abandoned or self._gate.state is not StoreState.OPEN
+        ):
+            self.journal([op], f"store closed under the write ({type(err).__name__})")
+        else:
+            raise err
+        return DEFERRED
 
     # ------------------------------------------------------------------ journal, keep aside
 

@@ -49,7 +49,10 @@ from ._ops import (
     Heartbeat,
     LogEvent,
     Op,
+    apply_heartbeat,
     event_from_op,
+    heartbeat_op,
+    heartbeat_plain,
     session_from_create,
 )
 from ._readers import ReaderPool
@@ -353,7 +356,12 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods, Mainten
         Raises:
             SessionNotFoundError: no such session (checked while the store is open).
         """
-        self._router.write(Heartbeat.make(session_id))
+        if not heartbeat_plain(session_id):  # refused by the op's validation, in every state
+            self._router.write(Heartbeat.make(session_id))
+            return
+        # Applied without an op while the store is open: see WriteRouter.write_call.
+        call = (session_id, time.time())
+        self._router.write_call("heartbeat", apply_heartbeat, call, heartbeat_op)
 
     # ----------------------------------------------------------------------------- events
 

@@ -43,7 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import apsw
 
@@ -59,7 +59,7 @@ from ._connection import (
 from ._files import wal_path
 from ._forkgate import FORK_GATE
 from ._models import CheckpointResult
-from ._ops import Op, apply
+from ._ops import Op, apply, handler
 from .errors import InvalidTransitionError, SessionNotFoundError, StoreBusyError
 
 __all__ = ["BATCH", "OP_ERRORS", "Writer"]
@@ -67,6 +67,7 @@ __all__ = ["BATCH", "OP_ERRORS", "Writer"]
 log = logging.getLogger("sessionstore")
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 BATCH = 1000  # ops per transaction when applying a queue or a journal
 _YIELD_TO_CHECKPOINT_S = 0.002
@@ -83,6 +84,9 @@ class Writer:
     function under it, and a close past its deadline uses :meth:`abandon_waits` and
     :meth:`resume_waits`.
     """
+
+    takes_calls: ClassVar[bool] = True
+    """Whether :meth:`call` may take a write that is not an op (a ``GroupWriter`` cannot)."""
 
     def __init__(
         self, path: str, config: StoreConfig, policy: RetryPolicy, clock: Callable[[], float]
@@ -259,6 +263,24 @@ class Writer:
                 thread of this one); nothing changed.
             apsw.Error: anything else from SQLite; nothing changed.
         """
+        return self.call(op.kind, handler(op), op, deadline=deadline)
+
+    def call(
+        self,
+        kind: str,
+        fn: Callable[[apsw.Connection, A], T],
+        arg: A,
+        *,
+        deadline: float | None = None,
+    ) -> T:
+        """``fn(connection, arg)`` in its own ``BEGIN IMMEDIATE`` transaction, retried on BUSY.
+
+        What :meth:`apply` does for an op, for a write that needs none to be applied (a
+        heartbeat: see ``WriteRouter.write_call``). ``kind`` names it in errors.
+
+        Raises:
+            What :meth:`apply` raises.
+        """
         # Every write takes this path, so it is written flat: no closures, no wrapper around
         # the first attempt (each layer cost a measurable share of a 10 us write). The
         # general path (_under_lock, _transact) serves batches and checkpoints.
@@ -267,35 +289,42 @@ class Writer:
         end = own_end if deadline is None else min(own_end, deadline)
         if deadline is None and threading.current_thread() is threading.main_thread():
             with self._lock:  # C code: see _lock_wait for why the main thread waits this way
-                return self._apply_locked(op, start, end)
+                return self._call_locked(kind, fn, arg, start, end)
         if not self._lock.acquire(timeout=max(0.0, end - start)):
             # Another thread of this process holds the writer past this call's deadline.
-            raise StoreBusyError(self.path, op.kind, self._clock() - start)
+            raise StoreBusyError(self.path, kind, self._clock() - start)
         try:
-            return self._apply_locked(op, start, end)
+            return self._call_locked(kind, fn, arg, start, end)
         finally:
             self._lock.release()
 
-    def _apply_locked(self, op: Op, start: float, end: float) -> Any:
-        """One op's transaction, the writer's lock held: first attempt bare, retries on BUSY."""
+    def _call_locked(
+        self,
+        kind: str,
+        fn: Callable[[apsw.Connection, A], T],
+        arg: A,
+        start: float,
+        end: float,
+    ) -> T:
+        """One write's transaction, the writer's lock held: first attempt bare, retries on BUSY."""
         conn = self.connection_locked()
         if self._sqlite_handler:  # its timeout is cut to what is left before each attempt
-            one = functools.partial(_one_transaction, conn, op)
-            result = self._transact(conn, one, op.kind, end)
+            one = functools.partial(_one_transaction, conn, fn, arg)
+            result = self._transact(conn, one, kind, end)
             self.applied += 1
             return result
         self._deadline = end
         self._busy_timeout_ms = self._default_busy_ms  # whatever an interrupted call left
         try:
             with FORK_GATE.section():
-                result = _one_transaction(conn, op)
+                result = _one_transaction(conn, fn, arg)
         except apsw.BusyError as err:
             try:
                 result = self._policy.after_busy(
-                    functools.partial(self._attempt, conn, op),
+                    functools.partial(self._attempt, conn, fn, arg),
                     err,
                     path=self.path,
-                    operation=op.kind,
+                    operation=kind,
                     start=start,
                     end=end,
                     abort=self._aborted,
@@ -317,9 +346,9 @@ class Writer:
         return result
 
     @staticmethod
-    def _attempt(conn: apsw.Connection, op: Op) -> Any:
+    def _attempt(conn: apsw.Connection, fn: Callable[[apsw.Connection, A], T], arg: A) -> T:
         with FORK_GATE.section():
-            return _one_transaction(conn, op)
+            return _one_transaction(conn, fn, arg)
 
     @staticmethod
     def _lock_wait(wait: float, *, explicit: bool) -> float:
@@ -567,11 +596,11 @@ class Writer:
         return limit_pages - pages < AUTOCHECKPOINT_PAGES
 
 
-def _one_transaction(conn: apsw.Connection, op: Op) -> Any:
-    """One op in its own transaction: ``in_transaction`` for one op, without a closure."""
+def _one_transaction(conn: apsw.Connection, fn: Callable[[apsw.Connection, A], T], arg: A) -> T:
+    """``fn(conn, arg)`` in its own transaction: ``in_transaction`` for one write, no closure."""
     try:
         with conn:
-            result = apply(op, conn)
+            result = fn(conn, arg)
     except apsw.SQLError as err:
         hook_error = err.__context__  # see in_transaction (_connection)
         if hook_error is None or isinstance(hook_error, apsw.Error) or conn.txn_state():

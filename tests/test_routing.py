@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from _procs import start
 from _support import ClosingInBackground
 
 from sessionstore import SessionStore, StoreConfig
+from sessionstore.errors import SessionNotFoundError
 
 
 def test_write_after_close_is_journaled_and_replayed(db_path: str) -> None:
@@ -99,3 +101,89 @@ def test_failure_ring_keeps_the_most_recent_hundred(db_path: str) -> None:
     assert stats.journaled == 130
     assert [f.op_id for f in stats.failures] == [e.op_id for e in events[-100:]]
     assert {f.disposition for f in stats.failures} == {"journaled"}
+
+
+# A heartbeat is applied without an op while the store is open (WriteRouter.write_call); these
+# hold it to the op's promises wherever the write goes instead, with the call's own time.
+
+
+def _heartbeat_at(db_path: str, sid: str) -> float | None:
+    with SessionStore.open(db_path) as store:
+        return store.get_session(sid).heartbeat_at
+
+
+def test_heartbeat_while_closing_is_queued_with_the_time_of_the_call(db_path: str) -> None:
+    """Made while closing, a heartbeat waits in the queue and lands with its call's time."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    with ClosingInBackground(store) as closing:
+        before = time.time()
+        store.heartbeat(sid)
+        after = time.time()
+        assert store.stats().pending == 1
+        report = closing.finish()
+    assert report.applied_from_queue == 1 and report.journaled == 0
+    at = _heartbeat_at(db_path, sid)
+    assert at is not None and before <= at <= after
+
+
+def test_heartbeat_after_close_is_journaled_with_the_time_of_the_call(db_path: str) -> None:
+    """After close a heartbeat is journaled; the replay writes the call's time, not its own."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    store.close()
+    before = time.time()
+    store.heartbeat(sid)
+    after = time.time()
+    assert store.stats().journaled == 1
+    [failure] = store.stats().failures
+    assert failure.kind == "heartbeat" and failure.disposition == "journaled"
+    at = _heartbeat_at(db_path, sid)  # this open replays the journal
+    assert at is not None and before <= at <= after
+
+
+def test_heartbeat_locked_out_returns_by_its_deadline_and_is_journaled(db_path: str) -> None:
+    """A heartbeat that cannot get the write lock returns by its deadline; its op is kept."""
+    config = StoreConfig(busy_timeout_ms=50, write_deadline_s=0.3)
+    store = SessionStore.open(db_path, config=config)
+    sid = store.create_session("s").id
+    holder = start("hold_write", db_path)
+    try:
+        before = time.time()
+        started = time.monotonic()
+        store.heartbeat(sid)
+        took = time.monotonic() - started
+        after = time.time()
+        stats = store.stats()
+        assert stats.journaled == 1 and "locked" in stats.failures[0].reason
+        assert took < config.write_deadline_s + 0.25  # the deadline, and one busy wait at most
+    finally:
+        holder.communicate("go\n", timeout=30)
+    assert store.close().replayed == 1
+    at = _heartbeat_at(db_path, sid)
+    # The time of the call, not of giving up on the lock a deadline later.
+    assert at is not None and before <= at < before + config.write_deadline_s and at <= after
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 65, 42, None])
+def test_heartbeat_refuses_a_bad_session_id_alike_in_every_state(db_path: str, bad: object) -> None:
+    """A bad id gets the op's own validation error, open or closed, and nothing is kept."""
+    store = SessionStore.open(db_path)
+    errors = []
+    for _ in ("open", "closed"):
+        with pytest.raises(ValueError) as raised:
+            store.heartbeat(bad)  # type: ignore[arg-type]
+        errors.append(str(raised.value))
+        store.close()
+    assert errors[0] == errors[1]
+    assert store.stats().journaled == 0 and not os.path.exists(store.journal_path)
+
+
+def test_heartbeat_for_an_unknown_session_raises_and_keeps_nothing(db_path: str) -> None:
+    """An open store refuses a heartbeat for no session at once; nothing journaled or counted."""
+    with SessionStore.open(db_path) as store:
+        applied = store.stats().applied
+        with pytest.raises(SessionNotFoundError):
+            store.heartbeat("no-such-session")
+        stats = store.stats()
+        assert stats.applied == applied and stats.journaled == 0 and stats.failures == []
