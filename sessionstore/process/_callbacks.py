@@ -10,9 +10,10 @@ the total is spent is not started and is reported as skipped.
 One worker is started ahead of time (:meth:`ExitCallbacks.prepare`, called by ``install()``)
 because Python 3.12 refuses to start threads while ``atexit`` handlers run: a shutdown at exit
 then runs its callbacks on that worker, still within their budgets. A callback that hangs keeps
-its worker; the next one needs a new thread, and when none can be started it is skipped and
-reported. Rejected: running callbacks inline in the coordinator, where one hung callback would
-hold the store open and the children alive forever (and, at exit on 3.12, hang the process).
+its worker, which ends once that callback returns; the next one needs a new thread, and when
+none can be started it is skipped and reported. Rejected: running callbacks inline in the
+coordinator, where one hung callback would hold the store open and the children alive forever
+(and, at exit on 3.12, hang the process).
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ class ExitCallbacks:
         done = finished.wait(budget)
         self._spent += time.monotonic() - t
         if not done:
+            # The worker stays with the callback; it ends once the callback returns (the stop
+            # queues behind the job). Never handed out again, it would otherwise wait for a job
+            # for the rest of the process, a thread left behind at every such shutdown.
+            worker.stop()
             log.error(
                 "%s callback %s outlasted its %.1f s budget; going on", phase.value, name, budget
             )
@@ -193,7 +198,7 @@ class ExitCallbacks:
             return None
 
     def close(self) -> None:
-        """Stop the idle workers (one still running a callback finishes it, then stays idle)."""
+        """Stop the idle workers (one held by a callback past its budget ends when it returns)."""
         with self._lock:
             idle, self._idle = self._idle, []
         for worker in idle:

@@ -414,24 +414,47 @@ def test_uninstall_without_shutdown_leaves_no_callback_thread(
     ran: list[str] = []
     layer.on_shutdown(lambda: ran.append("ran"), "before_close")
     before = set(threading.enumerate())
-
-    def new_workers() -> list[threading.Thread]:
-        return [
-            t
-            for t in threading.enumerate()
-            if t not in before and t.name == "sessionstore-callback"
-        ]
-
     for _ in range(3):
         layer.install()
-        started = new_workers()
+        started = _callback_workers_since(before)
         assert len(started) == 1
         layer.uninstall()
         started[0].join(10)
         assert not started[0].is_alive()
     report = layer.shutdown(reason="after uninstall")
     assert ran == ["ran"] and report.callback_errors == []
-    left = new_workers()
-    for t in left:
+    _assert_all_end(_callback_workers_since(before))
+
+
+def test_worker_kept_by_a_hung_callback_ends_when_the_callback_returns(
+    store: SessionStore, session_id: str
+) -> None:
+    """The worker a callback holds past its budget is never reused, and ends once it returns.
+
+    It used to go back to waiting for a job that never came: one thread left for good at every
+    shutdown whose callback outlasted its budget.
+    """
+    before = set(threading.enumerate())
+    layer = _layer(store, session_id, callback_timeout_s=0.2)
+    release = threading.Event()
+    layer.on_shutdown(lambda: release.wait(30), "before_children")
+    try:
+        report = layer.shutdown()
+    finally:
+        release.set()
+    assert [e.timed_out for e in report.callback_errors] == [True]
+    workers = _callback_workers_since(before)
+    assert workers  # the one that ran the callback, at least
+    _assert_all_end(workers)
+
+
+def _callback_workers_since(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [
+        t for t in threading.enumerate() if t not in before and t.name == "sessionstore-callback"
+    ]
+
+
+def _assert_all_end(threads: list[threading.Thread]) -> None:
+    for t in threads:
         t.join(10)
-    assert not any(t.is_alive() for t in left)
+    assert [t.name for t in threads if t.is_alive()] == []
