@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh database path per test, and leak checks (stores, children, fds)."""
+"""Shared fixtures: a fresh database per test, and leak checks (stores, children, threads, fds)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,19 @@ def _open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
+# How long the threads a test started may take to end after it (a worker finishing the job a
+# close or a released callback left it): joined, so only a thread still running costs the wait.
+_THREADS_END_S = 10.0
+
+
+def _threads_left(before: set[threading.Thread]) -> list[str]:
+    started = [t for t in threading.enumerate() if t not in before]
+    deadline = time.monotonic() + _THREADS_END_S
+    for t in started:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in started if t.is_alive()]
+
+
 def _describe(fds: set[int]) -> list[str]:
     out = []
     for fd in sorted(fds)[:10]:
@@ -44,7 +59,8 @@ def _describe(fds: set[int]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
-    """Fail a test that leaves a store open or a child process alive (and clean up after it)."""
+    """Fail a test that leaves a store open, a child process alive or a thread running."""
+    threads_before = set(threading.enumerate())
     stores_before = {id(s) for s in open_stores()}
     children_before = set(_living_children())
     fds_before = _open_fds()
@@ -67,6 +83,10 @@ def _no_leaks() -> Iterator[None]:
             f"{p.pid} {p.info if hasattr(p, 'info') else ''}" for p in leaked_children.values()
         ]
         problems.append(f"left {len(leaked_children)} child process(es) alive: {described}")
+    # Each leaked thread was one more reason for "multi-threaded fork" warnings in later tests.
+    leaked_threads = _threads_left(threads_before)
+    if leaked_threads:
+        problems.append(f"left {len(leaked_threads)} thread(s) running: {leaked_threads}")
     leaked_fds = _open_fds() - fds_before
     if len(leaked_fds) > _FD_SLACK:
         problems.append(f"left {len(leaked_fds)} file descriptors open: {_describe(leaked_fds)}")

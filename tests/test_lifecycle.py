@@ -109,6 +109,10 @@ def test_a_failed_open_leaves_no_live_store(tmp_path: Path) -> None:
     assert live_stores() == []
 
 
+@pytest.mark.filterwarnings(
+    # Forking while the store's threads run is what this test proves safe (3.12+ warns).
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
 def test_forked_child_reopens_its_own_connection(db_path: str) -> None:
     """After fork the child never uses the parent's connection: it opens its own and writes."""
     store = SessionStore.open(db_path)

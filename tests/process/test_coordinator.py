@@ -239,6 +239,10 @@ def test_bad_arguments_are_rejected(store: SessionStore, session_id: str) -> Non
     layer.shutdown()
 
 
+@pytest.mark.filterwarnings(
+    # Forking while the layer's callback worker runs is what this test proves safe (3.12+ warns).
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
 def test_forked_child_cannot_shut_down_parents_children(
     store: SessionStore, session_id: str
 ) -> None:

@@ -1,4 +1,11 @@
-"""A child that survives SIGTERM but says it got one: ``python stubborn.py NOTIFY_FD``."""
+"""A child that survives SIGTERM but says it got one: ``python stubborn.py NOTIFY_FD``.
+
+SIGTERM is blocked and taken with ``sigwait``, not handled: a handler plus ``signal.pause()``
+loses a SIGTERM that lands between Python's check for pending signals and the ``pause()`` call
+(the handler then waits for a next signal, which was the SIGKILL: the child never said it got
+the SIGTERM, and a round looked as if no grace was given). A blocked signal stays pending until
+``sigwait`` takes it, whenever it arrives.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,8 @@ import signal
 import sys
 
 fd = int(sys.argv[1])
-
-
-def on_term(signum: int, frame: object) -> None:
-    os.write(fd, b"TERM\n")
-
-
-signal.signal(signal.SIGTERM, on_term)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 print("ready", flush=True)
 while True:
-    signal.pause()
+    signal.sigwait({signal.SIGTERM})
+    os.write(fd, b"TERM\n")
