@@ -477,8 +477,8 @@ class Heartbeat(_OpBase):
 
         Args:
             session_id: the session.
-            ts: when the owner was seen alive (``time.time()``); now when None. A heartbeat
-                applied without an op (:func:`heartbeat_plain`) passes the time it was called.
+            ts: when the owner was seen alive (``time.time()``); now when None. The op of a
+                heartbeat first tried without one (:func:`heartbeat_op`) carries its call's time.
 
         Raises:
             ValueError: what ``Heartbeat(session_id=..., ts=...)`` raises (a ``ValidationError``).

@@ -356,7 +356,9 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods, Mainten
         Raises:
             SessionNotFoundError: no such session (checked while the store is open).
         """
-        if not heartbeat_plain(session_id):  # refused by the op's validation, in every state
+        if not heartbeat_plain(session_id):
+            # A wrong type, a bound crossed, a non-ASCII id: the op's own constructor checks it
+            # (the same error in every state) and a valid one is routed as an op.
             self._router.write(Heartbeat.make(session_id))
             return
         # Applied without an op while the store is open: see WriteRouter.write_call.
