@@ -7,6 +7,7 @@ import select
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -14,6 +15,14 @@ from types import TracebackType
 from _procs import start
 
 from sessionstore import CloseReport, SessionStore, StoreState
+
+
+def still_running(threads: list[threading.Thread], within_s: float) -> list[str]:
+    """The names of ``threads`` still running after ``within_s`` seconds in all (joined)."""
+    deadline = time.monotonic() + within_s
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threads if t.is_alive()]
 
 
 def wait_forked_child(pid: int, timeout_ms: int = 30_000) -> int | None:

@@ -7,12 +7,12 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from _support import still_running
 
 from sessionstore import SessionStore
 from sessionstore.testing import open_stores
@@ -39,14 +39,6 @@ def _open_fds() -> set[int]:
 # How long the threads a test started may take to end after it (a worker finishing the job a
 # close or a released callback left it): joined, so only a thread still running costs the wait.
 _THREADS_END_S = 10.0
-
-
-def _threads_left(before: set[threading.Thread]) -> list[str]:
-    started = [t for t in threading.enumerate() if t not in before]
-    deadline = time.monotonic() + _THREADS_END_S
-    for t in started:
-        t.join(max(0.0, deadline - time.monotonic()))
-    return [t.name for t in started if t.is_alive()]
 
 
 def _describe(fds: set[int]) -> list[str]:
@@ -84,7 +76,8 @@ def _no_leaks() -> Iterator[None]:
         ]
         problems.append(f"left {len(leaked_children)} child process(es) alive: {described}")
     # Each leaked thread was one more reason for "multi-threaded fork" warnings in later tests.
-    leaked_threads = _threads_left(threads_before)
+    started = [t for t in threading.enumerate() if t not in threads_before]
+    leaked_threads = still_running(started, _THREADS_END_S)
     if leaked_threads:
         problems.append(f"left {len(leaked_threads)} thread(s) running: {leaked_threads}")
     leaked_fds = _open_fds() - fds_before

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from _support import still_running
 
 from sessionstore import (
     ChildState,
@@ -423,11 +424,10 @@ def test_uninstall_without_shutdown_leaves_no_callback_thread(
         started = _callback_workers_since(before)
         assert len(started) == 1
         layer.uninstall()
-        started[0].join(10)
-        assert not started[0].is_alive()
+        assert still_running(started, 10) == []
     report = layer.shutdown(reason="after uninstall")
     assert ran == ["ran"] and report.callback_errors == []
-    _assert_all_end(_callback_workers_since(before))
+    assert still_running(_callback_workers_since(before), 10) == []
 
 
 def test_worker_kept_by_a_hung_callback_ends_when_the_callback_returns(
@@ -449,16 +449,10 @@ def test_worker_kept_by_a_hung_callback_ends_when_the_callback_returns(
     assert [e.timed_out for e in report.callback_errors] == [True]
     workers = _callback_workers_since(before)
     assert workers  # the one that ran the callback, at least
-    _assert_all_end(workers)
+    assert still_running(workers, 10) == []
 
 
 def _callback_workers_since(before: set[threading.Thread]) -> list[threading.Thread]:
     return [
         t for t in threading.enumerate() if t not in before and t.name == "sessionstore-callback"
     ]
-
-
-def _assert_all_end(threads: list[threading.Thread]) -> None:
-    for t in threads:
-        t.join(10)
-    assert [t.name for t in threads if t.is_alive()] == []
