@@ -18,11 +18,10 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import apsw
 
-from ._config import StoreConfig
 from ._files import shm_path, wal_path
 from ._forkgate import FORK_GATE
 from .errors import StoreBusyError, StoreCorruptError, StoreIOError, StoreOpenError
@@ -30,7 +29,10 @@ from .errors import StoreBusyError, StoreCorruptError, StoreIOError, StoreOpenEr
 if TYPE_CHECKING:
     import tenacity
 
+    from ._config import StoreConfig  # a type only: `status` opens a connection without pydantic
+
 __all__ = [
+    "BusySettings",
     "Clock",
     "RetryPolicy",
     "is_transient_busy",
@@ -193,7 +195,17 @@ def fair_busy_handler(
     return handler
 
 
-def set_busy(conn: apsw.Connection, config: StoreConfig) -> None:
+class BusySettings(Protocol):
+    """How a connection waits for another process's lock (a :class:`StoreConfig` is one)."""
+
+    @property
+    def busy_timeout_ms(self) -> int: ...
+
+    @property
+    def busy_handler(self) -> str: ...
+
+
+def set_busy(conn: apsw.Connection, config: BusySettings) -> None:
     """Install the configured busy strategy on ``conn``."""
     ms = config.busy_timeout_ms
     if config.busy_handler == "fair" and ms > 0:
@@ -352,7 +364,7 @@ def read_only_mode(path: str, timeout_s: float, *, probe_locks: bool = True) -> 
         pause = min(pause * 2, 0.05)
 
 
-def open_read_only(path: str, config: StoreConfig, *, snapshot: bool) -> apsw.Connection:
+def open_read_only(path: str, config: BusySettings, *, snapshot: bool) -> apsw.Connection:
     """A connection that can never write or create a file.
 
     ``mode=ro`` (and ``immutable=1`` when ``snapshot``), ``query_only``, and no journal-mode
@@ -385,8 +397,9 @@ def in_transaction(conn: apsw.Connection, body: Callable[[], T]) -> T:
 
     ``conn.transaction_mode`` must be ``"IMMEDIATE"`` (what ``with conn:`` begins). apsw's
     context manager does all three in C: no exception, not even one a signal handler raises,
-    can fall between them (see ``_writer``). The one transaction wrapper of the package: the
-    writer's ops and batches and the migrations run in it.
+    can fall between them (see ``_writer``). The one write-transaction wrapper of the package:
+    the writer's ops and batches and the migrations run in it (``_peek``'s read transaction
+    is a bare ``with conn:`` in the default DEFERRED mode).
 
     Raises:
         BaseException: what ``body`` raised (rolled back), or what a signal handler raised

@@ -56,6 +56,7 @@ __all__ = [
     "install_store_hooks",
     "keep_inherited",
     "live",
+    "open_read_write",
     "track",
 ]
 
@@ -120,6 +121,12 @@ class LiveStore(Protocol):
     """What the process-wide hooks need of a store (``SessionStore`` is one)."""
 
     @property
+    def path(self) -> str: ...
+
+    @property
+    def read_only(self) -> bool: ...
+
+    @property
     def state(self) -> StoreState: ...
 
     @property
@@ -154,6 +161,16 @@ def forget(store: LiveStore) -> None:
 def live() -> list[LiveStore]:
     """Every tracked store of this process that is not CLOSED (CLOSING ones are live)."""
     return [s for s in list(_live) if s.state != "closed"]  # StoreState.CLOSED
+
+
+def open_read_write(path: str) -> bool:
+    """Whether a live store of this process has ``path`` (a real path) open read-write.
+
+    A read-only open must then never probe the file's locks with a descriptor of its own:
+    closing that descriptor would drop every POSIX lock the process holds on the file,
+    SQLite's included (see ``_connection.read_only_mode``).
+    """
+    return any(s.path == path and not s.read_only for s in live())
 
 
 def keep_inherited(connections: list[object]) -> None:

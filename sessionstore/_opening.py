@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import apsw
 
 from ._connection import RetryPolicy
 from ._migrate import FileKind, apply_migrations, latest_version
-from ._models import ReplayReport
 from .errors import SchemaVersionError, StoreCorruptError, StoreOpenError
+
+if TYPE_CHECKING:  # `status` runs the read-only checks below without importing pydantic
+    from ._models import ReplayReport
 
 __all__ = [
     "QUICK_CHECK_MAX_BYTES",
@@ -122,4 +125,6 @@ def replay_at_open(path: str, replay: Callable[[], ReplayReport]) -> ReplayRepor
         raise
     except Exception as err:  # busy, disk, anything: the journal stays for the next open
         log.warning("journal of %s not replayed at open: %s", path, err)
+        from ._models import ReplayReport
+
         return ReplayReport(deferred=f"{type(err).__name__}: {err}")

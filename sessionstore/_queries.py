@@ -1,12 +1,13 @@
 """Every read statement of the package and its row → model mapping.
 
-A schema change touches the op appliers (``_ops.py``) and this module, nothing else: the
+A schema change touches the op appliers (``_ops.py``), this module and ``_summaries`` (the
+``status`` screen's statements, which import no model; re-exported here), nothing else: the
 store's read methods, the CLI, the demo and the stress verifier all read through these
 functions. Each takes a :class:`Source`: an apsw connection (the store's read methods, inside
-its retry policy and read lease) or a :class:`~sessionstore.ReadLease` (the tools, where every
-statement is its own leased read). Rejected alternative: store methods for every maintenance
-read (integrity checks, counts for the status screen), which would grow the public surface
-with reads only the tools need.
+its retry policy and read lease), a :class:`~sessionstore.ReadLease` (the tools, where every
+statement is its own leased read) or a ``_peek.Peek`` (``status``). Rejected alternative:
+store methods for every maintenance read (integrity checks, counts for the status screen),
+which would grow the public surface with reads only the tools need.
 
 The statements only read; writes and the reads a write needs inside its transaction stay with
 the ops. Checkpoints keyed by the caller's id are ordered by that id, newest first: ids the
@@ -18,8 +19,8 @@ order (LangGraph's uuid6 ids sort by creation too). Rejected alternative: orderi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ._identity import ProcessIdentity
 from ._models import (
@@ -31,6 +32,15 @@ from ._models import (
     Session,
     SessionStatus,
 )
+from ._summaries import (
+    Source,
+    newest_checkpoint,
+    owner_fields,
+    schema_version,
+    stale_sessions,
+    status_counts,
+)
+from ._summaries import rows as _rows
 
 __all__ = [
     "CHECKPOINT_COLUMNS",
@@ -67,17 +77,6 @@ __all__ = [
 ]
 
 
-class Source(Protocol):
-    """Where a statement runs: an ``apsw.Connection`` or a ``ReadLease``."""
-
-    def execute(self, statements: str, bindings: Sequence[Any] | None = None, /) -> Iterable[Any]:
-        """Run one statement; iterate its rows."""
-
-
-def _rows(src: Source, sql: str, bindings: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in src.execute(sql, bindings)]
-
-
 # --------------------------------------------------------------------------------- rows → models
 
 SESSION_COLUMNS = (
@@ -98,9 +97,8 @@ MAX_PAGE = 100_000  # the largest ``limit`` of find_checkpoints
 
 def session_from_row(row: Sequence[Any]) -> Session:
     """A Session from a row of ``SESSION_COLUMNS``."""
-    owner = None
-    if row[5] is not None and row[6] is not None and row[7]:
-        owner = ProcessIdentity(pid=row[5], start_ticks=row[6], boot_id=row[7])
+    fields = owner_fields(row[5], row[6], row[7])
+    owner = None if fields is None else ProcessIdentity(**fields)
     return Session(
         id=row[0],
         name=row[1],
@@ -193,26 +191,6 @@ def list_sessions(src: Source, status: SessionStatus | None) -> list[Session]:
     return [session_from_row(r) for r in rows]
 
 
-def status_counts(src: Source) -> dict[str, int]:
-    """The number of sessions in each status that has any."""
-    rows = _rows(src, "SELECT status, count(*) FROM sessions GROUP BY status")
-    return {str(status): int(n) for status, n in rows}
-
-
-def stale_sessions(src: Source, before: float) -> list[tuple[Any, ...]]:
-    """Active sessions whose last heartbeat (or creation, never having sent one) is older.
-
-    Returns:
-        Rows ``(id, name, heartbeat_at, created_at, owner_pid, owner_host)`` by id.
-    """
-    return _rows(
-        src,
-        "SELECT id, name, heartbeat_at, created_at, owner_pid, owner_host FROM sessions "
-        "WHERE status = 'active' AND coalesce(heartbeat_at, created_at) < ? ORDER BY id",
-        (before,),
-    )
-
-
 # --------------------------------------------------------------------------------- checkpoints
 
 
@@ -230,23 +208,6 @@ def list_checkpoints(
     return [
         checkpoint_from_row(r) for r in _rows(src, sql, (*params, -1 if limit is None else limit))
     ]
-
-
-def newest_checkpoint(src: Source) -> dict[str, Any] | None:
-    """The most recent checkpoint of the whole store, its data left out, or None.
-
-    Returns:
-        ``{"id", "session_id", "name", "created_at"}``, or None when there is none.
-    """
-    rows = _rows(
-        src,
-        "SELECT id, session_id, name, created_at FROM checkpoints "
-        "ORDER BY created_at DESC, id DESC LIMIT 1",
-    )
-    if not rows:
-        return None
-    cid, sid, name, created_at = rows[0]
-    return {"id": cid, "session_id": sid, "name": name, "created_at": created_at}
 
 
 def checkpoint_ids(src: Source, session_id: str) -> set[str]:
@@ -448,11 +409,6 @@ def integrity_check(src: Source) -> list[str]:
 def foreign_key_violations(src: Source) -> int:
     """How many rows ``PRAGMA foreign_key_check`` reports."""
     return len(_rows(src, "PRAGMA foreign_key_check"))
-
-
-def schema_version(src: Source) -> int:
-    """The schema version the file is at (``PRAGMA user_version``)."""
-    return int(_rows(src, "PRAGMA user_version")[0][0])
 
 
 _PRAGMAS = ("journal_mode", "page_size", "page_count", "freelist_count", "auto_vacuum")

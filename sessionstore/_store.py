@@ -156,8 +156,9 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods, Mainten
         # Why a read-only store reads an immutable snapshot (None: a live, locked view).
         self.snapshot: str | None = None
         if read_only:
-            own = any(s.path == path and not s.read_only for s in live_stores())
-            self.snapshot = read_only_mode(path, config.busy_timeout_ms / 1000, probe_locks=not own)
+            self.snapshot = read_only_mode(
+                path, config.busy_timeout_ms / 1000, probe_locks=not lifecycle.open_read_write(path)
+            )
         self._clock = clock
         self._policy = RetryPolicy(config.write_deadline_s, clock=clock)
         self._journal = Journal(path, max_bytes=config.max_journal_bytes)
@@ -310,10 +311,10 @@ class SessionStore(SessionMethods, CheckpointMethods, EventChildMethods, Mainten
         # process has the database open) or only as an immutable snapshot can change between
         # two reads, and a snapshot connection would never see later commits (`events
         # --follow`). About 0.1 ms a read, for a store that never writes.
-        # Never probe locks on a file this process has open read-write (see read_only_mode).
-        own = any(s.path == self.path and not s.read_only for s in live_stores())
         self.snapshot = read_only_mode(
-            self.path, self.config.busy_timeout_ms / 1000, probe_locks=not own
+            self.path,
+            self.config.busy_timeout_ms / 1000,
+            probe_locks=not lifecycle.open_read_write(self.path),
         )
         conn = open_read_only(self.path, self.config, snapshot=self.snapshot is not None)
         try:

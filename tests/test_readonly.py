@@ -11,8 +11,6 @@ import contextlib
 import hashlib
 import io
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -178,16 +176,6 @@ def test_read_commands_write_nothing_for_another_user(shared_dir: Path, live: bo
         assert store.stats().failures == []
 
 
-CHURN = """
-import sys, select
-from sessionstore import SessionStore
-print("ready", flush=True)
-while not select.select([sys.stdin], [], [], 0)[0]:
-    with SessionStore.open(sys.argv[1]) as store:
-        store.log_event(sys.argv[2], "churn")
-"""
-
-
 def test_read_only_beside_a_writer_opening_and_closing_never_fails(shared_dir: Path) -> None:
     """A peer opening and closing the store in a loop never makes a read-only open fail.
 
@@ -195,14 +183,8 @@ def test_read_only_beside_a_writer_opening_and_closing_never_fails(shared_dir: P
     last close); read-only opens wait that moment out: 500 of 500 read.
     """
     path, sid = _populated(shared_dir, journal=False)
-    peer = subprocess.Popen(
-        [sys.executable, "-c", CHURN, str(path), sid],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    peer = start("open_close_until_told", str(path))
     try:
-        assert peer.stdout is not None and peer.stdout.readline().strip() == "ready"
         failures = []
         for n in range(500):
             try:
@@ -212,7 +194,5 @@ def test_read_only_beside_a_writer_opening_and_closing_never_fails(shared_dir: P
                 failures.append((n, repr(err)))
         assert not failures, failures
     finally:
-        assert peer.stdin is not None
-        peer.stdin.write("stop\n")
-        peer.stdin.close()
-        assert peer.wait(30) == 0
+        release([peer])
+        finish(peer)

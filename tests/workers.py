@@ -119,6 +119,32 @@ def hold_open(db: str) -> None:
     store.close()
 
 
+def hold_exclusive(db: str) -> None:
+    """Hold the database in exclusive locking mode (its locks held, no -shm) until told."""
+    conn = apsw.Connection(db)
+    conn.pragma("locking_mode", "EXCLUSIVE")  # before the first WAL access: no -shm is made
+    conn.execute("SELECT count(*) FROM sessions").fetchall()
+    _ready_then_wait()
+    conn.close()
+
+
+def open_close_until_told(db: str) -> None:
+    """Open the store, create a session, close it; again and again until a line on stdin.
+
+    At each open and close the locks are held for a moment with no -shm beside the file, and
+    -wal/-shm come and go: what a read-only open beside it must wait out.
+    """
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    print("ready", flush=True)
+    while not sel.select(timeout=0):
+        with SessionStore.open(db) as store:
+            store.create_session("churn")
+    sys.stdin.readline()
+
+
 def hold_read(db: str) -> None:
     """Hold a read transaction (pinning the WAL) until a line arrives on stdin."""
     conn = apsw.Connection(db)
@@ -271,6 +297,8 @@ COMMANDS = {
     "hold_journal_lock": hold_journal_lock,
     "hold_open": hold_open,
     "hold_read": hold_read,
+    "hold_exclusive": hold_exclusive,
+    "open_close_until_told": open_close_until_told,
     "poll_reader": poll_reader,
     "load": load,
     "leave_open": leave_open,

@@ -13,12 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import _queries
-from .._files import rejected_path
+from .._files import file_sizes, rejected_path
 from .._migrate import file_journal_mode, latest_version
 from .._models import ReplayReport
 from .._store import SessionStore
 from ..errors import StoreBusyError
-from ._commands import file_sizes
 from ._common import (
     EXIT_BUSY,
     EXIT_FAILED,
@@ -104,7 +103,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
             integrity = _queries.integrity_check(lease)
             fk_violations = _queries.foreign_key_violations(lease)
         pragmas = _pragmas(store)
-        sizes = file_sizes(store)
+        sizes = file_sizes(store.path)
         reap = reaper()
         reap_report = None if reap is None else reap(store, dry_run=True)
         if reap is None:

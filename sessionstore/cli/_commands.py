@@ -14,19 +14,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _queries
-from .._files import file_sizes as side_file_sizes
 from .._identity import IdentityStatus
-from .._models import Checkpoint, ChildProcess, Event, Session, SessionStatus
+from .._models import Checkpoint, ChildProcess, Event, Session
 from .._store import SessionStore
 from ._common import (
     EXIT_OK,
     Output,
     dump,
+    escape_markup,
     fmt_age,
-    fmt_bytes,
     fmt_time,
     open_store,
     resolve_db,
+    simple_table,
 )
 from ._session import resolve_session
 
@@ -39,39 +39,10 @@ __all__ = [
     "cmd_events",
     "cmd_sessions",
     "cmd_show",
-    "cmd_status",
-    "file_sizes",
-    "newest_checkpoint",
     "recent_events",
 ]
 
 _FOLLOW_PAGE = 1000
-
-
-# rich is imported by the human renderings only (``Output.console``): ``--json`` never loads it.
-def _escape(text: str) -> str:
-    """``text`` with rich markup escaped."""
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(text)
-
-
-def _table() -> Table:
-    from rich import box
-    from rich.table import Table
-
-    return Table(box=box.SIMPLE, show_edge=False)
-
-
-def file_sizes(store: SessionStore) -> dict[str, int]:
-    """Sizes of the database, its WAL, the op journal and the rejected-ops file, in bytes."""
-    return side_file_sizes(store.path)
-
-
-def newest_checkpoint(store: SessionStore) -> dict[str, Any] | None:
-    """The most recent session checkpoint in the whole store (its data left out), or None."""
-    with store.lease("cli newest checkpoint") as lease:
-        return _queries.newest_checkpoint(lease)
 
 
 def recent_events(store: SessionStore, session_id: str, count: int) -> list[Event]:
@@ -83,102 +54,14 @@ def recent_events(store: SessionStore, session_id: str, count: int) -> list[Even
     return store.events(session_id, after_id=first - 1, limit=count)
 
 
-def _status_counts(store: SessionStore) -> dict[str, int]:
-    with store.lease("cli status counts") as lease:
-        found = _queries.status_counts(lease)
-    counts = {s.value: 0 for s in SessionStatus}
-    counts.update(found)
-    return {"total": sum(counts.values()), **counts}
-
-
-def _stale(store: SessionStore, stale_after_s: float, now: float) -> list[dict[str, Any]]:
-    # An active session whose owner has not written a heartbeat (or, never having sent one, was
-    # created) longer ago than the threshold: its orchestrator is probably gone or stuck.
-    # Read through the store (no SQL here); the owner is the same object as in `sessions`.
-    stale = []
-    for s in store.list_sessions(SessionStatus.ACTIVE):
-        last = s.heartbeat_at if s.heartbeat_at is not None else s.created_at
-        if last < now - stale_after_s:
-            stale.append(
-                {
-                    "id": s.id,
-                    "name": s.name,
-                    "heartbeat_at": s.heartbeat_at,
-                    "age_s": round(now - last, 3),
-                    "owner": dump(s.owner),
-                    "owner_host": s.owner_host,
-                }
-            )
-    return sorted(stale, key=lambda e: e["id"])
-
-
-def cmd_status(args: argparse.Namespace, out: Output) -> int:
-    """``status``: sessions by status, stale heartbeats, file sizes, newest checkpoint."""
-    path = resolve_db(args.db)
-    now = time.time()
-    with open_store(path, args.timeout, read_only=True) as store:
-        data: dict[str, Any] = {
-            "db": store.path,
-            **file_sizes(store),
-            "sessions": _status_counts(store),
-            "stale_after_s": args.stale_after,
-            "stale": _stale(store, args.stale_after, now),
-            "last_checkpoint": newest_checkpoint(store),
-        }
-
-    def human(con: Console) -> None:
-        c = data["sessions"]
-        con.print(
-            f"[bold]database[/]  {_escape(data['db'])}  ({fmt_bytes(data['db_bytes'])}; "
-            f"WAL {fmt_bytes(data['wal_bytes'])}; journal {fmt_bytes(data['journal_bytes'])})"
-        )
-        con.print(
-            f"[bold]sessions[/]  {c['total']} total: "
-            + ", ".join(f"{c[s.value]} {s.value}" for s in SessionStatus)
-        )
-        if data["journal_bytes"]:
-            con.print("[yellow]journal holds ops not yet applied: run `sessionstore replay`[/]")
-        if data["stale"]:
-            con.print(
-                f"[yellow]stale[/]     {len(data['stale'])} active session(s) silent for "
-                f"more than {fmt_age(args.stale_after)}:"
-            )
-            t = _table()
-            for col in ("id", "name", "last heartbeat", "silent for", "owner"):
-                t.add_column(col, no_wrap=col == "id")
-            for s in data["stale"]:
-                t.add_row(
-                    s["id"],
-                    _escape(s["name"]),
-                    fmt_time(s["heartbeat_at"]),
-                    fmt_age(s["age_s"]),
-                    f"{(s['owner'] or {}).get('pid', '-')}@{s['owner_host']}",
-                )
-            con.print(t)
-        else:
-            con.print(f"[bold]stale[/]     none (threshold {fmt_age(args.stale_after)})")
-        cp = data["last_checkpoint"]
-        if cp is None:
-            con.print("[bold]last checkpoint[/]  none")
-        else:
-            name = _escape(repr(cp["name"]))
-            con.print(
-                f"[bold]last checkpoint[/]  {name} of session {cp['session_id']} at "
-                f"{fmt_time(cp['created_at'])} ({fmt_age(now - cp['created_at'])} ago)"
-            )
-
-    out.result(data, human)
-    return EXIT_OK
-
-
 def _sessions_table(sessions: list[Session], now: float) -> Table:
-    t = _table()
+    t = simple_table()
     for col in ("id", "name", "status", "created", "last heartbeat", "owner"):
         t.add_column(col, no_wrap=col == "id")
     for s in sessions:
         hb = f"{fmt_age(now - s.heartbeat_at)} ago" if s.heartbeat_at else "-"
         owner = f"{s.owner.pid}@{s.owner_host}" if s.owner else "-"
-        t.add_row(s.id, _escape(s.name), s.status.value, fmt_time(s.created_at), hb, owner)
+        t.add_row(s.id, escape_markup(s.name), s.status.value, fmt_time(s.created_at), hb, owner)
     return t
 
 
@@ -218,7 +101,7 @@ def _child_doc(child: ChildProcess) -> dict[str, Any]:
 
 
 def _children_table(children: list[dict[str, Any]], *, with_session: bool) -> Table:
-    t = _table()
+    t = simple_table()
     cols = ["session"] if with_session else []
     cols += ["pid", "pgid", "state", "exit", "now", "registered", "argv"]
     for col in cols:
@@ -232,7 +115,7 @@ def _children_table(children: list[dict[str, Any]], *, with_session: bool) -> Ta
             str(c["exit_code"]) if c["exit_code"] is not None else "-",
             c["identity"],
             fmt_time(c["registered_at"]),
-            _escape(" ".join(c["argv"])),
+            escape_markup(" ".join(c["argv"])),
         ]
         t.add_row(*row)
     return t
@@ -266,18 +149,18 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
     def human(con: Console) -> None:
         now = time.time()
         con.print(
-            f"[bold]{_escape(session.name)}[/]  {session.id}  [bold]{session.status.value}[/]"
+            f"[bold]{escape_markup(session.name)}[/]  {session.id}  [bold]{session.status.value}[/]"
         )
         if session.objective:
-            con.print(f"objective   {_escape(session.objective)}")
+            con.print(f"objective   {escape_markup(session.objective)}")
         owner = f"pid {session.owner.pid} on {session.owner_host}" if session.owner else "-"
         con.print(f"owner       {owner}")
         con.print(f"created     {fmt_time(session.created_at)}")
         hb = session.heartbeat_at
         con.print(f"heartbeat   {fmt_time(hb)}" + (f" ({fmt_age(now - hb)} ago)" if hb else ""))
         if session.metadata:
-            con.print(f"metadata    {_escape(json.dumps(session.metadata))}")
-        con.print(f"checkpoint  {_escape(_checkpoint_line(last))}")
+            con.print(f"metadata    {escape_markup(json.dumps(session.metadata))}")
+        con.print(f"checkpoint  {escape_markup(_checkpoint_line(last))}")
         con.print(f"[bold]children[/] ({len(children)})")
         if children:
             con.print(_children_table(children, with_session=False))

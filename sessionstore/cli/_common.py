@@ -35,6 +35,7 @@ from ..errors import (
 # top, so the cost is paid before any command starts its clock (``_hooks``' ``--timeout``).
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
     from .._config import StoreConfig
     from .._store import SessionStore
@@ -53,6 +54,7 @@ __all__ = [
     "UsageError",
     "check_database",
     "dump",
+    "escape_markup",
     "fmt_age",
     "fmt_bytes",
     "fmt_time",
@@ -61,6 +63,7 @@ __all__ = [
     "quiet_store_warnings",
     "resolve_db",
     "rfc3339",
+    "simple_table",
     "store_config",
     "with_rfc3339",
 ]
@@ -217,15 +220,32 @@ def quiet_store_warnings(verbose: bool) -> Iterator[None]:
 
 def dump(value: Any) -> Any:
     """A JSON-ready form of a pydantic model (or a list/dict of them)."""
-    from pydantic import BaseModel
-
-    if isinstance(value, BaseModel):
+    # Until pydantic.main is imported no value can be a model, and importing it here would
+    # cost `status` (which reads plain rows) a quarter of its start-up.
+    pydantic_main = sys.modules.get("pydantic.main")
+    if pydantic_main is not None and isinstance(value, pydantic_main.BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, list | tuple):
         return [dump(v) for v in value]
     if isinstance(value, dict):
         return {k: dump(v) for k, v in value.items()}
     return value
+
+
+# rich is imported by the human renderings only (``Output.console``): ``--json`` never loads it.
+def escape_markup(text: str) -> str:
+    """``text`` with rich markup escaped."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def simple_table() -> Table:
+    """A rich table in the CLI's one style: simple rules, no outer edge."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(box=box.SIMPLE, show_edge=False)
 
 
 def fmt_time(ts: float | None) -> str:

@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("pid", type=_int_range(2, 2**31 - 1), metavar="PID")
     c.add_argument("--exit-code", type=_int_range(-255, 255), default=None)
 
-    p = add("status", _lazy("._commands", "cmd_status"), "sessions, staleness, file sizes")
+    p = add("status", _lazy("._status", "cmd_status"), "sessions, staleness, file sizes")
     p.add_argument(
         "--stale-after",
         type=_positive_float,

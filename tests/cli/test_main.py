@@ -249,6 +249,8 @@ def test_every_json_output_parses_and_keeps_its_keys(db: Fixture) -> None:
         assert abs(stamp.timestamp() - x["created_at"]) < 1e-5
         assert x["heartbeat_at"] is not None or x["heartbeat_at_rfc3339"] is None
     assert [x["name"] for x in ss] == ["alpha", "beta", "gamma"]
+    owners = {x["id"]: x["owner"] for x in ss}  # status reads rows, sessions reads models:
+    assert s["stale"][0]["owner"] == owners[db.alpha]  # one owner all the same
     assert all(set(x) == SESSION_KEYS for x in ss)
     assert [x["name"] for x in paused.json()["sessions"]] == ["beta"]
 
@@ -800,7 +802,23 @@ def test_json_and_hook_commands_do_not_load_rich(db: Fixture, tmp_path: Path) ->
     assert "rich" in loaded["status"]
     for name in ("status-json", "log", "heartbeat"):
         assert loaded[name] & {"rich", "psutil"} == set(), name
-        assert {"apsw", "pydantic"} <= loaded[name], name  # the probe saw the store at work
+        assert "apsw" in loaded[name], name  # the probe saw the database read
+    for name in ("log", "heartbeat"):
+        assert "pydantic" in loaded[name], name  # the probe saw the store at work
+
+
+def test_status_never_loads_pydantic(db: Fixture, tmp_path: Path) -> None:
+    """``status`` reads plain rows through a peek: no pydantic, no model, no retry library.
+
+    Three quarters of a store-based ``status``'s start-up was pydantic and the model classes
+    (benchmarks/README.md); shell hooks run it at exit storms.
+    """
+    path = str(db.path)
+    stale = ["--stale-after", "0.001"]  # the stale sessions' rows are read and shown too
+    for args in (["--db", path, "status", *stale], ["--db", path, "status", "--json", *stale]):
+        loaded = _top_modules_loaded(tmp_path / "loaded.json", args)
+        assert "apsw" in loaded, args
+        assert loaded & {"pydantic", "pydantic_core", "tenacity", "psutil"} == set(), args
 
 
 def test_help_and_version_do_not_load_the_store(tmp_path: Path) -> None:
