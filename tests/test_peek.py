@@ -13,6 +13,7 @@ from pathlib import Path
 import apsw
 import pytest
 from _procs import finish, release, start
+from _support import StoppedLockHolder
 
 from sessionstore import (
     ForeignDatabaseError,
@@ -141,6 +142,21 @@ def test_locks_held_with_no_shm_are_waited_for_then_busy(tmp_path: Path) -> None
     finally:
         release([peer])
         finish(peer)
+
+
+def test_a_peer_stopped_holding_the_write_lock_does_not_stop_a_peek(tmp_path: Path) -> None:
+    """WAL readers never wait for the writer: a SIGSTOPped lock holder costs a peek nothing.
+
+    The peer's open connection keeps -wal/-shm: a live read, which sees every commit before
+    the peer's transaction and changes nothing.
+    """
+    path = _closed_store(tmp_path, sessions=2)
+    with StoppedLockHolder(str(path)):
+        before = _snapshot(tmp_path)
+        with peek(str(path), 0.5) as view:
+            assert view.snapshot is None
+            assert status_counts(view) == {"active": 2}
+        assert _snapshot(tmp_path) == before
 
 
 def test_beside_a_writer_opening_and_closing_every_peek_reads(tmp_path: Path) -> None:

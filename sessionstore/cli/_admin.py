@@ -30,6 +30,7 @@ from ._common import (
     open_store,
     quiet_store_warnings,
     resolve_db,
+    simple_table,
 )
 from ._hooks import hook_config
 from ._session import resolve_session
@@ -293,7 +294,7 @@ def cmd_reap(args: argparse.Namespace, out: Output) -> int:
         if not report.sessions:
             con.print("no sessions of dead orchestrators: nothing to reap")
             return
-        t = Table(box=box.SIMPLE, show_edge=False)
+        t = simple_table()
         for col in ("session", "name", "owner", "status", "pid", "identity", "action"):
             t.add_column(col, no_wrap=col == "session")
         for s in report.sessions:

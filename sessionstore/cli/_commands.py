@@ -1,4 +1,6 @@
-"""The operator commands that read a store: status, sessions, show, events and children.
+"""The operator commands that read a store: sessions, show, events and children.
+
+(``status`` reads without a store, for its start-up: ``_status``.)
 
 Each takes the parsed arguments and an :class:`Output` and returns the exit code. The JSON
 documents they print are a stable interface (README "CLI"): keys are only ever added.
