@@ -119,7 +119,18 @@ def start(
             _, err = wrapper.communicate(timeout=30)
             raise AssertionError(f"tree did not start: {seen!r}; {err}")
     tree = Tree(wrapper, mark)
-    tree.before = tree.left()
+    # A worker says "ready" just before it execs its long-running program, and inside exec
+    # its environment reads empty for a moment: one scan can miss it (a make -j3 tree was
+    # once counted 3 of 4). Scan again until a scan finds no process the others missed.
+    found = {p.pid: p for p in tree.left()}
+    while True:
+        new = [p for p in tree.left() if p.pid not in found]
+        if not new:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tree {mark} still growing after its ready lines")
+        found.update((p.pid, p) for p in new)
+    tree.before = list(found.values())
     return tree
 
 
