@@ -38,7 +38,7 @@ from ._models import CloseReport
 from ._ops import Op
 from ._readers import ReaderPool
 from ._routing import WriteRouter
-from ._writer import BATCH, Writer
+from ._writer import BATCH, BatchDeadlineError, Writer
 
 __all__ = ["CLOSE_GRACE_S", "LET_GO_S", "CloseSequence", "close_connections"]
 
@@ -213,23 +213,32 @@ class CloseSequence:
         self.router.count(replayed=rep.applied)
         return rep.applied
 
-    def _drain_batch(self, ops: list[Op], out: DrainOutcome, deadline: float) -> None:
-        """Apply queued ops; each ends applied, kept aside, journaled or reported. Never raises."""
+    def _drain_batch(self, ops: list[Op], out: DrainOutcome, deadline: float) -> list[Op]:
+        """Apply queued ops; each ends applied, kept aside, journaled or reported. Never raises.
+
+        Returns:
+            The ops not tried because the deadline came first (the caller journals them with
+            the rest of the queue).
+        """
         if not self.writer.is_open:
             out.secure(self.router, ops, "no connection to apply queued ops")
-            return
+            return []
+        untried: list[Op] = []
         try:
             results = apply_isolated(
                 lambda batch: self.writer.apply_batch(batch, deadline=deadline), ops
             )
+        except BatchDeadlineError as stop:  # the first len(results) ops committed or were rejected
+            results = stop.results
+            ops, untried = ops[: len(results)], ops[len(results) :]
         except TimeoutError:
             out.secure(self.router, ops, "writer held by an abandoned lease")
-            return
+            return []
         except Exception as err:  # ENVIRONMENT_ERRORS: the database cannot take them now
             out.errors.append(f"queued ops not applied: {type(err).__name__}: {err}")
             # Some may have committed before the error; journaling them again is harmless.
             out.secure(self.router, ops, f"could not apply queued ops at close: {err}")
-            return
+            return []
         rejected = [(op, err) for op, err in zip(ops, results, strict=True) if err is not None]
         out.applied += len(ops) - len(rejected)
         out.rejected += len(rejected)
@@ -239,6 +248,7 @@ class CloseSequence:
             except Exception as err:  # the rejected file failed: the journal keeps them
                 out.errors.append(f"rejected file: {type(err).__name__}: {err}")
                 out.secure(self.router, [op for op, _ in rejected], "rejected at close")
+        return untried
 
     def _drain_queue(self, deadline: float, out: DrainOutcome) -> None:
         """Apply the pending queue in batches and move the store to CLOSED.
@@ -254,7 +264,7 @@ class CloseSequence:
         try:
             while True:
                 if self.clock() >= deadline:
-                    in_hand = self.gate.close_and_take_all()
+                    in_hand += self.gate.close_and_take_all()
                     if in_hand:
                         out.errors.append(
                             f"{len(in_hand)} queued op(s) journaled at the drain deadline"
@@ -268,8 +278,8 @@ class CloseSequence:
                 in_hand = self.gate.take_pending_or_close(BATCH)
                 if not in_hand:
                     return  # CLOSED: later writes are journaled
-                self._drain_batch(in_hand, out, deadline)
-                in_hand = []
+                # What the deadline left untried stays in hand, journaled with the queue.
+                in_hand = self._drain_batch(in_hand, out, deadline)
         except BaseException as err:
             # _drain_batch does not raise Exception; this is an interrupt (or a bug): nothing
             # taken off the queue may vanish with it. Ops in hand are kept in `in_hand` until

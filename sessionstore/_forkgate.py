@@ -53,9 +53,16 @@ class ForkGate:
         self._reset()
         self.unsafe_since_fork = False
         self.wait_s = FORK_WAIT_S  # the bound on a fork's wait; tests and callers may lower it
+        # The thread signal handlers run in: the main thread, and in a child the thread that
+        # forked (see after_fork_in_child). Kept here because only a fork changes it, and read
+        # on every write (``current_thread() is main_thread()`` is two Python calls).
+        self.main_ident = threading.main_thread().ident
 
     def _reset(self) -> None:
-        self._local = threading.local()
+        # ``local.lock``: this thread's lock once it has one, what section() returns. A hot
+        # path may read it directly and call section() only when it is missing: a child's
+        # fresh ``local`` has no lock, so an unsafe fork is still reported by section().
+        self.local = threading.local()
         self._registry_lock = threading.Lock()
         self._locks: weakref.WeakKeyDictionary[threading.Thread, threading.RLock] = (
             weakref.WeakKeyDictionary()
@@ -72,12 +79,12 @@ class ForkGate:
         """
         if self.unsafe_since_fork:
             raise UnsafeForkError(self.wait_s)
-        lock: threading.RLock | None = getattr(self._local, "lock", None)
+        lock: threading.RLock | None = getattr(self.local, "lock", None)
         if lock is None:
             lock = threading.RLock()
             with self._registry_lock:
                 self._locks[threading.current_thread()] = lock
-            self._local.lock = lock
+            self.local.lock = lock
         return lock
 
     def before_fork(self) -> None:
@@ -102,6 +109,7 @@ class ForkGate:
         unsafe = self.unsafe_since_fork or not self._all_held
         self._reset()
         self.unsafe_since_fork = unsafe
+        self.main_ident = threading.get_ident()  # the forking thread is the child's only one
 
 
 FORK_GATE = ForkGate()

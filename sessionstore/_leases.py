@@ -8,7 +8,6 @@ drained for the last time.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import deque
@@ -25,18 +24,19 @@ T = TypeVar("T")
 # member looked up on its enum class costs about 55 ns (three looks per write), a module
 # function looked up through its module about 20 ns (measured, Python 3.11).
 _OPEN = StoreState.OPEN
-_next_id = itertools.count(1).__next__
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 
 
 class Lease:
-    """Permission to use the store's connections for one call; records who holds it."""
+    """Permission to use the store's connections for one call; records who holds it.
 
-    __slots__ = ("abandoned", "acquired_at", "borrower", "id", "thread_id")
+    Compared and hashed by identity: the gate keeps the leases out in a set.
+    """
+
+    __slots__ = ("abandoned", "acquired_at", "borrower", "thread_id")
 
     def __init__(self, borrower: str) -> None:
-        self.id = _next_id()
         self.borrower = borrower
         self.thread_id = _get_ident()  # the name is looked up only when reported
         self.acquired_at = _monotonic()
@@ -56,7 +56,11 @@ class Lease:
         return f"{self.borrower} (thread {self.thread}, held {held:.2f} s)"
 
     def __repr__(self) -> str:
-        return f"<Lease {self.id} {self.describe()}{' abandoned' if self.abandoned else ''}>"
+        return f"<Lease {self.describe()}{' abandoned' if self.abandoned else ''}>"
+
+
+def _taken_at(lease: Lease) -> float:
+    return lease.acquired_at
 
 
 Admission = Lease | Literal["queued", "overflow", "closed"]
@@ -73,7 +77,7 @@ class Gate(Generic[T]):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._state = StoreState.OPEN
-        self._leases: dict[int, Lease] = {}
+        self._leases: set[Lease] = set()
         self._pending: deque[T] = deque()
         self._max_pending = max_pending
 
@@ -93,7 +97,7 @@ class Gate(Generic[T]):
             if self._state is not _OPEN:
                 return None
             lease = Lease(borrower)
-            self._leases[lease.id] = lease
+            self._leases.add(lease)
             return lease
 
     def admit_write(self, op: T, borrower: str) -> Admission:
@@ -129,7 +133,7 @@ class Gate(Generic[T]):
             # Rejected: taking the lock on every write (a third of the gate's cost, and a
             # point where every writing thread of the process meets).
             lease = Lease(borrower)
-            self._leases[lease.id] = lease
+            self._leases.add(lease)
             if self._state is _OPEN:
                 return lease
             self.release(lease)  # close began in between
@@ -141,7 +145,11 @@ class Gate(Generic[T]):
         # the state on after the pop, its wait_drained() looks at the leases after that move
         # and finds this one gone; if before, the state read here says so and the waiter is
         # woken under the lock (it holds the lock from its look at the leases to its wait).
-        if self._leases.pop(lease.id, None) is not None and self._state is not _OPEN:
+        try:
+            self._leases.remove(lease)  # one step under the GIL: taken back here or by close
+        except KeyError:
+            return  # released already, or abandoned by close()
+        if self._state is not _OPEN:
             with self._lock:
                 if not self._leases:
                     self._cond.notify_all()
@@ -169,10 +177,12 @@ class Gate(Generic[T]):
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            abandoned = list(self._leases.values())
+            abandoned = sorted(self._leases, key=_taken_at)
             for lease in abandoned:
                 lease.abandoned = True
-                del self._leases[lease.id]
+                # discard, not remove: its holder may be releasing it right now (release takes
+                # no lock for the look itself).
+                self._leases.discard(lease)
             return abandoned
 
     def take_pending_or_close(self, max_items: int) -> list[T]:

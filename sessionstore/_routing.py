@@ -318,7 +318,10 @@ class WriteRouter:
     def _fail(self, ops: Sequence[Op], disposition: Disposition, reasons: Sequence[str]) -> None:
         """Remember failures (caller holds the lock); ``time.time()``: a wall-clock stamp."""
         now = time.time()
-        for op, reason in zip(ops, reasons, strict=True):
+        # Only the newest _FAILURES_KEPT can stay in the ring: build no record it would drop
+        # (a close journaling a queue of 40,000 ops built 40,000 models to keep 100).
+        kept = max(0, len(ops) - _FAILURES_KEPT)
+        for op, reason in zip(ops[kept:], reasons[kept:], strict=True):
             self._failures.append(
                 OpFailure(
                     op_id=op.op_id, kind=op.kind, disposition=disposition, reason=reason, at=now

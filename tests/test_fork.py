@@ -107,3 +107,38 @@ def test_fork_past_the_wait_gives_the_child_a_clear_error_not_a_hang(db_path: st
     assert wait_forked_child(pid, _CHILD_TIMEOUT_MS) == 0
     assert store.get_session(sid).id == sid
     store.close()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_thread_that_forks_is_the_childs_main_thread_for_writes(db_path: str) -> None:
+    """Fork from a non-main thread: it is the child's main thread, where signals land.
+
+    So its writes there take the writer's lock as the main thread does; the parent's record
+    is unchanged.
+    """
+    store = SessionStore.open(db_path)
+    sid = store.create_session("forked").id
+    parent_main = FORK_GATE.main_ident
+    forked: list[int] = []
+
+    def fork_here() -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                if FORK_GATE.main_ident == threading.get_ident() == (threading.main_thread().ident):
+                    code = 2
+                    store.heartbeat(sid)  # the inherited store, on a connection of its own
+                    code = 0
+            except BaseException:  # the child reports any failure through its exit code
+                code = 3
+            os._exit(code)
+        forked.append(pid)
+
+    thread = threading.Thread(target=fork_here)
+    thread.start()
+    thread.join(30)
+    assert wait_forked_child(forked[0], _CHILD_TIMEOUT_MS) == 0
+    assert FORK_GATE.main_ident == parent_main == threading.main_thread().ident
+    assert store.get_session(sid).heartbeat_at is not None
+    store.close()

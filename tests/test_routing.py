@@ -13,6 +13,7 @@ from _procs import start
 from _support import ClosingInBackground
 
 from sessionstore import SessionStore, StoreConfig
+from sessionstore._ops import LogEvent
 from sessionstore.errors import SessionNotFoundError
 
 
@@ -101,6 +102,20 @@ def test_failure_ring_keeps_the_most_recent_hundred(db_path: str) -> None:
     assert stats.journaled == 130
     assert [f.op_id for f in stats.failures] == [e.op_id for e in events[-100:]]
     assert {f.disposition for f in stats.failures} == {"journaled"}
+
+
+def test_failure_ring_from_one_large_journaling_keeps_its_newest(db_path: str) -> None:
+    """Ops journaled together (a close's queue): the ring keeps the last 100, all counted."""
+    store = SessionStore.open(db_path)
+    sid = store.create_session("s").id
+    ops = [LogEvent.make(sid, f"queued {i}", "info", None) for i in range(250)]
+    assert store._router.secure(ops, "at the drain deadline") is None
+    stats = store.stats()
+    assert stats.journaled == 250
+    assert [f.op_id for f in stats.failures] == [op.op_id for op in ops[-100:]]
+    store.close()
+    with SessionStore.open(db_path) as reopened:
+        assert len(reopened.events(sid, limit=1000)) == 250
 
 
 # A heartbeat is applied without an op while the store is open (WriteRouter.write_call); these

@@ -17,7 +17,7 @@ from _support import HeldInThread, StoppedLockHolder, all_event_ids
 from sessionstore import SessionNotFoundError, SessionStore, StoreBusyError, StoreConfig
 from sessionstore._connection import RetryPolicy
 from sessionstore._ops import LogEvent
-from sessionstore._writer import Writer
+from sessionstore._writer import BATCH, FIRST_TIMED_BATCH, BatchDeadlineError, Writer, _timed_size
 
 
 def test_passive_checkpoint_once_per_thousand_pages(db_path: str) -> None:
@@ -87,6 +87,43 @@ def test_batch_rejects_one_op_and_keeps_the_rest(store: SessionStore, session_id
     assert errors[0] is None and errors[2] is None
     assert isinstance(errors[1], SessionNotFoundError)
     assert [e.message for e in store.events(session_id)] == ["a", "c"]
+
+
+class _StepClock:
+    """A fake clock that moves 1 ms at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+def test_timed_batch_stops_between_transactions_at_its_deadline(db_path: str) -> None:
+    """Under a deadline a batch starts small, commits whole transactions, says how far it got."""
+    clock = _StepClock()
+    store = SessionStore.open(db_path, config=StoreConfig(checkpointing=False), clock=clock)
+    sid = store.create_session("s").id
+    ops = [LogEvent(session_id=sid, message=str(i)) for i in range(3 * BATCH)]
+    with pytest.raises(BatchDeadlineError) as stopped:
+        store._writer.apply_batch(ops, deadline=clock() + 0.006)
+    done = len(stopped.value.results)
+    assert FIRST_TIMED_BATCH <= done < len(ops)
+    assert stopped.value.results == [None] * done
+    assert f"after {done} of {len(ops)} ops" in str(stopped.value)
+    # What it says committed did, in order; nothing after it was tried.
+    assert [e.message for e in store.events(sid, limit=len(ops))] == [str(i) for i in range(done)]
+    store.close()
+
+
+def test_timed_batch_size_fits_half_the_time_left() -> None:
+    """The next transaction's size: half the time left at the last one's pace, 1 to BATCH."""
+    assert _timed_size(64, 0.001, 0.1) == 50
+    assert _timed_size(64, 1.0, 0.1) == 1
+    assert _timed_size(64, 1e-7, 10.0) == BATCH
+    assert _timed_size(64, 0.0, 0.1) == 128  # a clock that stood still: grow, never divide
+    assert _timed_size(BATCH, 0.0, 0.1) == BATCH
 
 
 def test_batch_lock_timeout(store: SessionStore, session_id: str) -> None:
