@@ -74,6 +74,7 @@ __all__ = [
     "MAX_MESSAGE_CHARS",
     "MAX_NAME_CHARS",
     "MAX_OP_BYTES",
+    "SESSION_ID_CHARS",
     "AddChild",
     "Batch",
     "CopySession",
@@ -359,8 +360,8 @@ def assemble(
 
 
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
-_SESSION_ID_CHARS = 64
-SessionId = Annotated[str, Field(min_length=1, max_length=_SESSION_ID_CHARS)]
+SESSION_ID_CHARS = 64
+SessionId = Annotated[str, Field(min_length=1, max_length=SESSION_ID_CHARS)]
 Pid = Annotated[int, Field(gt=1, lt=2**31)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 Text = Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
@@ -543,7 +544,7 @@ class LogEvent(_OpBase):
         """
         if (
             type(session_id) is str
-            and 0 < len(session_id) <= _SESSION_ID_CHARS
+            and 0 < len(session_id) <= SESSION_ID_CHARS
             and type(message) is str
             and len(message) <= MAX_MESSAGE_CHARS
             and type(level) is str
@@ -1033,9 +1034,7 @@ def heartbeat_plain(session_id: object) -> bool:
     :meth:`Heartbeat._late_line`). Anything else goes through the validated constructor.
     """
     return (
-        type(session_id) is str
-        and 0 < len(session_id) <= _SESSION_ID_CHARS
-        and session_id.isascii()
+        type(session_id) is str and 0 < len(session_id) <= SESSION_ID_CHARS and session_id.isascii()
     )
 
 

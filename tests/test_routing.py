@@ -194,11 +194,21 @@ def test_heartbeat_refuses_a_bad_session_id_alike_in_every_state(db_path: str, b
     assert store.stats().journaled == 0 and not os.path.exists(store.journal_path)
 
 
-def test_heartbeat_for_an_unknown_session_raises_and_keeps_nothing(db_path: str) -> None:
-    """An open store refuses a heartbeat for no session at once; nothing journaled or counted."""
+class _Id(str):
+    """A str subclass: a valid id that the heartbeat's plain path does not take."""
+
+
+@pytest.mark.parametrize("missing", ["no-such-session", "nö-such-session", _Id("no-such")])
+def test_heartbeat_for_an_unknown_session_raises_and_keeps_nothing(
+    db_path: str, missing: str
+) -> None:
+    """An open store refuses a heartbeat for no session at once; nothing journaled or counted.
+
+    Alike whether the id takes the plain path (an ASCII str) or the op's (any other valid id).
+    """
     with SessionStore.open(db_path) as store:
         applied = store.stats().applied
         with pytest.raises(SessionNotFoundError):
-            store.heartbeat("no-such-session")
+            store.heartbeat(missing)
         stats = store.stats()
         assert stats.applied == applied and stats.journaled == 0 and stats.failures == []
