@@ -76,7 +76,9 @@ def _run(tool: list[str], side: str, op: str, n: int) -> subprocess.CompletedPro
     folder = tempfile.mkdtemp(prefix="bench-instr-")
     try:
         cmd = [*tool, sys.executable, __file__, "--child", side, op, str(n), folder]
-        return subprocess.run(cmd, capture_output=True, text=True, check=True)
+        # A fixed hash seed: dict and set layouts, and so the counts, the same every run.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
