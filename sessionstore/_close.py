@@ -263,7 +263,8 @@ class CloseSequence:
         # run forever. Past the deadline the rest goes to the journal and the store closes.
         try:
             while True:
-                if self.clock() >= deadline:
+                # Ops in hand here are what a batch left untried: its deadline came.
+                if in_hand or self.clock() >= deadline:
                     in_hand += self.gate.close_and_take_all()
                     if in_hand:
                         out.errors.append(

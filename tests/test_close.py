@@ -19,6 +19,7 @@ from _support import ClosingInBackground, HeldInThread, StoppedLockHolder, all_e
 
 from sessionstore import SessionStore, StoreClosedError, StoreConfig, StoreState
 from sessionstore._close import CLOSE_GRACE_S
+from sessionstore._writer import BATCH
 
 
 def test_writes_racing_close_are_never_lost(tmp_path: object) -> None:
@@ -216,6 +217,32 @@ def test_queue_left_at_the_drain_deadline_is_journaled(db_path: str) -> None:
     with SessionStore.open(db_path) as reopened:
         assert reopened.open_replay.applied == 5
         assert [e.message for e in reopened.events(sid)] == [f"queued {i}" for i in range(5)]
+
+
+def test_batch_cut_by_the_drain_deadline_journals_what_it_did_not_try(db_path: str) -> None:
+    """A queue larger than its time: committed ops counted once, the rest journaled, none lost.
+
+    The clock stands still while the lease is held, then moves 20 ms at every reading, so the
+    drain's 0.25 s end in the middle of its first 1,000-op batch: the batch commits whole
+    transactions (64 ops, then what fits) and hands back what it did not try.
+    """
+    config = StoreConfig(checkpointing=False)
+    clock = _LeapingClock(step=0.02)
+    store = SessionStore.open(db_path, config=config, clock=clock)
+    sid = store.create_session("s").id
+    with ClosingInBackground(store, timeout=0.3) as closing:
+        acked = [store.log_event(sid, f"queued {i}").op_id for i in range(3000)]
+        leases = store._gate._leases
+        clock.may_leap = lambda: not leases
+        report = closing.finish()
+    # Cut inside the first batch taken off the queue (a whole 1,000 before timed batches).
+    assert 0 < report.applied_from_queue < BATCH, report
+    assert report.applied_from_queue + report.journaled == 3000
+    assert any("journaled at the drain deadline" in e for e in report.errors), report.errors
+    with SessionStore.open(db_path) as reopened:
+        assert reopened.open_replay.applied == report.journaled
+        present = all_event_ids(reopened, sid)
+    assert sorted(present) == sorted(acked)  # each exactly once
 
 
 def test_close_measures_its_phases_on_the_stores_clock(db_path: str) -> None:
