@@ -119,19 +119,32 @@ def start(
             _, err = wrapper.communicate(timeout=30)
             raise AssertionError(f"tree did not start: {seen!r}; {err}")
     tree = Tree(wrapper, mark)
-    # A worker says "ready" just before it execs its long-running program, and inside exec
-    # its environment reads empty for a moment: one scan can miss it (a make -j3 tree was
-    # once counted 3 of 4). Scan again until a scan finds no process the others missed.
-    found = {p.pid: p for p in tree.left()}
-    while True:
-        new = [p for p in tree.left() if p.pid not in found]
-        if not new:
-            break
-        if time.monotonic() > deadline:
-            raise AssertionError(f"tree {mark} still growing after its ready lines")
-        found.update((p.pid, p) for p in new)
-    tree.before = list(found.values())
+    tree.before = settled(mark, exclude=[wrapper.pid], at_least=ready + 1, deadline=deadline)
     return tree
+
+
+def settled(
+    mark: str, *, exclude: Sequence[int], at_least: int, deadline: float
+) -> list[psutil.Process]:
+    """The processes carrying ``mark`` once at least ``at_least`` have been seen.
+
+    A worker says "ready" just before it execs its long-running program, and inside exec its
+    environment reads empty for a moment, so a scan can miss it: a make -j3 tree was once
+    counted 3 of 4, and a shell tree 3 of 4 even after a second scan found nothing new. So
+    scans go on until the tree's known size is reached (the command and one process per
+    ready line) and one more scan finds nothing new.
+
+    Raises:
+        AssertionError: fewer than ``at_least`` by ``deadline`` (monotonic).
+    """
+    found: dict[int, psutil.Process] = {}
+    while True:
+        new = [p for p in marked(mark, exclude=exclude) if p.pid not in found]
+        found.update((p.pid, p) for p in new)
+        if not new and len(found) >= at_least:
+            return list(found.values())
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tree {mark}: {len(found)} processes, {at_least} expected")
 
 
 def wait_all_gone(procs: Sequence[psutil.Process], timeout: float) -> float | None:
