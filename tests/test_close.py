@@ -8,10 +8,14 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 from _procs import finish, release, start
@@ -389,6 +393,65 @@ def test_disk_that_cannot_grow_while_closing(db_path: str) -> None:
         assert store.events(sid) == []
 
 
+class _Interrupter:
+    """A SIGUSR1 handler raising KeyboardInterrupt once per round, from an armed time on.
+
+    CPython drops an exception raised where nothing can catch it (a gc callback, a weakref
+    callback, a ``__del__``): it reports it to ``sys.unraisablehook`` and goes on. A real Ctrl+C
+    landing there is lost the same way, whatever the store does. While installed, this class
+    hears of its own interrupt being dropped and re-arms, so the next signal raises it where the
+    code under test can see it; any other unraisable goes to the hook that was there before.
+    """
+
+    def __init__(self) -> None:
+        self.at = math.inf  # perf_counter time from which the next delivery raises
+        self.dropped = 0
+        self._previous_hook = sys.unraisablehook
+
+    def handler(self, _signum: int, _frame: FrameType | None) -> None:
+        if time.perf_counter() >= self.at:
+            self.at = math.inf  # once per round
+            raise KeyboardInterrupt
+
+    def _hook(self, unraisable: Any) -> None:
+        if unraisable.exc_type is KeyboardInterrupt:
+            self.dropped += 1
+            self.at = 0.0
+        else:
+            self._previous_hook(unraisable)
+
+    def __enter__(self) -> _Interrupter:
+        self._previous_hook = sys.unraisablehook
+        self._previous_handler = signal.signal(signal.SIGUSR1, self.handler)
+        sys.unraisablehook = self._hook
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        signal.signal(signal.SIGUSR1, self._previous_handler)
+        sys.unraisablehook = self._previous_hook
+
+
+def test_an_interrupt_dropped_in_a_weakref_callback_is_raised_by_the_next_signal() -> None:
+    """The interrupter re-arms when CPython drops its exception, and only for its own."""
+
+    class Target:
+        pass
+
+    def callback(_ref: object) -> None:
+        signal.raise_signal(signal.SIGUSR1)  # the handler runs here, inside the callback
+
+    with _Interrupter() as interrupter:
+        interrupter.at = 0.0
+        target = Target()
+        ref = weakref.ref(target, callback)
+        del target  # the callback runs now; its KeyboardInterrupt is dropped
+        assert ref() is None and interrupter.dropped == 1
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGUSR1)
+        signal.raise_signal(signal.SIGUSR1)  # disarmed again: nothing raised
+    assert sys.unraisablehook is not interrupter._hook
+
+
 @pytest.mark.slow
 def test_interrupt_anywhere_in_close_leaves_it_closed_and_loses_nothing(tmp_path: Path) -> None:
     """A signal handler's KeyboardInterrupt landing anywhere in close() loses nothing.
@@ -397,18 +460,10 @@ def test_interrupt_anywhere_in_close_leaves_it_closed_and_loses_nothing(tmp_path
     its connections closed, and every write acknowledged while it closed is in the database
     after the next open.
     """
-    armed = {"at": math.inf}  # perf_counter time from which the next delivery raises
-
-    def handler(signum: int, frame: object) -> None:
-        if time.perf_counter() >= armed["at"]:
-            armed["at"] = math.inf  # once per round
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGUSR1, handler)
     main = threading.main_thread().ident
     assert main == threading.get_ident()
     interrupted = 0
-    try:
+    with _Interrupter() as interrupter:
         for round_no in range(40):
             path = str(tmp_path / f"r{round_no}.db")
             store = SessionStore.open(path)
@@ -436,7 +491,7 @@ def test_interrupt_anywhere_in_close_leaves_it_closed_and_loses_nothing(tmp_path
                 while store.state is StoreState.OPEN:
                     pass
                 acked.extend(store.log_event(sid, f"q{i}").op_id for i in range(50))
-                armed["at"] = time.perf_counter() + delay  # 0 to 20 ms into the close
+                interrupter.at = time.perf_counter() + delay  # 0 to 20 ms into the close
                 release_lease.set()
                 while not done.is_set():
                     signal.pthread_kill(main, signal.SIGUSR1)  # type: ignore[arg-type]
@@ -452,7 +507,7 @@ def test_interrupt_anywhere_in_close_leaves_it_closed_and_loses_nothing(tmp_path
                 interrupted += 1
             while True:  # stop the pester; a signal may still land in these lines
                 try:
-                    armed["at"] = math.inf
+                    interrupter.at = math.inf
                     done.set()
                     pester.join(30)
                     holder.join(30)
@@ -464,8 +519,6 @@ def test_interrupt_anywhere_in_close_leaves_it_closed_and_loses_nothing(tmp_path
             with SessionStore.open(path) as reopened:
                 present = set(all_event_ids(reopened, sid))
             assert set(acked) <= present, f"round {round_no}: lost {set(acked) - present}"
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
     assert interrupted >= 20, f"only {interrupted} of 40 closes were interrupted"
 
 
