@@ -60,7 +60,7 @@ from . import _forkgate  # noqa: F401 - its fork hooks register first (_lifecycl
 from . import _lifecycle as lifecycle
 from ._files import journal_path, rejected_path
 from ._models import ReplayReport
-from ._ops import Op, op_from_line
+from ._ops import BatchDeadlineError, Op, op_from_line
 from .errors import (
     JournalBusyError,
     JournalFullError,
@@ -614,7 +614,10 @@ def apply_isolated(apply_batch: ApplyBatch, ops: Sequence[Op]) -> list[Exception
         Per op, None (applied) or the error that rejected it.
 
     Raises:
-        Exception: one of ``ENVIRONMENT_ERRORS``; ops before it may have been applied.
+        BatchDeadlineError: ``apply_batch`` is timed and its deadline came, in the batch or
+            between two of the one-op transactions; its ``results`` are those of the ops
+            before ``len(results)`` (each committed or rejected), the rest were not tried.
+        Exception: another of ``ENVIRONMENT_ERRORS``; ops before it may have been applied.
     """
     if not ops:
         return []
@@ -628,6 +631,10 @@ def apply_isolated(apply_batch: ApplyBatch, ops: Sequence[Op]) -> list[Exception
     for op in ops:
         try:
             [result] = apply_batch([op])
+        except BatchDeadlineError as stop:
+            # A timed apply_batch tries nothing past its deadline: stop here, saying how far
+            # this whole call got, rather than run a transaction per op past the deadline.
+            raise BatchDeadlineError(stop.path, out, len(ops)) from None
         except ENVIRONMENT_ERRORS:
             raise
         except Exception as err:  # this op alone failed: rejected

@@ -65,7 +65,7 @@ from ._models import (
     SessionStatus,
 )
 from ._prune import prune_rows
-from .errors import InvalidTransitionError, SessionNotFoundError
+from .errors import InvalidTransitionError, SessionNotFoundError, StoreBusyError
 
 __all__ = [
     "INT64_MAX",
@@ -77,6 +77,7 @@ __all__ = [
     "SESSION_ID_CHARS",
     "AddChild",
     "Batch",
+    "BatchDeadlineError",
     "CopySession",
     "CreateSession",
     "DeleteRuns",
@@ -121,6 +122,25 @@ _SQLITE_CONSTRAINT_FOREIGNKEY = 787
 _id_lock = threading.Lock()
 _last_ms = 0
 _seq = 0
+
+
+class BatchDeadlineError(StoreBusyError):
+    """A timed batch of ops stopped at its deadline, before one of its transactions.
+
+    A ``StoreBusyError`` (the database could not take the whole batch in time), so callers
+    that keep a batch on busy keep this one too; ``results`` says how far it got.
+    """
+
+    def __init__(self, path: str, results: list[Exception | None], total: int) -> None:
+        self.path = path
+        self.operation = "apply batch"
+        self.waited_s = 0.0
+        self.results = results
+        Exception.__init__(
+            self,
+            f"apply batch on {path!r}: its deadline came after {len(results)} of {total} ops "
+            "(each applied or rejected); the rest were not tried",
+        )
 
 
 def _reset_after_fork() -> None:

@@ -59,7 +59,7 @@ from ._connection import (
 from ._files import wal_path
 from ._forkgate import FORK_GATE
 from ._models import CheckpointResult
-from ._ops import Op, apply, handler
+from ._ops import BatchDeadlineError, Op, apply, handler
 from .errors import InvalidTransitionError, SessionNotFoundError, StoreBusyError
 
 __all__ = [
@@ -419,8 +419,9 @@ class Writer:
         Raises:
             TimeoutError: the writer lock stayed held past ``lock_timeout`` or the deadline;
                 nothing applied.
-            BatchDeadlineError: the deadline came between two transactions; its ``results`` are
-                those of the ops before ``len(results)`` (committed), the rest were not tried.
+            BatchDeadlineError: the deadline came before a transaction (the first included);
+                its ``results`` are those of the ops before ``len(results)`` (committed), the
+                rest were not tried.
             StoreBusyError, apsw.Error: a transaction could not commit (locked at the
                 deadline, or an error); nothing of that transaction was applied (earlier
                 ones were).
@@ -437,12 +438,14 @@ class Writer:
             start, size, pace = 0, BATCH if deadline is None else FIRST_TIMED_BATCH, 0.0
             while start < len(ops):
                 began = self._clock()
-                if start and deadline is not None:
+                if deadline is not None:
                     if began >= deadline:
                         # Earlier transactions committed; the caller keeps the rest (a journal
                         # replay leaves the journal in place; op ids make the redo harmless).
+                        # The first is checked too: a call begun past its deadline tries nothing.
                         raise BatchDeadlineError(self.path, errors, len(ops))
-                    size = _timed_size(size, pace, deadline - began)
+                    if start:
+                        size = _timed_size(size, pace, deadline - began)
                 chunk = ops[start : start + size]
                 body = functools.partial(_savepoint_each, conn, chunk)
                 errors.extend(self._transact(conn, body, "apply batch", self._end(deadline)))
@@ -623,25 +626,6 @@ class Writer:
             return False  # no size-triggered checkpoint: PASSIVE is all there is
         limit_pages = self.config.checkpoint_wal_bytes // self._page_size
         return limit_pages - pages < AUTOCHECKPOINT_PAGES
-
-
-class BatchDeadlineError(StoreBusyError):
-    """A timed batch stopped at its deadline between two of its transactions.
-
-    A ``StoreBusyError`` (the database could not take the whole batch in time), so callers
-    that keep a batch on busy keep this one too; ``results`` says how far it got.
-    """
-
-    def __init__(self, path: str, results: list[Exception | None], total: int) -> None:
-        self.path = path
-        self.operation = "apply batch"
-        self.waited_s = 0.0
-        self.results = results
-        Exception.__init__(
-            self,
-            f"apply batch on {path!r}: its deadline came after {len(results)} of {total} ops "
-            "(committed); the rest were not tried",
-        )
 
 
 def _timed_size(size: int, pace: float, left: float) -> int:

@@ -26,7 +26,7 @@ from sessionstore import (
     StoreConfig,
 )
 from sessionstore._journal import Journal, _Turns, apply_isolated
-from sessionstore._ops import LogEvent, RemoveChild, new_id, op_adapter
+from sessionstore._ops import BatchDeadlineError, LogEvent, RemoveChild, new_id, op_adapter
 from sessionstore._store import live_stores
 from sessionstore.errors import StoreOpenError
 
@@ -178,6 +178,54 @@ def test_op_that_fails_to_bind_is_isolated(store: SessionStore, session_id: str)
     assert [r is None for r in results] == [True, False, True, True]
     assert isinstance(results[1], OverflowError)
     assert [e.message for e in store.events(session_id)] == ["m0", "m1", "m2"]
+
+
+class _StepClock:
+    """A fake clock that moves 1 ms at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+def test_op_by_op_fallback_stops_at_the_deadline(db_path: str) -> None:
+    """A timed batch redone op by op after a bad op stops at its deadline, saying how far.
+
+    Before, each of the ops ran its own transaction past the deadline (a close whose queue
+    held one bad op could overrun by a thousand of them).
+    """
+    clock = _StepClock()
+    config = StoreConfig(checkpointing=False)
+    with SessionStore.open(db_path, config=config, clock=clock) as store:
+        sid = store.create_session("s").id
+        unbindable = RemoveChild.model_construct(session_id=sid, pid=5, exit_code=2**64)
+        ops = [unbindable, *(LogEvent(session_id=sid, message=str(i)) for i in range(300))]
+        deadline = clock() + 0.05  # 50 readings of the clock: a few one-op transactions
+        with pytest.raises(BatchDeadlineError) as stopped:
+            apply_isolated(lambda batch: store._writer.apply_batch(batch, deadline=deadline), ops)
+        done = stopped.value.results
+        assert 1 < len(done) < len(ops)
+        assert isinstance(done[0], OverflowError) and done[1:] == [None] * (len(done) - 1)
+        assert f"after {len(done)} of {len(ops)} ops" in str(stopped.value)
+        # What it says was applied was, in order; nothing after it was tried.
+        assert [e.message for e in store.events(sid, limit=len(ops))] == [
+            str(i) for i in range(len(done) - 1)
+        ]
+
+
+def test_timed_batch_begun_past_its_deadline_tries_nothing(db_path: str) -> None:
+    """apply_batch called at or after its deadline raises before its first transaction."""
+    clock = _StepClock()
+    config = StoreConfig(checkpointing=False)
+    with SessionStore.open(db_path, config=config, clock=clock) as store:
+        sid = store.create_session("s").id
+        with pytest.raises(BatchDeadlineError) as stopped:
+            store._writer.apply_batch([LogEvent(session_id=sid, message="late")], deadline=clock())
+        assert stopped.value.results == []
+        assert store.events(sid) == []
 
 
 # ------------------------------------------------------------------ files are never followed
