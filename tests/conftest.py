@@ -27,6 +27,26 @@ def _living_children() -> dict[int, psutil.Process]:
     return found
 
 
+def _zombie_children() -> set[int]:
+    found = set()
+    for proc in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                found.add(proc.pid)
+    return found
+
+
+def _reap_new_zombies(before: set[int]) -> None:
+    """Reap this process's zombie children that a test left (killed above, or never waited).
+
+    Orphans a subreaper test adopted, or a failed test's wrapper, would otherwise stay zombies
+    of this process and show up in the next test that counts them: one failure would cascade.
+    """
+    for pid in _zombie_children() - before:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
 # A few descriptors may outlive a test for good reasons (a logging handler, a lazily opened
 # /dev/urandom); dozens mean pidfds or files nobody closes.
 _FD_SLACK = 8
@@ -51,10 +71,14 @@ def _describe(fds: set[int]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
-    """Fail a test that leaves a store open, a child process alive or a thread running."""
+    """Fail a test that leaves a store open, a child process alive or a thread running.
+
+    Its zombie children are reaped whatever the outcome, so a failure stays its own.
+    """
     threads_before = set(threading.enumerate())
     stores_before = {id(s) for s in open_stores()}
     children_before = set(_living_children())
+    zombies_before = _zombie_children()
     fds_before = _open_fds()
     yield
     leaked_stores = [s for s in open_stores() if id(s) not in stores_before]
@@ -67,6 +91,7 @@ def _no_leaks() -> Iterator[None]:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(list(leaked_children.values()), timeout=5)
+    _reap_new_zombies(zombies_before)
     problems = []
     if leaked_stores:
         problems.append(f"left {len(leaked_stores)} store(s) open: {leaked_stores}")
