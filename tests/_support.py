@@ -41,6 +41,17 @@ def wait_forked_child(pid: int, timeout_ms: int = 30_000) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
+class StepClock:
+    """A fake clock that moves 1 ms at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
 def all_event_ids(store: SessionStore, session_id: str) -> list[str]:
     """Every event op id of the session, oldest first, read page by page."""
     out: list[str] = []

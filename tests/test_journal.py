@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from _procs import finish, release, start
-from _support import all_event_ids
+from _support import StepClock, all_event_ids
 
 from sessionstore import (
     JournalBusyError,
@@ -180,24 +180,13 @@ def test_op_that_fails_to_bind_is_isolated(store: SessionStore, session_id: str)
     assert [e.message for e in store.events(session_id)] == ["m0", "m1", "m2"]
 
 
-class _StepClock:
-    """A fake clock that moves 1 ms at every reading."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        self.now += 0.001
-        return self.now
-
-
 def test_op_by_op_fallback_stops_at_the_deadline(db_path: str) -> None:
     """A timed batch redone op by op after a bad op stops at its deadline, saying how far.
 
     Before, each of the ops ran its own transaction past the deadline (a close whose queue
     held one bad op could overrun by a thousand of them).
     """
-    clock = _StepClock()
+    clock = StepClock()
     config = StoreConfig(checkpointing=False)
     with SessionStore.open(db_path, config=config, clock=clock) as store:
         sid = store.create_session("s").id
@@ -218,7 +207,7 @@ def test_op_by_op_fallback_stops_at_the_deadline(db_path: str) -> None:
 
 def test_timed_batch_begun_past_its_deadline_tries_nothing(db_path: str) -> None:
     """apply_batch called at or after its deadline raises before its first transaction."""
-    clock = _StepClock()
+    clock = StepClock()
     config = StoreConfig(checkpointing=False)
     with SessionStore.open(db_path, config=config, clock=clock) as store:
         sid = store.create_session("s").id

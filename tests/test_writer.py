@@ -12,7 +12,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from _support import HeldInThread, StoppedLockHolder, all_event_ids
+from _support import HeldInThread, StepClock, StoppedLockHolder, all_event_ids
 
 from sessionstore import SessionNotFoundError, SessionStore, StoreBusyError, StoreConfig
 from sessionstore._connection import RetryPolicy
@@ -89,20 +89,9 @@ def test_batch_rejects_one_op_and_keeps_the_rest(store: SessionStore, session_id
     assert [e.message for e in store.events(session_id)] == ["a", "c"]
 
 
-class _StepClock:
-    """A fake clock that moves 1 ms at every reading."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        self.now += 0.001
-        return self.now
-
-
 def test_timed_batch_stops_between_transactions_at_its_deadline(db_path: str) -> None:
     """Under a deadline a batch starts small, commits whole transactions, says how far it got."""
-    clock = _StepClock()
+    clock = StepClock()
     store = SessionStore.open(db_path, config=StoreConfig(checkpointing=False), clock=clock)
     sid = store.create_session("s").id
     ops = [LogEvent(session_id=sid, message=str(i)) for i in range(3 * BATCH)]
