@@ -32,6 +32,7 @@ __all__ = [
     "read_argv",
     "read_cgroup",
     "read_children",
+    "read_children_lists",
     "read_stat",
     "scan",
     "settled_argv",
@@ -232,6 +233,25 @@ def read_children(pid: int) -> list[int] | None:
     Raises:
         ProcessUnreadableError: the list exists but could not be read.
     """
+    lists = read_children_lists(pid)
+    if lists is None:
+        return None
+    return [int(part) for raw in lists.values() for part in raw.split()]
+
+
+def read_children_lists(pid: int) -> dict[str, bytes] | None:
+    """Each thread's list of children, as the kernel wrote it (see :func:`read_children`).
+
+    The kernel adds a child (forked, or an orphan re-parented) at the end of its parent
+    thread's list and takes one off only when it is reaped, so while nothing reaps, a list read
+    earlier is a prefix of the same list read now: a caller can look at the new end alone.
+
+    Returns:
+        ``{tid: raw list}`` (pids separated by spaces), or None as :func:`read_children`.
+
+    Raises:
+        ProcessUnreadableError: a list exists but could not be read.
+    """
     if not LINUX:
         return None
     base = f"/proc/{pid}/task"
@@ -241,7 +261,7 @@ def read_children(pid: int) -> list[int] | None:
         return None
     except OSError as err:
         raise ProcessUnreadableError(pid, f"{base}: {err.strerror}") from err
-    found: list[int] = []
+    found: dict[str, bytes] = {}
     for tid in tids:
         try:
             raw = _read(pid, f"{base}/{tid}/children")
@@ -254,7 +274,7 @@ def read_children(pid: int) -> list[int] | None:
             if os.path.isdir(task) and not os.path.exists(f"{task}/children"):
                 return None  # the thread is there, its list is not: no CONFIG_PROC_CHILDREN
             continue  # the thread ended while we read
-        found.extend(int(part) for part in raw.split())
+        found[tid] = raw
     return found
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from sessionstore._proc import (
     environ_value,
     read_argv,
     read_children,
+    read_children_lists,
     read_stat,
     settled_argv,
     wait_pidfds,
@@ -127,6 +129,34 @@ def test_read_children_lists_live_and_zombie_children() -> None:
         live.kill()
         live.wait()
         done.wait()
+
+
+def test_child_lists_grow_at_their_end_until_a_reap() -> None:
+    """The kernel property the tree walk reads only the new end by (``_own_children``).
+
+    A child forked since the last read is at the end of this thread's list, each pid is
+    followed by a space, so the earlier read is a prefix at a whole pid; reaping one takes it
+    out of the middle and the earlier read is no longer a prefix.
+    """
+    tid = str(threading.get_native_id())
+    procs = [subprocess.Popen(["sleep", "600"]) for _ in range(2)]
+    try:
+        before = (read_children_lists(os.getpid()) or {})[tid]
+        assert before.endswith(b" ") and f"{procs[0].pid} ".encode() in before
+        procs.append(subprocess.Popen(["sleep", "600"]))
+        grown = (read_children_lists(os.getpid()) or {})[tid]
+        assert grown.startswith(before)
+        assert grown[len(before) :].split() == [str(procs[2].pid).encode()]
+        procs[0].kill()
+        procs[0].wait()  # reaped: off the list
+        after = (read_children_lists(os.getpid()) or {})[tid]
+        assert not after.startswith(before) and str(procs[0].pid).encode() not in after.split()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert read_children_lists(2**22 + 1) is None
 
 
 def test_wait_pidfds_returns_what_is_left_when_woken() -> None:

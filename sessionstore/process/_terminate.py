@@ -144,7 +144,14 @@ def _settle_after_kill(
             previous = None
         if time.monotonic() >= deadline:
             alive = sorted(found.alive)
-            return "left", f"still alive after SIGKILL at the deadline: pids {alive[:20]}"
+            if alive:
+                return "left", f"still alive after SIGKILL at the deadline: pids {alive[:20]}"
+            # The last scan saw none alive, but new zombies since the scan before: members
+            # were still running between the two (a process forking in a loop), and one may be.
+            return "left", (
+                "members were still appearing at the deadline: the last scan found new zombies "
+                "of the trees and none alive, so one may have been running between reads"
+            )
 
 
 def _freeze(finder: TreeFinder, order: list[Pin], deadline: float) -> None:
