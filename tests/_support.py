@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -12,9 +13,20 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
 
+import psutil
 from _procs import start
 
 from sessionstore import CloseReport, SessionStore, StoreState
+
+
+def zombie_children() -> set[int]:
+    """The pids of this process's children that have exited and wait to be reaped."""
+    found = set()
+    for proc in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                found.add(proc.pid)
+    return found
 
 
 def still_running(threads: list[threading.Thread], within_s: float) -> list[str]:

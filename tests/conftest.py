@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _support import still_running
+from _support import still_running, zombie_children
 
 from sessionstore import SessionStore
 from sessionstore.testing import open_stores
@@ -27,22 +27,13 @@ def _living_children() -> dict[int, psutil.Process]:
     return found
 
 
-def _zombie_children() -> set[int]:
-    found = set()
-    for proc in psutil.Process().children():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                found.add(proc.pid)
-    return found
-
-
 def _reap_new_zombies(before: set[int]) -> None:
     """Reap this process's zombie children that a test left (killed above, or never waited).
 
     Orphans a subreaper test adopted, or a failed test's wrapper, would otherwise stay zombies
     of this process and show up in the next test that counts them: one failure would cascade.
     """
-    for pid in _zombie_children() - before:
+    for pid in zombie_children() - before:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
 
@@ -78,7 +69,7 @@ def _no_leaks() -> Iterator[None]:
     threads_before = set(threading.enumerate())
     stores_before = {id(s) for s in open_stores()}
     children_before = set(_living_children())
-    zombies_before = _zombie_children()
+    zombies_before = zombie_children()
     fds_before = _open_fds()
     yield
     leaked_stores = [s for s in open_stores() if id(s) not in stores_before]

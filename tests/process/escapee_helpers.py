@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _support import zombie_children
 from process_helpers import SCRIPTS, read_line
 
 from sessionstore.process._os import set_child_subreaper
@@ -190,10 +191,9 @@ class Escapees:
 
 def reap_adopted() -> None:
     """Reap zombie children of this process that no Popen owns (adopted orphans)."""
-    for proc in psutil.Process().children():
-        with contextlib.suppress(psutil.Error, ChildProcessError):
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(proc.pid, os.WNOHANG)
+    for pid in zombie_children():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def bystander_problems(esc: Escapees) -> list[str]:

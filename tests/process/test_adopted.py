@@ -9,8 +9,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
-import psutil
 import pytest
+from _support import zombie_children
 from escapee_helpers import subreaper_scope
 from process_helpers import SCRIPTS, read_line, wait_pidfds_readable
 
@@ -27,17 +27,6 @@ def subreaper() -> Iterator[None]:
     """The test process is the subreaper the orphans land on (the layer's own process)."""
     with subreaper_scope():
         yield
-
-
-def _zombie_children() -> set[int]:
-    found = set()
-    for proc in psutil.Process().children():
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                found.add(proc.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def _exited(popen: subprocess.Popen[bytes]) -> None:
@@ -93,9 +82,9 @@ def test_adopted_zombies_are_reaped_and_the_applications_statuses_kept(
         finally:
             for fd in fds:
                 os.close(fd)
-        assert set(orphans.values()) <= _zombie_children()
+        assert set(orphans.values()) <= zombie_children()
         assert layer._reap_adopted() == 2
-        assert _zombie_children() == {mine.pid, mine_own_session.pid}
+        assert zombie_children() == {mine.pid, mine_own_session.pid}
         assert mine.wait(5) == 7
         assert mine_own_session.wait(5) == 9
     finally:
